@@ -76,6 +76,8 @@ def names(lesson: str) -> list[str]:
 
 def get(key: str) -> Exercise:
     """Look an exercise up by key (importing its lesson's checker module on first use)."""
+    if key in _REGISTRY:
+        return _REGISTRY[key]
     lesson = key.split(".", 1)[0]
     importlib.import_module(_lesson_module(lesson))
     if key not in _REGISTRY:

@@ -1,0 +1,66 @@
+# nanogpt-course: every command of the course. `make` (or `make help`) lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The exact CPU build this course is tested with. Installed only when no torch is present,
+# so an existing (e.g. CUDA) build is never replaced. Override: make setup TORCH_SPEC='torch==2.11.0'
+TORCH_SPEC ?= torch==2.13.0
+# Which optional extras `make setup` installs (dev = tests + notebook tooling).
+EXTRAS ?= dev,data,server
+NGPUS ?= 1
+
+.PHONY: help setup test test-fast lab sync lint format env gpu-status kill-gpu \
+        quickstart ddp-train chat-server run-scaling-law clean
+
+help: ## list every target
+	@echo "nanogpt-course: make <target>"
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+setup: ## create .venv, install torch (CPU, only if none) and the package with its extras
+	@bash scripts/setup.sh "$(VENV)" "$(TORCH_SPEC)" "$(EXTRAS)"
+
+env: setup ## check the environment (Python, torch, device, data, kernel)
+	@$(PY) -m nanogpt_course.env
+
+test: setup ## run every test and execute every lesson at PRESET=smoke (what CI runs)
+	@bash scripts/run_tests.sh "$(PY)"
+
+test-fast: setup ## unit tests only (no notebooks, no slow tests)
+	@$(PY) -m pytest tests -m "not slow and not notebook" -q
+
+lab: setup ## open JupyterLab on the lessons
+	@$(PY) -m jupyter lab --notebook-dir=. lessons/00_setup.ipynb $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+sync: setup ## pair lessons/*.py (source of truth) with their .ipynb (jupytext --sync)
+	@$(PY) -m jupytext --sync lessons/[0-9][0-9]_*.py
+
+lint: setup ## ruff check
+	@$(PY) -m ruff check .
+
+format: setup ## ruff format, then re-sync the notebooks
+	@$(PY) -m ruff format nanogpt_course tests bench scripts solutions
+	@$(PY) -m ruff check --fix nanogpt_course tests bench scripts solutions
+	@$(PY) -m jupytext --sync lessons/[0-9][0-9]_*.py
+
+gpu-status: ## show GPUs, their memory and the processes on them
+	@bash scripts/gpu.sh status
+
+kill-gpu: ## end GPU processes of the current user (listed first); never other users'
+	@bash scripts/gpu.sh kill
+
+quickstart: ## train a tiny GPT on the CPU in minutes (arrives with issue #7, Training)
+	@echo "make quickstart is not built yet: it arrives with issue #7 (Training). See README, 'Status'." >&2; exit 2
+
+ddp-train: ## train with torchrun on NGPUS GPUs (arrives with issue #7, Training)
+	@echo "make ddp-train is not built yet: it arrives with issue #7 (Training). See README, 'Status'." >&2; exit 2
+
+chat-server: ## web chat on http://localhost:8003 (arrives with the chat issue)
+	@echo "make chat-server is not built yet: it arrives with the chat issue. See README, 'Status'." >&2; exit 2
+
+run-scaling-law: ## depth x FLOPs sweep for isoFLOP curves (arrives with the scaling-laws issue)
+	@echo "make run-scaling-law is not built yet: it arrives with the scaling-laws issue. See README, 'Status'." >&2; exit 2
+
+clean: ## remove caches made by the tests (keeps .venv and runs/)
+	rm -rf .test-cache .pytest_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""Shared pytest setup: offline, deterministic, small thread counts, a shared tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Nothing in the suite may touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests never write into the user's cache: `make test` points this at .test-cache/, and a
+# bare `pytest` gets a folder under the repo too.
+os.environ.setdefault("NANOGPT_COURSE_CACHE", str(REPO / ".test-cache" / "cache"))
+os.environ.setdefault("NANOGPT_COURSE_RUNS", str(REPO / ".test-cache" / "runs"))
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data mirror (../shared/data in CI); skips the test when it is absent."""
+    from nanogpt_course import paths
+
+    mirror = paths.data_dir()
+    if mirror is None or not mirror.is_dir():
+        pytest.skip("real-data test: set NANOGPT_COURSE_DATA to the data mirror (CI uses ../shared/data)")
+    return mirror
