@@ -1,0 +1,433 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · The data pipeline: from raw text to batches
+#
+# A training step asks for one thing: a batch of token ids `inputs` of shape (B, T) and the
+# `targets` the model should predict, the same ids shifted left by one. Between the raw
+# text and that batch sits the data pipeline, and at GPU speed it has to deliver about half a
+# million tokens every second without ever making the GPU wait.
+#
+# In this lesson you will:
+#
+# 1. look at what a pretraining corpus is made of;
+# 2. tokenize documents into **shards**: flat files of token ids behind a small header;
+# 3. read them back with **memory-mapping** and cut random windows;
+# 4. **pack** whole documents into rows that all start at a document start (best fit);
+# 5. **mix** several datasets by weight;
+# 6. build **SFT batches** whose loss counts only the assistant's tokens;
+# 7. check that the loader resumes exactly and splits rows between GPUs, then time it.
+
+# %%
+import hashlib
+import json
+import os
+import struct
+import time
+from collections import Counter
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from nanogpt_course import data, exercises, paths, presets
+from nanogpt_course.data import offline, shards
+from nanogpt_course.tokenizer import Tokenizer
+
+# %% tags=["parameters"]
+PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
+SEED = 0
+
+# %%
+PRESET = presets.validate(PRESET)
+OFFLINE_MB = presets.choose(PRESET, smoke=2, laptop=20, full=200)  # size cap of the corpus
+SEQ_LEN = presets.choose(PRESET, smoke=128, laptop=256, full=2048)
+BATCH = presets.choose(PRESET, smoke=4, laptop=8, full=32)
+TIMING_SECONDS = presets.choose(PRESET, smoke=0.5, laptop=2.0, full=5.0)
+print(f"preset {PRESET!r}: offline corpus capped at {OFFLINE_MB} MB, batches of "
+      f"{BATCH} x {SEQ_LEN}")
+
+# %% [markdown]
+# ## What is in a pretraining corpus?
+#
+# Real runs train on **FineWeb-Edu**: web pages from Common Crawl, kept when a classifier
+# judged them educational, about 10 billion tokens in the `sample-10BT` subset the course
+# uses by default (`python -m nanogpt_course.data prepare fineweb_edu`). Its legacy
+# predecessor, **OpenWebText**, is the text of web pages linked from Reddit.
+#
+# Neither can be downloaded on a machine without internet, so the course also has a corpus
+# that every computer with Python already holds: the **offline** corpus, made of the
+# standard library's and the installed packages' own sources, docstrings and docs. It is
+# code-heavy English, which is exactly what a first model can learn to imitate in minutes.
+#
+# Collecting it walks the folders in sorted order, skips binaries and generated files,
+# drops exact duplicates (by content hash) and puts each file in `train` or `val` by its
+# content hash, so the same file lands in the same split on every machine. A manifest
+# records every file, its size and hash.
+
+# %%
+corpus = offline.collect(max_bytes=int(OFFLINE_MB * 1e6))
+manifest = offline.read_manifest(corpus)
+print(f"{manifest['files']:,} files, {manifest['bytes'] / 1e6:.1f} MB "
+      f"({manifest['val_bytes'] / 1e6:.2f} MB in val), corpus hash "
+      f"{manifest['content_sha256'][:12]}...")
+
+# %% [markdown]
+# Where does the text come from? Group the files by their package (or `stdlib`):
+
+# %%
+by_source = Counter()
+for key, size, _, _ in manifest["entries"]:
+    root, rest = key.split("/", 1)
+    by_source[root if root != "site" else rest.split("/")[0].split("-")[0]] += size
+top = by_source.most_common(12)
+plt.figure(figsize=(8, 3))
+plt.bar([name for name, _ in top], [size / 1e6 for _, size in top])
+plt.ylabel("MB")
+plt.title("offline corpus: biggest sources")
+plt.xticks(rotation=45, ha="right")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# And one document, to see what the model will read:
+
+# %%
+record = next(r for r in offline.iter_corpus(corpus) if r["key"].endswith(".py"))
+print(record["key"], f"({record['split']})")
+print(record["text"][:600])
+
+# %% [markdown]
+# ## Tokenizing to shards
+#
+# Training reads the corpus many times, so it is tokenized once and stored as token ids.
+# GPT-2's ids go up to 50,258, which fits in **2 bytes** (uint16 holds up to 65,535); a
+# bigger vocabulary would need 4 bytes (uint32). Every document starts with the **BOS**
+# token, so the loader can find where documents begin.
+#
+# A *shard* is one flat array of ids behind a 64-byte header: a magic string, a format
+# version, the item size, the number of tokens and a sha256 of the payload. Let us write
+# one by hand.
+
+# %%
+tok = Tokenizer.gpt2()
+docs = ["The cat sat on the mat.", "def add(a, b):\n    return a + b\n", "Hello, world!"]
+ids = np.concatenate([[tok.bos_id] + tok.encode(d) for d in docs]).astype(np.uint16)
+print("ids:", ids.tolist())
+
+scratch = paths.cache_dir("lesson07") / "scratch_shard.bin"
+payload = ids.tobytes()  # little-endian uint16 on every machine the course supports
+header = struct.pack("<8sIIQ32s8x", b"NGCSHARD", 1, 2, len(ids), hashlib.sha256(payload).digest())
+scratch.write_bytes(header + payload)
+print(f"{scratch.name}: {scratch.stat().st_size} bytes = 64 header + {len(ids)} x 2")
+
+# %% [markdown]
+# The library reads it back, checking the magic, the size and the checksum:
+
+# %%
+back = shards.read_shard(scratch)
+assert back.tolist() == ids.tolist()
+print("round trip OK:", back[:8], "...")
+
+# %% [markdown]
+# A damaged shard must never train silently. Truncate it and the error names the file:
+
+# %%
+scratch.write_bytes((header + payload)[:-3])
+try:
+    shards.read_shard(scratch)
+except shards.ShardError as err:
+    print("ShardError:", err)
+
+# %% [markdown]
+# `data.prepare` does this for a whole dataset: it reads the documents, tokenizes them in
+# parallel processes, writes shards per split (with a document-length index next to each)
+# and a `meta.json` last. Prepared folders live in the cache, one per tokenizer, and a
+# second call returns at once. Tiny Shakespeare comes from the data mirror, or is
+# downloaded once.
+
+# %%
+shakespeare = data.prepare("tinyshakespeare", tok)
+meta = data.read_meta(shakespeare)
+for split, s in meta["splits"].items():
+    print(f"{split:<5} {s['tokens']:>9,} tokens {s['docs']:>6,} documents "
+          f"{s['text_bytes'] / s['tokens']:.2f} bytes/token")
+
+# %% [markdown]
+# ## Memory-mapping and random windows
+#
+# A shard of 10 GB does not fit in memory, and it does not have to: `np.memmap` maps the
+# file into the address space and the operating system reads only the pages we touch.
+# Opening is instant; indexing reads from disk (or from the page cache).
+
+# %%
+first = shakespeare / meta["splits"]["train"]["shards"][0]["file"]
+mapped = np.memmap(first, dtype=np.uint16, mode="r", offset=64)
+library = shards.open_shard(first)
+assert np.array_equal(mapped[:1000], library[:1000])
+print(f"{len(mapped):,} tokens mapped; the first ones decode to:\n{tok.decode(mapped[:40])!r}")
+
+# %% [markdown]
+# The simplest loader (nanoGPT's) picks random start positions and cuts windows of
+# `T + 1` tokens: the first `T` are the inputs, the last `T` the targets.
+#
+# **Exercise.** Write `random_windows(tokens, starts, seq_len)` returning `(inputs, targets)`,
+# both int64 tensors of shape `(len(starts), seq_len)`.
+
+# %%
+def random_windows(tokens, starts, seq_len):
+    """Windows of seq_len + 1 tokens at each start -> (inputs, targets), (B, seq_len) int64."""
+    raise NotImplementedError("exercise: cut windows of seq_len + 1 and shift by one")
+
+
+# %%
+random_windows = exercises.check("07_data_pipeline.random_windows", random_windows)
+
+# %%
+rng = np.random.default_rng(SEED)
+starts = rng.integers(0, len(mapped) - SEQ_LEN - 1, size=BATCH)
+x, y = random_windows(torch.from_numpy(np.asarray(mapped, dtype=np.int64)), starts, SEQ_LEN)
+print(x.shape, y.shape)
+print("a random window starts mid-sentence:", repr(tok.decode(x[0, :24])))
+
+# %% [markdown]
+# ## Packing whole documents: best fit
+#
+# Random windows start anywhere, usually in the middle of a document, so the model
+# often predicts text whose beginning it never saw. The alternative used by modern
+# pretraining: every row **starts at a document start** (its BOS). Documents have all kinds
+# of lengths, so a row of `T + 1` tokens is filled like a suitcase:
+#
+# - take the **longest document that still fits** in the space left;
+# - when none fits, **crop** the shortest one to fill the row (its tail is dropped).
+#
+# The dropped tails are the price, and the loader reports them as the *crop fraction*.
+#
+# **Exercise.** Write `pack_best_fit(lengths, row_len)`: documents `0..n-1` with the given
+# lengths, all available at once; return the rows, each a list of `(doc, tokens_taken)`.
+# Break ties between equal lengths by the smaller document index (sort by `(length, doc)`).
+
+# %%
+def pack_best_fit(lengths, row_len):
+    """Pack documents into rows of row_len tokens -> [[(doc, taken), ...], ...]."""
+    raise NotImplementedError("exercise: longest that fits, else crop the shortest")
+
+
+# %%
+pack_best_fit = exercises.check("07_data_pipeline.pack_best_fit", pack_best_fit)
+
+# %% [markdown]
+# Your packing agrees with the library's reference, and the loader applies the same rule to
+# a streaming buffer of documents. How much is cropped depends on the row length and on
+# how long the documents are: tiny Shakespeare's speeches are short, so little is lost.
+
+# %%
+lengths = data.Split(shakespeare, "train").doc_len
+for row_len in (65, 129, 257, 513, 1025):
+    rows = pack_best_fit(lengths[:2000].tolist(), row_len)
+    used = sum(t for row in rows for _, t in row)
+    print(f"rows of {row_len:>5}: {len(rows):>4} rows, crop fraction "
+          f"{1 - used / lengths[:2000].sum():.3f}")
+
+# %% [markdown]
+# The library loader: `data.make_loader` memory-maps the shards and packs with best fit.
+# Here is a picture of one packed batch: each color is one document, and every row starts
+# with a new one.
+
+# %%
+loader = data.make_loader(shakespeare, "train", batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED)
+x, y = next(loader)
+assert (x[:, 0] == tok.bos_id).all()
+segment = torch.cumsum((x == tok.bos_id).long(), dim=1)  # document number inside each row
+plt.figure(figsize=(9, 0.4 * BATCH + 1))
+plt.imshow(segment % 20, cmap="tab20", aspect="auto", interpolation="nearest")
+plt.xlabel("position in the row")
+plt.ylabel("row")
+plt.title("a packed batch: one color per document")
+plt.show()
+print("loader stats:", loader.stats())
+print("row 0 begins:", repr(tok.decode(x[0, :40])))
+
+# %% [markdown]
+# ## Mixing datasets
+#
+# A run often mixes sources: mostly web text with some code, or chat data with a little
+# pretraining text. A mixture loader draws the source of every row at random with the
+# given weights (from a seeded stream, so it is reproducible and resumable). From scratch,
+# that is one call to `rng.choice`:
+
+# %%
+offline_folder = data.prepare("offline", tok, max_bytes=int(OFFLINE_MB * 1e6))
+weights = [0.8, 0.2]
+draws = np.random.default_rng(SEED).choice(2, size=2000, p=weights)
+print("from scratch: fraction of rows from source 0 =", (draws == 0).mean())
+
+# %% [markdown]
+# The library's mixture loader, and the empirical proportions of its rows:
+
+# %%
+mixed = data.make_loader({shakespeare: weights[0], offline_folder: weights[1]},
+                         batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED)
+counts = Counter()
+for _ in range(presets.choose(PRESET, smoke=25, laptop=100, full=200)):
+    next(mixed)
+    counts.update(mixed.last_sources)
+total = sum(counts.values())
+print({("shakespeare", "offline")[i]: round(n / total, 3) for i, n in sorted(counts.items())})
+assert abs(counts[0] / total - weights[0]) < 0.15
+
+# %% [markdown]
+# ## SFT batches: learn only the answers
+#
+# For chat fine-tuning the model should learn to *answer*, not to imitate the user. The
+# chat template renders a conversation into ids and a **loss mask**: 1 on the assistant's
+# tokens (and its closing `<|im_end|>`), 0 elsewhere. The target of position `t` is token
+# `t + 1`, so it counts when the mask of token `t + 1` is 1; every other target becomes
+# `-1`, which the loss ignores.
+#
+# **Exercise.** Write `sft_targets(ids, mask)`: a row of `T + 1` ids and its mask give the
+# `T` targets.
+
+# %%
+def sft_targets(ids, mask):
+    """Row of T+1 ids and its 0/1 loss mask -> (T,) targets with -1 where there is no loss."""
+    raise NotImplementedError("exercise: next token where its mask is 1, else -1")
+
+
+# %%
+sft_targets = exercises.check("07_data_pipeline.sft_targets", sft_targets)
+
+# %% [markdown]
+# The chat sample comes from the data mirror (`task_mixture` offline: identity
+# conversations, GSM8K train, MMLU dev). Without the mirror, the cell falls back to two
+# conversations written here, prepared as your own chat data (a `.jsonl` file).
+
+# %%
+if paths.find_raw("chat/identity_conversations.jsonl"):
+    chat = data.prepare("task_mixture", tok)
+else:
+    sample = paths.cache_dir("lesson07") / "chat_sample" / "chat.jsonl"
+    sample.parent.mkdir(parents=True, exist_ok=True)
+    convs = [[{"role": "user", "content": "What is a shard?"},
+              {"role": "assistant", "content": "A file of token ids behind a small header."}],
+             [{"role": "user", "content": "Why memory-map it?"},
+              {"role": "assistant", "content": "So only the rows we use are read from disk."}]] * 40
+    sample.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    chat = data.prepare(sample.parent, tok, val_fraction=0.2)
+sft = data.make_loader(chat, "train", batch_size=BATCH, seq_len=SEQ_LEN * 2, seed=SEED,
+                       mode="sft")
+x, y = next(sft)
+print("SFT stats:", sft.stats())
+
+# %% [markdown]
+# Apply your `sft_targets` to the first conversation stored in the prepared split (its ids
+# and its mask), and print it with the learned tokens in [brackets]:
+
+# %%
+split = data.Split(chat, "train")
+length = int(split.doc_len[0])
+ids = torch.from_numpy(split.tokens[0][:length].astype(np.int64))
+mask = torch.from_numpy(split.masks[0][:length].astype(np.int64))
+targets = sft_targets(ids, mask)
+shown = [f"[{tok.decode([int(t)])}]" if t >= 0 else tok.decode([int(i)])
+         for i, t in zip(ids[1:], targets)]
+print("".join(shown[:160]))
+
+# %% [markdown]
+# The loader builds every SFT row the same way: wherever a target is not `-1` it is the
+# next input token, and only a minority of positions carry loss.
+
+# %%
+learned = y[:, :-1] != -1
+assert ((y[:, :-1] == x[:, 1:]) | ~learned).all()
+print(f"{(y != -1).float().mean():.1%} of the targets in this batch are learned")
+
+# %% [markdown]
+# ## Resuming and many GPUs
+#
+# A checkpoint stores the loader's position, a small JSON-safe dictionary. Loading it gives
+# exactly the batch an uninterrupted run would have seen next:
+
+# %%
+a = data.make_loader(shakespeare, "train", batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED)
+for _ in range(3):
+    next(a)
+state = json.loads(json.dumps(a.state_dict()))
+expected = next(a)
+b = data.make_loader(shakespeare, "train", batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED)
+b.load_state_dict(state)
+got = next(b)
+torch.testing.assert_close(got[0], expected[0])
+print("resumed batch identical; state keys:", sorted(state), "| buffer of",
+      len(state["stream"]["buffer"]), "documents")
+
+# %% [markdown]
+# With several GPUs, every rank plans the same global stream of rows and keeps only its
+# own: rank `r` of `w` takes rows `r*B ... (r+1)*B - 1` of each global batch. Ranks never
+# share a row, and two ranks together see exactly what one process with twice the batch
+# sees:
+
+# %%
+one = data.make_loader(shakespeare, batch_size=2 * BATCH, seq_len=SEQ_LEN, seed=SEED)
+ranks = [data.make_loader(shakespeare, batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED, rank=r,
+                          world_size=2) for r in range(2)]
+x1, _ = next(one)
+parts = [next(r)[0] for r in ranks]
+torch.testing.assert_close(torch.cat(parts), x1)
+print("rank 0 rows + rank 1 rows == the single-process batch")
+
+# %% [markdown]
+# ## How fast is it?
+#
+# A single H100 training the d12 model consumes about 0.5 million tokens per second. The
+# loader's work per batch is a few hundred small copies out of memory-mapped files, so it
+# should be far faster than that even on a laptop CPU:
+
+# %%
+fast = data.make_loader(offline_folder, batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED)
+next(fast)
+n, start = 0, time.perf_counter()
+while time.perf_counter() - start < TIMING_SECONDS:
+    n += next(fast)[0].numel()
+rate = n / (time.perf_counter() - start)
+print(f"{rate / 1e6:.1f}M tokens/s at batch {BATCH} x {SEQ_LEN} "
+      f"({rate / 5e5:.0f}x what one H100 needs at d12); crop fraction "
+      f"{fast.stats()['crop_fraction']:.2f}")
+
+# %% [markdown]
+# The crop fraction printed above is the other half of the trade-off: the offline corpus's
+# documents (chunks of source files, up to about 2,000 characters) are long compared with
+# short rows, so at small `SEQ_LEN` much of each document is cut away. Data is plentiful
+# here, so that only costs variety; when it is not, use longer rows or
+# `packing="windows"`, which crops nothing but starts rows mid-document.
+
+# %%
+windows = data.make_loader(offline_folder, batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED,
+                           packing="windows")
+x, _ = next(windows)
+print(f"windows: {(x[:, 0] == tok.bos_id).float().mean():.0%} of rows start at a document")
+
+# %% [markdown]
+# ## What next
+#
+# - `python -m nanogpt_course.data prepare NAME` prepares any dataset from the command line
+#   (`fineweb_edu`, `openwebtext`, `tinyshakespeare`, `task_mixture`, `offline`, or a folder
+#   of your own `.txt`/`.jsonl` files); `python -m nanogpt_course.data list` shows what is
+#   prepared.
+# - `lessons/08_scaling_laws`: how many tokens a model of a given size should see.
+# - `lessons/09_pretrain`: these loaders feeding a real training run.
