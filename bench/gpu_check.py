@@ -1,0 +1,393 @@
+"""GPU check: every GPU-only path of the library against the fp32 reference, in one command.
+
+    python bench/gpu_check.py                      # on the GPU machine (≤ 8 min on an H100)
+    python bench/gpu_check.py --device cpu --tiny  # dry run of the same code on a laptop
+    python bench/gpu_check.py --only train_step_throughput_L --out /tmp/report.json
+
+Writes a JSON report to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is set,
+else ``gpu_check.json``), rewritten after every check so a timeout keeps what finished.
+
+Adding a check: write ``def check_something(ctx) -> dict`` returning at least ``ok`` (bool)
+plus any numbers, and decorate it with ``@check("name")``. It runs in registration order;
+an exception marks it failed with the traceback's tail and the run goes on.
+
+What runs (sizes at full scale; ``--tiny`` shrinks them all):
+- model_match_{L,SSSL}: d12, vocab 32768, 2 × 2048 tokens; torch.compile + bf16 autocast
+  (flash attention / FlexAttention) vs the fp32 eager reference (dense masked SDPA, TF32 off)
+  on the same weights: per-token losses and every gradient.
+- kv_decode_{L,SSSL}: prefill + one-token decode through the KV cache vs a full forward, in
+  fp32 (TF32 off) and in bf16.
+- train_step_throughput_{L,SSSL}: d12, vocab 32768, seq 2048 × micro-batch 32, compiled
+  forward+backward + fused AdamW; tok/s, MFU, peak memory.
+- decode_throughput: d12 (GPT-2 vocab) through the public ``generate``: batch 1 at short and
+  long context, and 16 samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+
+import torch  # noqa: E402
+
+from nanogpt_course.engine import KVCache, generate  # noqa: E402
+from nanogpt_course.model import GPT, GPTConfig  # noqa: E402
+
+CHECKS: list[tuple[str, object]] = []
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core peak
+PEAK_HBM_BYTES_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
+
+
+def check(name: str):
+    """Register ``fn(ctx) -> dict`` as a check called ``name``."""
+    def register(fn):
+        CHECKS.append((name, fn))
+        return fn
+    return register
+
+
+@dataclass
+class Context:
+    device: torch.device
+    tiny: bool
+    compile: bool
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def size(self, full, tiny):
+        return tiny if self.tiny else full
+
+    def config(self, *, vocab_size=32768, sequence_len=None, **overrides) -> GPTConfig:
+        if self.tiny:
+            return GPTConfig.from_depth(2, vocab_size=min(vocab_size, 512), aspect_ratio=32,
+                                        head_dim=32, sequence_len=sequence_len or 128,
+                                        **overrides)
+        return GPTConfig.from_depth(12, vocab_size=vocab_size,
+                                    sequence_len=sequence_len or 2048, **overrides)
+
+    def autocast(self):
+        """bf16 autocast on CUDA (the trainer's recipe); fp32 elsewhere."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
+
+    def maybe_compile(self, model):
+        return torch.compile(model, dynamic=False) if self.compile else model
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def gpu_kind(self) -> str | None:
+        if not self.cuda:
+            return None
+        name = torch.cuda.get_device_name(self.device)
+        return next((k for k in PEAK_BF16_FLOPS if k in name), None)
+
+
+def fp32_exact():
+    """Turn TF32 off so "fp32" really is fp32 (the reference)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def build(ctx: Context, cfg: GPTConfig, seed: int = 0) -> GPT:
+    """A model on ctx.device whose every weight is random (the zero-initialized projections
+    and gates too), so the comparison exercises every path as a trained model would."""
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.to_empty(device=ctx.device)
+    model.init_weights()
+    g = torch.Generator(device=ctx.device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("c_proj.weight", "ve_gate.weight")):
+                p.normal_(0.0, 0.5 / math.sqrt(p.shape[1]), generator=g)
+            elif name == "lm_head.weight":
+                p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]), generator=g)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in fp64."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    denom = a.norm() * b.norm()
+    return 1.0 if float(denom) == 0 else float(a @ b / denom)
+
+
+# -- checks ----------------------------------------------------------------------------
+@check("environment")
+def check_environment(ctx: Context) -> dict:
+    info = {"ok": True, "torch": torch.__version__, "device": str(ctx.device),
+            "compile": ctx.compile, "tiny": ctx.tiny}
+    if ctx.cuda:
+        info.update(gpu=torch.cuda.get_device_name(ctx.device),
+                    capability=".".join(map(str, torch.cuda.get_device_capability(ctx.device))),
+                    cuda=torch.version.cuda)
+        try:
+            import triton
+            info["triton"] = triton.__version__
+        except ImportError:
+            info["triton"] = None
+    return info
+
+
+def _model_match(ctx: Context, pattern: str) -> dict:
+    """Compiled bf16 forward+backward vs the fp32 dense-mask reference, same weights."""
+    fp32_exact()
+    cfg = ctx.config(window_pattern=pattern)
+    model = build(ctx, cfg)
+    B, T = 2, cfg.sequence_len
+    g = torch.Generator(device=ctx.device).manual_seed(1)
+    idx = torch.randint(0, cfg.vocab_size, (B, T), device=ctx.device, generator=g)
+    targets = torch.randint(0, cfg.vocab_size, (B, T), device=ctx.device, generator=g)
+    targets[:, :7] = -1  # ignored positions take part too
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        per_token = fn(idx, targets, reduction="none")
+        loss = per_token.sum() / (targets != -1).sum()
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        return per_token.detach(), loss.item(), grads
+
+    model.attention_backend = "mask"  # dense boolean mask in fp32: the plain definition
+    ref_tok, ref_loss, ref_grads = run(model)
+    model.attention_backend = "auto"  # flash (L) / FlexAttention (S) on CUDA
+    fast_model = ctx.maybe_compile(model)
+    t0 = time.perf_counter()
+    with ctx.autocast():
+        fast_tok, fast_loss, fast_grads = run(fast_model)
+    ctx.sync()
+    first_call_s = time.perf_counter() - t0
+    cosines = {n: cosine(fast_grads[n], ref_grads[n]) for n in ref_grads}
+    rels = {n: rel_err(fast_grads[n], ref_grads[n]) for n in ref_grads}
+    worst = min(cosines, key=cosines.get)
+    tok_err = rel_err(fast_tok, ref_tok)
+    loss_diff = abs(fast_loss - ref_loss) / abs(ref_loss)
+    tol = dict(loss_rel=1e-2, token_loss_rel=3e-2, grad_cos=0.98) if ctx.cuda else \
+        dict(loss_rel=1e-5, token_loss_rel=1e-5, grad_cos=0.99999)
+    ok = (loss_diff < tol["loss_rel"] and tok_err < tol["token_loss_rel"]
+          and cosines[worst] > tol["grad_cos"] and math.isfinite(fast_loss))
+    return {"ok": ok, "pattern": pattern, "windows": model.windows, "batch": B, "seq": T,
+            "ref_loss": ref_loss, "fast_loss": fast_loss, "loss_rel_diff": loss_diff,
+            "token_loss_rel_err": tok_err, "grad_min_cosine": cosines[worst],
+            "grad_min_cosine_param": worst, "grad_max_rel_err": max(rels.values()),
+            "first_call_s_incl_compile": round(first_call_s, 1), "tolerances": tol}
+
+
+@check("model_match_L")
+def check_model_match_full(ctx):
+    return _model_match(ctx, "L")
+
+
+@check("model_match_SSSL")
+def check_model_match_window(ctx):
+    return _model_match(ctx, "SSSL")
+
+
+def _kv_decode(ctx: Context, pattern: str) -> dict:
+    """Prefill + one-token decode through the cache equals the full forward."""
+    fp32_exact()
+    seq = ctx.size(512, 64)
+    cfg = ctx.config(window_pattern=pattern, sequence_len=seq, short_window=seq // 4)
+    model = build(ctx, cfg, seed=2).eval()
+    B, prefill = 2, seq // 3
+    g = torch.Generator(device=ctx.device).manual_seed(3)
+    idx = torch.randint(0, cfg.vocab_size, (B, seq), device=ctx.device, generator=g)
+    out = {"ok": True, "pattern": pattern, "seq": seq, "windows": model.windows}
+    for label, autocast in (("fp32", torch.autocast(ctx.device.type, enabled=False)),
+                            ("bf16", ctx.autocast())):
+        with torch.inference_mode(), autocast:
+            full = model(idx)
+            cache = KVCache.for_model(model, batch_size=B)
+            steps = [model(idx[:, :prefill], kv_cache=cache)]
+            steps += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(prefill, seq)]
+        inc = torch.cat(steps, dim=1)
+        max_abs, rel = float((inc - full).abs().max()), rel_err(inc, full)
+        agree = float((inc.argmax(-1) == full.argmax(-1)).float().mean())
+        ok = (max_abs < 1e-3) if label == "fp32" else (rel < 3e-2)
+        out.update({f"{label}_max_abs_diff": max_abs, f"{label}_rel_err": rel,
+                    f"{label}_argmax_agreement": agree})
+        out["ok"] = out["ok"] and ok
+    return out
+
+
+@check("kv_decode_L")
+def check_kv_decode_full(ctx):
+    return _kv_decode(ctx, "L")
+
+
+@check("kv_decode_SSSL")
+def check_kv_decode_window(ctx):
+    return _kv_decode(ctx, "SSSL")
+
+
+def _train_throughput(ctx: Context, pattern: str) -> dict:
+    """Compiled bf16 training steps (model fwd+bwd + fused AdamW) at seq 2048 × batch 32."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = ctx.config(window_pattern=pattern)
+    model = build(ctx, cfg, seed=4)
+    B, T = ctx.size(32, 2), cfg.sequence_len
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ctx.cuda)
+    step_fn = ctx.maybe_compile(model)
+    g = torch.Generator(device=ctx.device).manual_seed(5)
+    idx = torch.randint(0, cfg.vocab_size, (B, T + 1), device=ctx.device, generator=g)
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+
+    def step():
+        with ctx.autocast():
+            loss = step_fn(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    if ctx.cuda:
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    t0 = time.perf_counter()
+    for _ in range(3):  # compile + warm-up
+        loss = step()
+    ctx.sync()
+    warmup_s = time.perf_counter() - t0
+    n = ctx.size(10, 2)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        loss = step()
+    ctx.sync()
+    dt = (time.perf_counter() - t0) / n
+    tok_s = B * T / dt
+    flops_tok = model.estimate_flops()
+    kind = ctx.gpu_kind()
+    mfu = flops_tok * tok_s / PEAK_BF16_FLOPS[kind] if kind else None
+    peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.cuda else None
+    return {"ok": math.isfinite(loss.item()), "pattern": pattern, "depth": cfg.n_layer,
+            "width": cfg.n_embd, "vocab": cfg.vocab_size, "seq": T, "micro_batch": B,
+            "params": model.num_params(), "param_counts": model.param_counts(),
+            "flops_per_token": flops_tok, "step_ms": round(dt * 1e3, 2),
+            "tok_per_s": round(tok_s), "mfu": None if mfu is None else round(mfu, 4),
+            "peak_mem_gib": None if peak is None else round(peak, 2),
+            "warmup_s_incl_compile": round(warmup_s, 1), "loss": loss.item(),
+            "optimizer": f"torch.optim.AdamW(fused={ctx.cuda}) on all parameters"}
+
+
+@check("train_step_throughput_L")
+def check_train_full(ctx):
+    return _train_throughput(ctx, "L")
+
+
+@check("train_step_throughput_SSSL")
+def check_train_window(ctx):
+    return _train_throughput(ctx, "SSSL")
+
+
+@check("decode_throughput")
+def check_decode_throughput(ctx: Context) -> dict:
+    """tok/s through the public generate(): sampling with top-k, KV cache, bf16 on CUDA."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = ctx.config(vocab_size=50259)
+    model = build(ctx, cfg, seed=6).eval()
+    new = ctx.size(256, 16)
+    g = torch.Generator().manual_seed(7)
+
+    def rate(prompt_len, num_samples):
+        prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), generator=g).tolist()
+        run = lambda n: sum(1 for _ in generate(model, prompt, n, temperature=1.0, top_k=50,
+                                                seed=0, num_samples=num_samples))
+        run(4)  # warm-up (allocator, kernels)
+        ctx.sync()
+        t0 = time.perf_counter()
+        steps = run(new)
+        ctx.sync()
+        return round(steps * num_samples / (time.perf_counter() - t0), 1)
+
+    out = {"ok": True, "new_tokens": new, "vocab": cfg.vocab_size,
+           "batch1_ctx16_tok_s": rate(16, 1),
+           "batch1_ctx_long_tok_s": rate(cfg.sequence_len - new - 1, 1),
+           "batch16_ctx16_tok_s": rate(16, 16)}
+    kind = ctx.gpu_kind()
+    if kind:
+        # fp32 master weights are read once per step (autocast then casts them to bf16)
+        kinds = model.parameter_kinds()
+        weight_bytes = 4 * sum(p.numel() for p in kinds["matrix"] + kinds["unembedding"])
+        out["bandwidth_bound_batch1_tok_s"] = round(PEAK_HBM_BYTES_S[kind] / weight_bytes)
+        out["note"] = "bound = HBM bandwidth / fp32 matmul weight bytes per step"
+    out["ok"] = all(v > 0 for k, v in out.items() if k.endswith("tok_s"))
+    return out
+
+
+# -- runner ----------------------------------------------------------------------------
+def default_out() -> Path:
+    return Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") \
+        else Path("gpu_check.json")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (CPU dry run)")
+    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
+                        help="torch.compile the fast paths (default: on for CUDA)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--only", default="", help="comma-separated check names")
+    parser.add_argument("--skip", default="", help="comma-separated check names")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--list", action="store_true", help="list the checks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(name for name, _ in CHECKS))
+        return 0
+    device = torch.device(args.device)
+    ctx = Context(device=device, tiny=args.tiny,
+                  compile=device.type == "cuda" if args.compile is None else args.compile)
+    only = {s for s in args.only.split(",") if s}
+    skip = {s for s in args.skip.split(",") if s}
+    unknown = (only | skip) - {name for name, _ in CHECKS}
+    if unknown:
+        parser.error(f"unknown checks {sorted(unknown)}; --list shows them")
+    out_path = args.out or default_out()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "checks": []}
+    for name, fn in CHECKS:
+        if (only and name not in only) or name in skip:
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = dict(fn(ctx))
+        except Exception as err:  # report and go on: one broken path must not hide the rest
+            result = {"ok": False, "error": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc()[-3000:]}
+        result = {"name": name, **result, "seconds": round(time.perf_counter() - t0, 1)}
+        report["checks"].append(result)
+        out_path.write_text(json.dumps(report, indent=2, default=str))
+        shown = {k: v for k, v in result.items()
+                 if k not in ("name", "ok", "traceback", "param_counts", "tolerances")}
+        print(f"[{'ok' if result['ok'] else 'FAIL'}] {name}: "
+              + " ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+    report["all_ok"] = all(c["ok"] for c in report["checks"])
+    out_path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"{'all checks passed' if report['all_ok'] else 'SOME CHECKS FAILED'}; "
+          f"report: {out_path}")
+    return 0 if report["all_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Attention and rotary positions
+#
+# Attention is the one place in a transformer where tokens exchange information. Every
+# other layer works on each position alone. In this lesson you build it from nothing:
+#
+# 1. **scores**: how well each query matches each key;
+# 2. the **causal mask**: a token may only look back;
+# 3. **softmax** and the weighted sum of values;
+# 4. **multiple heads**, and heads that share keys and values (GQA);
+# 5. **sliding windows**, and how a GPU skips the tiles a window rules out;
+# 6. **RoPE**: positions as rotations, and why the scores then depend only on distance;
+# 7. **QK-norm**: keeping scores in a range where softmax stays soft.
+#
+# Each piece is written plainly first, then checked against `nanogpt_course`, whose
+# versions the model in lesson 03 uses.
+
+# %%
+import math
+import os
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+from nanogpt_course import attention, exercises, presets, rope
+
+# %% tags=["parameters"]
+PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
+SEED = 0
+
+# %%
+PRESET = presets.validate(PRESET)
+T_DEMO = presets.choose(PRESET, smoke=12, laptop=32, full=64)  # tokens in the demos
+torch.manual_seed(SEED)
+print(f"preset {PRESET!r}: demo sequences of {T_DEMO} tokens")
+
+# %% [markdown]
+# ## 1. Scores: queries against keys
+#
+# Each token emits three vectors: a **query** ("what am I looking for?"), a **key**
+# ("what do I contain?") and a **value** ("what do I pass on if chosen?"). The score of
+# query $i$ against key $j$ is their dot product, $s_{ij} = q_i \cdot k_j$.
+#
+# We divide by $\sqrt{D}$. Why: if the entries of $q$ and $k$ are independent with
+# variance 1, their dot product is a sum of $D$ such products, so its variance is $D$.
+# Unscaled, scores grow with the head size and the softmax turns into a hard max.
+
+# %%
+for D in (4, 64, 256):
+    q, k = torch.randn(10_000, D), torch.randn(10_000, D)
+    raw = (q * k).sum(-1)
+    print(f"D={D:4d}: std of q·k = {raw.std():6.2f}   std of q·k/√D = {(raw / math.sqrt(D)).std():.2f}")
+
+# %% [markdown]
+# For a whole sequence, all scores come out of one matrix product: with $Q$ and $K$ of
+# shape (T, D), the scores are $QK^\top/\sqrt{D}$, a (T, T) table.
+
+# %%
+D = 8
+q, k, v = torch.randn(T_DEMO, D), torch.randn(T_DEMO, D), torch.randn(T_DEMO, D)
+scores = q @ k.T / math.sqrt(D)
+print("scores:", tuple(scores.shape), "  row 0:", scores[0, :4].tolist())
+
+# %% [markdown]
+# ## 2. The causal mask
+#
+# A language model predicts token $t+1$ from tokens $\le t$. If position $i$ could read
+# key $j > i$ during training, it would simply copy the answer. So we set every score
+# above the diagonal to $-\infty$: after the softmax, those weights are exactly 0.
+
+# %%
+future = torch.triu(torch.ones(T_DEMO, T_DEMO, dtype=torch.bool), diagonal=1)
+masked = scores.masked_fill(future, float("-inf"))
+weights = torch.softmax(masked, dim=-1)  # each row sums to 1 over the visible keys
+print("row sums:", weights.sum(-1)[:4].tolist())
+print("weights above the diagonal:", weights[future].abs().max().item())
+
+# %%
+plt.figure(figsize=(4, 3.5))
+plt.imshow(weights, cmap="viridis")
+plt.xlabel("key position j")
+plt.ylabel("query position i")
+plt.title("causal attention weights")
+plt.colorbar()
+plt.show()
+
+# %% [markdown]
+# ## 3. The weighted sum of values
+#
+# Each output is a mixture of the values it attended to: $y_i = \sum_j w_{ij} v_j$, i.e.
+# $Y = WV$. Put together, single-head causal attention is four lines:
+
+# %%
+def naive_attention(q, k, v):
+    """One head: q, k, v (T, D) → (T, D)."""
+    scores = q @ k.T / math.sqrt(q.shape[-1])
+    future = torch.triu(torch.ones(len(q), len(k), dtype=torch.bool), diagonal=1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+
+
+y = naive_attention(q, k, v)
+print("output:", tuple(y.shape))
+
+# %% [markdown]
+# PyTorch ships the same computation as one fused kernel,
+# `F.scaled_dot_product_attention` (on a GPU it runs *flash attention*, which never stores
+# the (T, T) table). It works on (batch, heads, T, D) tensors:
+
+# %%
+fused = F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None], is_causal=True)
+torch.testing.assert_close(fused[0, 0], y)
+print("naive attention == F.scaled_dot_product_attention")
+
+# %% [markdown]
+# ## 4. Many heads
+#
+# One head computes one kind of "lookup". A transformer runs $H$ of them side by side, each
+# on its own slice of width $D = C / H$ of the model's $C$ channels, then concatenates the
+# results. In code that is only a reshape: (B, T, C) → (B, T, H, D) → (B, H, T, D).
+
+# %%
+B, C, H = 2, 32, 4
+x = torch.randn(B, T_DEMO, C)
+w_q, w_k, w_v = (torch.randn(C, C) / math.sqrt(C) for _ in range(3))
+
+
+def split_heads(t):
+    """(B, T, C) → (B, H, T, C/H): head h gets channels h·D .. (h+1)·D - 1."""
+    return t.view(B, T_DEMO, H, C // H).transpose(1, 2)
+
+
+qh, kh, vh = split_heads(x @ w_q), split_heads(x @ w_k), split_heads(x @ w_v)
+per_head = torch.stack([torch.stack([naive_attention(qh[b, h], kh[b, h], vh[b, h])
+                                     for h in range(H)]) for b in range(B)])
+print("per-head outputs:", tuple(per_head.shape))
+
+# %% [markdown]
+# The library's `attention.causal_attention` does all heads and the batch at once (on a
+# GPU: flash attention). Same numbers:
+
+# %%
+torch.testing.assert_close(attention.causal_attention(qh, kh, vh), per_head)
+print("loops over heads == attention.causal_attention")
+
+# %% [markdown]
+# ### Exercise: causal attention for a batch of heads
+#
+# Write `causal_attention(q, k, v)` for tensors of shape (B, H, T, D), without loops: the
+# matrix products broadcast over the leading dimensions.
+
+# %%
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ/√D + causal mask)V. q, k, v: (B, H, T, D) → (B, H, T, D)."""
+    raise NotImplementedError("exercise: scores, mask the future with -inf, softmax, @ v")
+
+
+# %%
+causal_attention = exercises.check("02_attention_rope.causal_attention", causal_attention)
+
+# %%
+torch.testing.assert_close(causal_attention(qh, kh, vh), per_head, atol=1e-5, rtol=1e-5)
+
+# %% [markdown]
+# ## 5. Sliding windows
+#
+# Full attention costs $O(T^2)$: every token looks at every earlier token. A *sliding
+# window* of $W$ lets each token see only itself and the $W-1$ tokens before it: $O(TW)$.
+# Models such as the one we train mix both: the pattern `"SSSL"` gives three short-window
+# layers, then one full-context layer, repeated (and the last layer is always full), so
+# information still travels the whole context, a few hops at a time.
+#
+# ### Exercise: the window mask
+#
+# Write `sliding_window_mask(T, window)`: a (T, T) boolean table, True where query $i$ may
+# see key $j$: $j \le i$ and $i - j < W$.
+
+# %%
+def sliding_window_mask(T: int, window: int) -> torch.Tensor:
+    """(T, T) bool: True where query i may see key j (j <= i and i - j < window)."""
+    raise NotImplementedError("exercise: compare a column of i's with a row of j's")
+
+
+# %%
+sliding_window_mask = exercises.check("02_attention_rope.sliding_window_mask", sliding_window_mask)
+
+# %%
+W = 4
+mask = sliding_window_mask(T_DEMO, W)
+plt.figure(figsize=(4, 3.5))
+plt.imshow(mask, cmap="Greys")
+plt.xlabel("key position j")
+plt.ylabel("query position i")
+plt.title(f"sliding window, W={W}")
+plt.show()
+
+# %% [markdown]
+# Attention with that mask, written out, against the library (`window=W`):
+
+# %%
+scores = qh @ kh.transpose(-2, -1) / math.sqrt(qh.shape[-1])
+windowed = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ vh
+torch.testing.assert_close(attention.causal_attention(qh, kh, vh, window=W), windowed)
+print("masked softmax == attention.causal_attention(..., window=W)")
+
+# %% [markdown]
+# A dense (T, T) mask would cost $T^2$ memory again, so on a GPU the library never builds
+# one. Attention kernels work in tiles of 128 × 128; FlexAttention accepts a **block mask**
+# listing, for every row of tiles, which key tiles hold any visible entry and which are
+# completely visible (those need no masking at all). `sliding_window_block_mask` computes
+# that list from tile indices alone. For 2048 tokens and a window of 512:
+
+# %%
+bm = attention.sliding_window_block_mask(2048, 512)
+tiles = bm.to_dense()[0, 0]  # (16, 16): 1 where a tile is computed
+n = tiles.shape[0]
+print(f"tiles computed: {int(tiles.sum())} of {n * (n + 1) // 2} causal tiles "
+      f"({n * n} in the full square)")
+plt.figure(figsize=(3.5, 3.5))
+plt.imshow(tiles, cmap="Greys")
+plt.title("128×128 tiles computed (T=2048, W=512)")
+plt.show()
+
+# %% [markdown]
+# ## 6. Sharing keys and values between heads (GQA)
+#
+# During generation the model keeps every past key and value (lesson 03's KV cache), so
+# their size matters. **Grouped-query attention** keeps $H$ query heads but only
+# $H_{kv} < H$ key/value heads; each kv head serves a group of $H / H_{kv}$ query heads.
+# It is the same as copying each kv head to its group:
+
+# %%
+k_few, v_few = kh[:, :2], vh[:, :2]  # 2 kv heads for 4 query heads
+copied = causal_attention(qh, k_few.repeat_interleave(2, dim=1), v_few.repeat_interleave(2, dim=1))
+torch.testing.assert_close(attention.causal_attention(qh, k_few, v_few), copied)
+print(f"GQA: {H} query heads share 2 kv heads; the kv cache is {H // 2}x smaller")
+
+# %% [markdown]
+# ## 7. Positions: attention alone cannot see order
+#
+# Nothing above knows *where* a token is. Without the mask, shuffling the keys and values
+# together leaves every output unchanged: attention is a set operation.
+
+# %%
+perm = torch.randperm(T_DEMO)
+unmasked = lambda q, k, v: torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1) @ v
+torch.testing.assert_close(unmasked(q, k[perm], v[perm]), unmasked(q, k, v))
+print("shuffling the keys and values changes nothing: order is invisible")
+
+# %% [markdown]
+# ## 8. RoPE: positions as rotations
+#
+# Rotary position embeddings encode position $m$ by **rotating** queries and keys. Take a
+# head of width $D$ and pair dimension $i$ with dimension $i + D/2$. Each pair is a point in
+# the plane; at position $m$ we rotate it by the angle $m\,\theta_i$, with one speed per pair:
+#
+# $$\theta_i = \text{base}^{-2i/D}, \qquad i = 0, \dots, D/2 - 1 .$$
+#
+# The first pairs turn fast (they resolve nearby positions), the last ones slowly (they
+# tell far-apart positions apart). Here are $\cos(m\,\theta_i)$ for a head of 64:
+
+# %%
+D_HEAD, T_ROPE = 64, 256
+freqs = rope.rope_frequencies(D_HEAD, base=10000.0)
+angles = torch.outer(torch.arange(T_ROPE).float(), freqs)  # (positions, pairs)
+plt.figure(figsize=(7, 3))
+plt.imshow(angles.cos().T, aspect="auto", cmap="RdBu")
+plt.xlabel("position m")
+plt.ylabel("pair i")
+plt.title("cos(m·θ_i): fast pairs at the top, slow at the bottom")
+plt.colorbar()
+plt.show()
+
+# %% [markdown]
+# A rotation of the point $(a, b)$ by angle $\phi$ is $(a\cos\phi - b\sin\phi,\;
+# a\sin\phi + b\cos\phi)$. Written for every pair and position at once:
+
+# %%
+def rope_from_scratch(x, base=10000.0):
+    """x: (T, D) vectors at positions 0..T-1 → rotated copy."""
+    T, D = x.shape
+    theta = base ** (-torch.arange(0, D, 2).float() / D)  # (D/2,) one speed per pair
+    phi = torch.arange(T).float()[:, None] * theta[None, :]  # (T, D/2) angles
+    a, b = x[:, : D // 2], x[:, D // 2 :]
+    return torch.cat([a * phi.cos() - b * phi.sin(), a * phi.sin() + b * phi.cos()], dim=-1)
+
+
+x_demo = torch.randn(T_ROPE, D_HEAD)
+rotated = rope_from_scratch(x_demo)
+cos, sin = rope.rope_cos_sin(T_ROPE, D_HEAD)
+torch.testing.assert_close(rope.apply_rope(x_demo[None, :, None], cos, sin)[0, :, 0], rotated,
+                           atol=1e-4, rtol=1e-4)
+print("rope_from_scratch == rope.apply_rope; lengths kept:",
+      torch.allclose(rotated.norm(dim=-1), x_demo.norm(dim=-1), atol=1e-4))
+
+# %% [markdown]
+# ### Exercise: apply RoPE to a batch of heads
+#
+# The model's tensors are (B, T, H, D) and the tables `cos`, `sin` are (T, D/2). Write
+# `apply_rope(x, cos, sin)`: reshape the tables so they broadcast over batch and heads.
+
+# %%
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + D/2) of x (B, T, H, D) by the angles in cos/sin (T, D/2)."""
+    raise NotImplementedError("exercise: split x in halves, rotate, concatenate")
+
+
+# %%
+apply_rope = exercises.check("02_attention_rope.apply_rope", apply_rope)
+
+# %% [markdown]
+# ## 9. Why rotations: scores depend only on distance
+#
+# Rotate $q$ by $m\theta$ and $k$ by $n\theta$. Their dot product equals the dot product of
+# $q$ with $k$ rotated by $(n - m)\theta$: only the **difference** $m - n$ survives. So the
+# score between two tokens depends on their contents and how far apart they are, never on
+# where in the sequence they sit. Let us check it on every pair $(m, n)$:
+
+# %%
+qv, kv = torch.randn(D_HEAD), torch.randn(D_HEAD)
+cos, sin = rope.rope_cos_sin(T_ROPE, D_HEAD)
+rq = apply_rope(qv.expand(1, T_ROPE, 1, D_HEAD), cos, sin)[0, :, 0]  # q placed at every position
+rk = apply_rope(kv.expand(1, T_ROPE, 1, D_HEAD), cos, sin)[0, :, 0]
+table = rq @ rk.T  # table[m, n] = <R(m) q, R(n) k>
+worst = max((table.diagonal(-d) - table.diagonal(-d)[0]).abs().max().item() for d in range(T_ROPE))
+print(f"largest spread along any diagonal m - n = const: {worst:.2e}")
+
+# %%
+dist = torch.arange(T_ROPE)
+plt.figure(figsize=(6, 3))
+plt.plot(dist, table[dist, 0], label="query at m, key at 0")
+plt.plot(dist[:-50], table[dist[:-50] + 50, 50], "--", label="query at m+50, key at 50")
+plt.xlabel("distance m - n")
+plt.ylabel("score")
+plt.legend()
+plt.title("the same curve wherever the pair sits")
+plt.show()
+
+# %% [markdown]
+# ## 10. QK-norm
+#
+# If activations grow during training, scores grow with the *product* of the query and
+# key sizes and the softmax collapses onto a single key (its entropy drops to 0), which
+# stalls learning. **QK-norm** applies RMSNorm (divide by the root-mean-square, no learned
+# scale) to each query and key head first, so every score lies in $[-\sqrt{D}, \sqrt{D}]$
+# whatever the activation scale. Entropy of the attention rows as the inputs grow:
+
+# %%
+def rms_norm(t):
+    return t / t.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+
+
+def mean_entropy(q, k):
+    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    return -(w * w.clamp_min(1e-12).log()).sum(-1).mean().item()
+
+
+qs, ks = torch.randn(T_ROPE, D_HEAD), torch.randn(T_ROPE, D_HEAD)
+for scale in (1, 3, 10, 30):
+    print(f"activations x{scale:>2}: entropy without norm {mean_entropy(scale * qs, scale * ks):5.2f}"
+          f"   with QK-norm {mean_entropy(rms_norm(scale * qs), rms_norm(scale * ks)):5.2f}")
+
+# %% [markdown]
+# The library uses `F.rms_norm` for this. Because a rotation keeps a vector's length,
+# normalizing before or after RoPE gives the same result:
+
+# %%
+torch.testing.assert_close(F.rms_norm(qs, (D_HEAD,)), rms_norm(qs), atol=1e-5, rtol=1e-5)
+cos, sin = rope.rope_cos_sin(T_ROPE, D_HEAD)
+as_heads = lambda t: t[None, :, None]  # (T, D) → (1, T, 1, D)
+torch.testing.assert_close(rope.apply_rope(as_heads(F.rms_norm(qs, (D_HEAD,))), cos, sin),
+                           as_heads(F.rms_norm(rope.apply_rope(as_heads(qs), cos, sin)[0, :, 0],
+                                               (D_HEAD,))), atol=1e-5, rtol=1e-5)
+print("norm then rotate == rotate then norm")
+
+# %% [markdown]
+# ## What next
+#
+# You now have every part of the model's attention layer: project to queries, keys and
+# values; QK-norm; RoPE; causal (optionally windowed) attention over grouped heads; and an
+# output projection. `nanogpt_course.model.CausalSelfAttention` is exactly that.
+# `lessons/03_gpt_model` stacks it with an MLP into blocks, builds the whole GPT, counts
+# its parameters and FLOPs, and generates text with a KV cache.

@@ -1,0 +1,256 @@
+"""KV cache, sampling, generate and stream_text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nanogpt_course import engine
+from nanogpt_course.engine import KVCache, generate, sample_next_token, stream_text
+from nanogpt_course.model import GPT, GPTConfig
+
+
+def make_model(seed=0, **overrides) -> GPT:
+    """A small fp32 model with every weight random (zero-init projections included)."""
+    base = dict(sequence_len=48, vocab_size=256, n_layer=4, n_head=4, n_kv_head=2, n_embd=64)
+    base.update(overrides)
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**base))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lambdas" in name:
+                continue
+            std = 1.0 if name.startswith(("wte", "value_embeds")) else 0.5 / p.shape[-1] ** 0.5
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+class ByteTokenizer:
+    """Bytes as tokens; decode replaces incomplete UTF-8 with U+FFFD like tiktoken does."""
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+# -- KV cache equals the full forward --------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("overrides", [{}, dict(window_pattern="SSSL", short_window=7),
+                                       dict(value_embeds=False, residual_scalars=False,
+                                            n_kv_head=4)])
+def test_cached_decoding_matches_full_forward(batch, overrides):
+    model = make_model(**overrides)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 256, (batch, 48), generator=g)
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache.for_model(model, batch_size=batch)
+        chunks = [model(idx[:, :5], kv_cache=cache)]  # prefill
+        for t in range(5, 20):  # one token at a time
+            chunks.append(model(idx[:, t:t + 1], kv_cache=cache))
+        chunks.append(model(idx[:, 20:29], kv_cache=cache))  # a multi-token chunk mid-way
+        for t in range(29, 48):
+            chunks.append(model(idx[:, t:t + 1], kv_cache=cache))
+    assert cache.pos == 48
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_cache_refuses_overflow_and_wrong_batch():
+    model = make_model()
+    cache = KVCache.for_model(model, batch_size=2, max_len=8)
+    with torch.no_grad():
+        model(torch.zeros(2, 6, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(ValueError, match="KV cache full"):
+            model(torch.zeros(2, 3, dtype=torch.long), kv_cache=cache)
+    cache = KVCache.for_model(model, batch_size=2)
+    with pytest.raises(ValueError, match="batch"), torch.no_grad():
+        model(torch.zeros(3, 2, dtype=torch.long), kv_cache=cache)
+    cache = KVCache.for_model(model)
+    with pytest.raises(ValueError, match="context"), torch.no_grad():
+        model(torch.zeros(1, 40, dtype=torch.long), kv_cache=cache)
+        model(torch.zeros(1, 9, dtype=torch.long), kv_cache=cache)
+
+
+def test_cache_expand_copies_rows():
+    model = make_model()
+    cache = KVCache.for_model(model, max_len=16)
+    with torch.no_grad():
+        model(torch.arange(5)[None], kv_cache=cache)
+    wide = cache.expand(3)
+    assert wide.pos == 5 and wide.k.shape[1] == 3
+    torch.testing.assert_close(wide.k[:, 2], cache.k[:, 0])
+    wide.k[:, 1] += 1  # rows are independent copies
+    torch.testing.assert_close(wide.k[:, 2], cache.k[:, 0])
+
+
+# -- sampling --------------------------------------------------------------------------
+def test_top_k_filter():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 2.0, 4.0]])
+    out = engine.top_k_filter(logits, 2)
+    assert torch.isinf(out[0, [0, 2, 3]]).all() and out[0, 1] == 5 and out[0, 4] == 4
+    assert torch.equal(engine.top_k_filter(logits, 10), logits)
+
+
+def test_top_p_filter_keeps_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
+    logits = probs.log()
+    kept = lambda p: (~torch.isinf(engine.top_p_filter(logits, p))).nonzero()[:, 1].tolist()
+    assert kept(0.5) == [0]  # the top token alone already has 0.5
+    assert kept(0.6) == [0, 2]
+    assert kept(0.81) == [0, 2, 3]
+    assert kept(1.0) == [0, 1, 2, 3]
+    assert kept(0.01) == [0]  # never empty
+
+
+def test_sample_next_token_modes():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g)
+    greedy = logits.argmax(-1)
+    assert torch.equal(sample_next_token(logits, temperature=0), greedy)
+    assert torch.equal(sample_next_token(logits, top_k=1, generator=g), greedy)
+    assert torch.equal(sample_next_token(logits, top_p=1e-6, generator=g), greedy)
+    picks = sample_next_token(logits, top_k=3, generator=g)
+    top3 = logits.topk(3).indices
+    assert all(p in row for p, row in zip(picks.tolist(), top3.tolist()))
+
+
+def test_sampling_follows_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next_token(logits.expand(40000, 4), temperature=2.0, generator=g)
+    freq = torch.bincount(draws, minlength=4).double() / 40000
+    torch.testing.assert_close(freq, (logits / 2.0).softmax(-1).double(), atol=0.01, rtol=0)
+
+
+# -- generate --------------------------------------------------------------------------
+def test_greedy_generate_matches_argmax_loop_with_and_without_cache():
+    model = make_model(window_pattern="SL", short_window=5)
+    prompt = [3, 1, 4, 1, 5]
+    expected, seq = [], list(prompt)
+    with torch.no_grad():
+        for _ in range(20):
+            nxt = int(model(torch.tensor([seq]))[0, -1].argmax())
+            expected.append(nxt)
+            seq.append(nxt)
+    assert list(generate(model, prompt, 20, temperature=0)) == expected
+    assert list(generate(model, prompt, 20, temperature=0, use_cache=False)) == expected
+
+
+def test_generate_is_deterministic_under_a_seed():
+    model = make_model()
+    run = lambda seed, **kw: list(generate(model, [7, 8], 25, seed=seed, top_k=50, top_p=0.9,
+                                           **kw))
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+    assert run(3, use_cache=False) == run(3)  # same logits, same random stream
+    many = run(4, num_samples=3)
+    assert many == run(4, num_samples=3)
+    assert len(many) == 25 and all(len(step) == 3 for step in many)
+    rows = list(zip(*many))
+    assert len(set(rows)) > 1  # independent continuations
+
+
+def test_generate_stops_on_stop_tokens():
+    model = make_model()
+    free = list(generate(model, [1, 2, 3], 30, temperature=0))
+    stop_tok = free[9]
+    first = free.index(stop_tok)
+    out = list(generate(model, [1, 2, 3], 30, temperature=0, stop=[stop_tok]))
+    assert out == free[: first + 1]  # the stop token is yielded, then generation ends
+
+
+def test_finished_samples_repeat_their_stop_token():
+    model = make_model()
+    sample = lambda **kw: list(generate(model, [1, 2, 3], 40, seed=0, num_samples=4,
+                                        temperature=2.0, **kw))
+    stop_tok = [list(r) for r in zip(*sample())][0][3]  # what row 0 samples at step 3
+    steps = sample(stop=[stop_tok])
+    rows = [list(r) for r in zip(*steps)]
+    assert stop_tok in rows[0][:4]  # same random stream: row 0 stops by step 3
+    for r in rows:
+        if stop_tok in r:
+            assert all(t == stop_tok for t in r[r.index(stop_tok):])
+    if len(steps) < 40:  # generation ended early only because every row stopped
+        assert all(stop_tok in r for r in rows)
+
+
+def test_generate_respects_the_context():
+    model = make_model()  # sequence_len 48
+    out = list(generate(model, list(range(40)), 100, temperature=0))
+    assert len(out) == 48 - 40 + 1  # the last token never needs to be fed back
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        list(generate(model, list(range(49)), 5))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ids=[]), "empty prompt"),
+    (dict(ids=[300]), "outside the vocabulary"),
+    (dict(temperature=-1), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_k=0), "top_k"),
+    (dict(num_samples=0), "num_samples"),
+])
+def test_generate_argument_errors(kwargs, match):
+    model = make_model()
+    args = dict(ids=[1, 2], max_new_tokens=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        list(generate(model, args.pop("ids"), args.pop("max_new_tokens"), **args))
+
+
+def test_generate_leaves_grad_mode_alone():
+    model = make_model()
+    for _ in generate(model, [1], 3):
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+# -- stream_text -----------------------------------------------------------------------
+TEXT = "naïve café ☕ — 日本語 🎉 done"
+
+
+def _fake_generate(tokens):
+    def fake(model, ids, max_new_tokens, **kwargs):
+        stop = set(kwargs.get("stop", ()))
+        for t in tokens[:max_new_tokens]:
+            yield t
+            if t in stop:
+                return
+    return fake
+
+
+def test_stream_text_never_splits_characters(monkeypatch):
+    tokens = list(TEXT.encode())
+    monkeypatch.setattr(engine, "generate", _fake_generate(tokens))
+    pieces = list(stream_text(None, ByteTokenizer(), [0], max_new_tokens=1000))
+    assert "".join(pieces) == TEXT
+    assert all("\ufffd" not in p for p in pieces)
+    assert len(pieces) == len(TEXT)  # one byte at a time: one piece per character
+
+
+def test_stream_text_drops_stop_token(monkeypatch):
+    tokens = list(b"hi there") + [0] + list(b"after")
+    monkeypatch.setattr(engine, "generate", _fake_generate(tokens))
+    assert "".join(stream_text(None, ByteTokenizer(), [1], max_new_tokens=99, stop=[0])) == \
+        "hi there"
+
+
+def test_stream_text_with_gpt2_tokenizer(monkeypatch, shared_data):
+    """Real BPE: the emoji and CJK characters span several GPT-2 tokens."""
+    tok_mod = pytest.importorskip("nanogpt_course.tokenizer")
+    if not hasattr(tok_mod, "Tokenizer"):
+        pytest.skip("nanogpt_course.tokenizer.Tokenizer not written yet")
+    tok = tok_mod.Tokenizer.gpt2()  # from the data mirror's GPT-2 files, offline
+    tokens = tok.encode(TEXT)
+    assert len(tokens) < len(TEXT.encode())  # multi-byte tokens, not bytes
+    monkeypatch.setattr(engine, "generate", _fake_generate(tokens))
+    pieces = list(stream_text(None, tok, [0], max_new_tokens=1000))
+    assert "".join(pieces) == TEXT and all("\ufffd" not in p for p in pieces)
+
+
+def test_stream_text_with_a_real_model():
+    model = make_model()
+    tok = ByteTokenizer()
+    pieces = list(stream_text(model, tok, list(b"Hello"), max_new_tokens=30, seed=0))
+    tokens = list(generate(model, list(b"Hello"), 30, seed=0))
+    assert "".join(pieces) == tok.decode(tokens) or len(tokens) >= 8
+    with pytest.raises(ValueError, match="num_samples"):
+        list(stream_text(model, tok, [1], max_new_tokens=3, num_samples=2))
