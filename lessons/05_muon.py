@@ -1,0 +1,383 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Muon: orthogonalized updates for weight matrices
+#
+# AdamW treats a weight matrix as a bag of independent numbers. **Muon** treats it as what
+# it is, a linear map, and asks: which change of this map reduces the loss fastest if every
+# direction of change is allowed the same size? The answer replaces the gradient matrix
+# $G = U \Sigma V^\top$ by $U V^\top$: the same directions, with every singular value set
+# to 1.
+#
+# In this lesson you will:
+#
+# 1. see that a transformer's gradient matrices are nearly low-rank, so plain updates spend
+#    almost all their size on a few directions;
+# 2. compute the ideal update $U V^\top$ with an SVD, and see why we avoid the SVD;
+# 3. build the **Newton–Schulz** iteration that approximates $U V^\top$ with matrix
+#    products only, and compare it with the SVD;
+# 4. assemble the full Muon step (momentum, Nesterov, shape-aware learning rate);
+# 5. train a tiny GPT with Muon + AdamW and with AdamW alone, and compare loss curves.
+
+# %%
+import os
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+from nanogpt_course import exercises, paths, presets
+from nanogpt_course.device import describe, pick_device
+from nanogpt_course.model import GPT, GPTConfig
+from nanogpt_course.optim import MuonAdamW, build_optimizer, orthogonalize, shape_lr_scale
+from nanogpt_course.optim.demo import bigram_batch
+from nanogpt_course.optim.muon import NEWTON_SCHULZ_COEFFS, coefficients
+
+# %% tags=["parameters"]
+PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
+SEED = 0
+
+# %% [markdown]
+# The preset sizes the tiny model and how long we train it.
+
+# %%
+PRESET = presets.validate(PRESET)
+STEPS = presets.choose(PRESET, smoke=15, laptop=300, full=1500)
+WIDTH = presets.choose(PRESET, smoke=64, laptop=128, full=256)
+DEPTH = presets.choose(PRESET, smoke=2, laptop=4, full=6)
+SEQ = presets.choose(PRESET, smoke=64, laptop=128, full=256)
+BATCH = presets.choose(PRESET, smoke=8, laptop=16, full=32)
+ADAMW_LRS = presets.choose(PRESET, smoke=[1e-2], laptop=[3e-3, 1e-2, 3e-2],
+                           full=[3e-3, 1e-2, 3e-2])
+device = pick_device()
+torch.manual_seed(SEED)
+print(f"preset {PRESET!r}: {STEPS} steps, d{DEPTH} x {WIDTH} wide, batch {BATCH} x {SEQ} "
+      f"chars, on {describe(device)}")
+
+# %% [markdown]
+# ## Data: characters of Shakespeare
+#
+# A character-level model keeps the vocabulary tiny (65 symbols) so the whole lesson runs
+# on a laptop. The text comes from the data mirror (`NANOGPT_COURSE_DATA`) when it is
+# there; without it we fall back to a synthetic "language" from the library (a random
+# bigram chain), which is learnable in the same way.
+
+# %%
+raw = paths.find_raw("tinyshakespeare/input.txt")
+if raw is not None:
+    text = raw.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text])
+    VOCAB = len(chars)
+
+    def get_batch(step: int):
+        """Inputs and targets (BATCH, SEQ) at random offsets; the same for a given step."""
+        g = torch.Generator().manual_seed(SEED * 100_003 + step)
+        starts = torch.randint(len(data) - SEQ - 1, (BATCH,), generator=g)
+        rows = torch.stack([data[s:s + SEQ + 1] for s in starts.tolist()])
+        return rows[:, :-1].to(device), rows[:, 1:].to(device)
+
+    print(f"tiny Shakespeare: {len(text):,} characters, vocabulary {VOCAB}")
+else:
+    VOCAB = 64
+
+    def get_batch(step: int):
+        x, y = bigram_batch(SEED * 100_003 + step, vocab=VOCAB, batch=BATCH, seq=SEQ)
+        return x.to(device), y.to(device)
+
+    print("no data mirror: using the synthetic bigram chain (vocabulary 64)")
+
+
+def tiny_gpt(seed: int = SEED) -> GPT:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(sequence_len=SEQ, vocab_size=VOCAB, n_layer=DEPTH, n_head=WIDTH // 32,
+                    n_kv_head=WIDTH // 32, n_embd=WIDTH)
+    return GPT(cfg).to(device)
+
+
+# %% [markdown]
+# ## 1. Gradient matrices are nearly low-rank
+#
+# Take one batch, run forward and backward, and look at the gradient of a weight matrix
+# through its singular values. (At initialization the output projections `c_proj` are
+# zero, so they are the matrices whose gradients are nonzero on the very first step.)
+
+# %%
+model = tiny_gpt()
+x, y = get_batch(0)
+model(x, y).backward()
+G = model.blocks[0].mlp.c_proj.weight.grad.detach().float().cpu()
+sv = torch.linalg.svdvals(G)
+energy = (sv**2).cumsum(0) / (sv**2).sum()
+print(f"gradient of blocks[0].mlp.c_proj: shape {tuple(G.shape)}, {len(sv)} singular values")
+print(f"the top direction holds {energy[0]:.0%} of the squared norm, the top 4 hold "
+      f"{energy[3]:.0%}")
+
+# %%
+plt.figure(figsize=(6, 3.2))
+plt.semilogy(sv / sv[0], marker=".")
+plt.xlabel("index")
+plt.ylabel("singular value / largest")
+plt.title("a gradient matrix: a few directions dominate")
+plt.show()
+
+# %% [markdown]
+# An SGD step $W \leftarrow W - \eta G$ moves the weights almost only along the first few
+# directions; the others, which might matter later, barely move. Adam rescales each entry
+# separately, which does not fix a problem that lives in the matrix's singular directions.
+
+# %% [markdown]
+# ## 2. The ideal update: $U V^\top$
+#
+# Write $G = U \Sigma V^\top$ (the SVD). The matrix $O = U V^\top$ keeps the directions and
+# sets every singular value to 1. It is the **steepest-descent direction when step size is
+# measured by the spectral norm** (the largest stretch a matrix applies): among all $Q$ with
+# $\|Q\|_2 \le 1$, $Q = U V^\top$ maximizes the first-order loss decrease
+# $\langle G, Q \rangle$, and the maximum is $\sum_i \sigma_i$.
+
+# %%
+U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+O_svd = U @ Vh
+print("singular values of U V^T:", torch.linalg.svdvals(O_svd)[:5].tolist(), "...")
+print(f"<G, U V^T> = {(G * O_svd).sum():.5f}   sum of singular values = {S.sum():.5f}")
+g = torch.Generator().manual_seed(1)
+for _ in range(3):  # random directions of spectral norm 1 do worse
+    Q = torch.randn(G.shape, generator=g)
+    Q = Q / torch.linalg.matrix_norm(Q, ord=2)
+    print(f"  a random Q with ||Q||_2 = 1: <G, Q> = {(G * Q).sum():+.5f}")
+
+# %% [markdown]
+# Why not just use the SVD? It is an iterative, largely sequential algorithm: on a GPU it
+# runs far below the speed of matrix multiplication, and a model has dozens of matrices to
+# process at every step. We want $U V^\top$ from **matrix products only**.
+
+# %% [markdown]
+# ## 3. Newton–Schulz from scratch
+#
+# The trick: an odd polynomial applied to a matrix acts on its singular values.
+# With $A = X X^\top$,
+#
+# $$a X + b (X X^\top) X + c (X X^\top)^2 X = U \, p(\Sigma) \, V^\top, \qquad
+# p(x) = a x + b x^3 + c x^5 .$$
+#
+# So if we first scale $X = G / \|G\|_F$ (every singular value is then in $(0, 1]$) and
+# apply a polynomial that pushes every $x \in (0, 1]$ toward 1, a few times, we get
+# $\approx U V^\top$. Keller Jordan's quintic $(a, b, c) = (3.4445, -4.7750, 2.0315)$ has a
+# steep slope at 0 ($a \approx 3.4$: tiny singular values grow fast) and does not settle
+# exactly at 1: after 5 steps the values oscillate inside a band around 1, which is good
+# enough for an update direction and much faster than exact convergence.
+
+# %%
+a, b, c = NEWTON_SCHULZ_COEFFS
+xs = torch.linspace(0, 1, 1001, dtype=torch.float64)
+plt.figure(figsize=(6, 3.2))
+ys = xs.clone()
+for k in range(1, 6):
+    ys = a * ys + b * ys**3 + c * ys**5
+    plt.plot(xs, ys, label=f"{k} step{'s' if k > 1 else ''}")
+plt.axhline(1.0, color="gray", lw=0.5)
+plt.xlabel("singular value after normalization")
+plt.ylabel("after k steps")
+plt.legend()
+plt.title("Newton-Schulz quintic, applied k times")
+plt.show()
+inside = ys[xs >= 3e-3]
+print(f"after 5 steps, inputs >= 3e-3 land in [{inside.min():.2f}, {inside.max():.2f}]")
+
+# %% [markdown]
+# **Exercise.** Write the iteration for one matrix. Work on the wide orientation (if the
+# matrix is tall, transpose it first and transpose back at the end), so that
+# $A = X X^\top$ is the smaller Gram matrix.
+
+# %%
+def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximate U V^T of G = U S V^T with the quintic Newton-Schulz iteration. G: (m, n)."""
+    raise NotImplementedError("exercise: normalize, then X <- aX + (bA + cA^2) X, A = X X^T")
+
+
+# %%
+newton_schulz = exercises.check("05_muon.newton_schulz", newton_schulz)
+
+# %% [markdown]
+# Compare it with the SVD's $U V^\top$ on our gradient, and with the library's
+# `orthogonalize`, which does the same for a whole stack of matrices at once (and in
+# bfloat16 on a GPU).
+
+# %%
+O_ns = newton_schulz(G)
+cos = (O_ns * O_svd).sum() / (O_ns.norm() * O_svd.norm())
+print(f"cosine(Newton-Schulz, U V^T) = {cos:.4f}")
+torch.testing.assert_close(O_ns, orthogonalize(G), atol=1e-4, rtol=1e-4)
+print("matches nanogpt_course.optim.orthogonalize")
+
+# %% [markdown]
+# Singular values before and after. The gradient's spread over orders of magnitude; after
+# 5 Newton–Schulz steps every one that started above about $3 \cdot 10^{-3}\,\|G\|_F$ sits
+# in a band around 1. The very smallest cannot catch up in 5 steps (each step multiplies
+# a tiny value by at most $a \approx 3.4$): those directions carry almost none of the
+# gradient, and they are what keeps the cosine with the exact $U V^\top$ below 1.
+# **Polar Express** (Amsel et al., 2025), the library's other option
+# (`method="polar_express"`), uses a different, worst-case-optimal polynomial at each step
+# and lands in a tighter band.
+
+# %%
+sv_ns = torch.linalg.svdvals(O_ns)
+sv_pe = torch.linalg.svdvals(orthogonalize(G, method="polar_express"))
+relative = sv / G.norm()
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+left.semilogy(relative, marker=".")
+left.axhline(3e-3, color="gray", lw=0.5, ls="--")
+left.set_title("gradient G: sigma / ||G||_F")
+left.set_xlabel("index")
+right.plot(sv_ns, marker=".", label="Newton-Schulz, 5 steps")
+right.plot(sv_pe, marker=".", label="Polar Express, 5 steps")
+right.axhline(1.0, color="gray", lw=0.5)
+right.set_ylim(0, 1.4)
+right.set_title("orthogonalized")
+right.set_xlabel("index")
+right.legend()
+plt.show()
+big = relative >= 3e-3
+print(f"{int(big.sum())} of {len(sv)} singular values start above 3e-3 of ||G||_F; there:")
+print(f"  Newton-Schulz in [{sv_ns[big].min():.3f}, {sv_ns[big].max():.3f}], "
+      f"Polar Express in [{sv_pe[big].min():.3f}, {sv_pe[big].max():.3f}]")
+print("Polar Express coefficients, step 1:", [round(v, 3) for v in
+                                              coefficients("polar_express", 1)[0]])
+
+# %% [markdown]
+# ### Same-shape matrices in one call
+#
+# A GPT has a handful of matrix shapes (the attention projections are square, the MLP ones
+# 4x tall or wide) repeated in every layer. Stacking same-shape matrices into one
+# `(k, m, n)` tensor turns k small matrix products into one batched product per step.
+# On a GPU this is where the time goes (`bench/bench_muon.py` measures it); on a CPU the gain
+# is small, but the results agree.
+
+# %%
+shapes = {}
+for p in model.parameter_kinds()["matrix"]:
+    shapes[tuple(p.shape)] = shapes.get(tuple(p.shape), 0) + 1
+print("matrix shapes in this model:", shapes)
+stack = torch.randn(6, 4 * WIDTH, WIDTH)
+t0 = time.perf_counter()
+one_call = orthogonalize(stack)
+t1 = time.perf_counter()
+one_by_one = torch.stack([orthogonalize(m) for m in stack])
+t2 = time.perf_counter()
+torch.testing.assert_close(one_call, one_by_one, atol=1e-5, rtol=1e-5)
+print(f"batched {1e3 * (t1 - t0):.1f} ms, one at a time {1e3 * (t2 - t1):.1f} ms (CPU)")
+
+# %% [markdown]
+# ## 4. The Muon step
+#
+# Muon orthogonalizes not the raw gradient but a momentum of it:
+#
+# 1. momentum buffer $M \leftarrow \beta M + (1-\beta) G$;
+# 2. Nesterov look-ahead $U = (1-\beta) G + \beta M$;
+# 3. $O = \text{orthogonalize}(U)$;
+# 4. $W \leftarrow W - \eta \sqrt{\max(1, m/n)}\, O$ for $W$ of shape $(m, n)$.
+#
+# The factor $\sqrt{\max(1, m/n)}$ is the **shape-aware learning rate**: as a map between
+# vectors of unit RMS, an orthogonal $m \times n$ matrix with $m > n$ has gain
+# $\sqrt{n/m} < 1$, so tall matrices (the MLP's 4x up-projection) get their step scaled
+# back up. Weight decay, when used, is decoupled: $W \leftarrow W - \eta\lambda W$.
+#
+# **Exercise.** One Muon step for one matrix (use `orthogonalize` from the library).
+
+# %%
+def muon_step(weight: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, *,
+              lr: float, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Muon step; returns (new weight, new momentum buffer)."""
+    raise NotImplementedError("exercise: momentum, Nesterov, orthogonalize, shape-aware step")
+
+
+# %%
+muon_step = exercises.check("05_muon.muon_step", muon_step)
+
+# %% [markdown]
+# The library's `MuonAdamW` does the same for every matrix of a "muon" group (stacked by
+# shape) and AdamW for the "adamw" groups. One step on one tall matrix agrees:
+
+# %%
+W0 = torch.randn(4 * WIDTH, WIDTH) * 0.02
+grad = torch.randn(4 * WIDTH, WIDTH)
+W = torch.nn.Parameter(W0.clone())
+opt = MuonAdamW([{"kind": "muon", "params": [W], "lr": 0.02, "momentum": 0.95}])
+W.grad = grad.clone()
+opt.step()
+mine, _ = muon_step(W0, grad, torch.zeros_like(W0), lr=0.02, momentum=0.95)
+torch.testing.assert_close(W.detach(), mine)
+print(f"shape {tuple(W0.shape)}: LR scale {shape_lr_scale(*W0.shape):.1f}, steps agree")
+
+# %% [markdown]
+# ## 5. Muon + AdamW vs AdamW on a tiny GPT
+#
+# `build_optimizer` makes the standard grouping from `model.parameter_kinds()`: Muon for
+# the 2-D matrices inside the blocks; AdamW for the token and value embeddings, the
+# `lm_head` and the scalars (their LRs scaled by $1/\sqrt{d_\text{model}/768}$). Both
+# models start from the same weights and see the same batches. AdamW gets the best of a
+# small learning-rate sweep at the `laptop` and `full` presets.
+
+# %%
+def train(make_optimizer, steps: int = STEPS) -> list[float]:
+    model = tiny_gpt()
+    opt = make_optimizer(model)
+    losses = []
+    for step in range(steps):
+        x, y = get_batch(step)
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+curves = {"Muon + AdamW": train(lambda m: build_optimizer(m))}
+for lr in ADAMW_LRS:
+    curves[f"AdamW lr={lr:g}"] = train(
+        lambda m, lr=lr: torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.95),
+                                           weight_decay=0.0))
+tail = max(1, STEPS // 10)
+for name, losses in curves.items():
+    print(f"{name:<16} mean loss over the last {tail} steps: {sum(losses[-tail:]) / tail:.3f}")
+
+# %%
+plt.figure(figsize=(7, 3.5))
+window = max(1, STEPS // 30)
+for name, losses in curves.items():
+    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+              for i in range(len(losses))]
+    plt.plot(smooth, label=name)
+plt.xlabel("step")
+plt.ylabel("training loss (nats / char)")
+plt.legend()
+plt.title(f"tiny GPT, d{DEPTH} x {WIDTH}")
+plt.show()
+
+# %% [markdown]
+# With the same number of steps, the orthogonalized updates reach a lower loss (at the
+# `smoke` preset there are too few steps to see much). Muon's advantage in the literature
+# is largest for the big block matrices, which is exactly where it is used.
+#
+# ## What next
+#
+# - `lessons/06_distmuon_zero2`: the same optimizer across several processes, each holding
+#   only its share of the optimizer state (ZeRO-2), with no DDP wrapper.
+# - `bench/bench_muon.py`: how much same-shape batching saves on a GPU.

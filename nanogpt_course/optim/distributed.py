@@ -1,0 +1,307 @@
+"""DistMuonAdamW: MuonAdamW with its state sharded over ranks (ZeRO-2), no DDP wrapper.
+
+Every rank runs the same model on its own micro-batch and calls ``loss.backward()`` then
+``opt.step()``. Inside ``step()``:
+
+1. **Reduce-scatter** every gradient, all launched asynchronously up front: each rank
+   receives the *sum* over ranks of only the part it owns (its muon matrices; its flat
+   chunk of each large AdamW tensor). AdamW tensors smaller than ``small_param_numel``
+   (default 4096 elements, see :mod:`~nanogpt_course.optim.sharding`) are concatenated and
+   all-reduced in one collective instead.
+2. (Only with clipping / ``track_grad_norm``) wait for all of them and all-reduce the
+   squared norm of the owned parts: the global norm, identical on every rank.
+3. Per unit, in launch order: wait for its gradient (later ones are still in flight, so
+   communication overlaps this compute), divide by the world size, update the owned part
+   with Muon or AdamW (state exists only on the owner), and launch an async **all-gather**
+   of the updated values.
+4. Wait for the all-gathers and write the gathered values into every rank's parameters.
+
+Muon needs whole matrices, so muon parameters are owned whole: same-shape matrices are
+stacked, ``(W * per_rank, m, n)``, in owner order, and one reduce-scatter hands each rank its
+``(per_rank, m, n)`` slab, which it orthogonalizes in one batched call. AdamW is
+elementwise, so large AdamW tensors are split flat into ``W`` equal chunks (zero padded
+when ``numel`` does not divide). Shapes that do not divide the world size, parameters
+without gradients (skipped, as in MuonAdamW: they must lack gradients on every rank) and
+world size 1 (no process group at all) all work.
+
+Memory: what is sharded is everything the optimizer keeps (momentum and Adam moments, on
+their owner only) and the reduced gradients. The backward pass still fills every local
+``p.grad`` in full, as DDP does; the trainer frees them with ``zero_grad(set_to_none=True)``.
+
+The collectives go through :class:`Collectives` (one object per optimizer), which tests
+wrap to record the order of launches and waits. On gloo (CPU) ``reduce_scatter`` returns a
+work handle whose ``wait()`` is all we use (gloo has no futures for it); NCCL works the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from . import sharding
+from .hybrid import HybridOptimizer
+
+__all__ = ["DistMuonAdamW", "Collectives"]
+
+
+class _Done:
+    """The work handle of a collective that finished synchronously (world size 1)."""
+
+    def wait(self, timeout=None) -> bool:
+        return True
+
+
+def _pick(*names):
+    for name in names:  # torch 2.13 renamed these; the GPU machine runs 2.11
+        fn = getattr(dist, name, None) if dist.is_available() else None
+        if fn is not None:
+            return fn
+    return None
+
+
+class Collectives:
+    """The three collectives DistMuonAdamW uses, all async, on one process group.
+
+    Without an initialized process group it acts as a world of one (copies, no-ops).
+    """
+
+    def __init__(self, group=None):
+        self.group = group
+        self.active = dist.is_available() and dist.is_initialized()
+        self.world_size = dist.get_world_size(group) if self.active else 1
+        self.rank = dist.get_rank(group) if self.active else 0
+        self._rs = _pick("reduce_scatter_single", "reduce_scatter_tensor")
+        self._ag = _pick("all_gather_single", "all_gather_into_tensor")
+
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor):
+        """``output`` (n, ...) <- sum over ranks of ``input[rank * n:(rank + 1) * n]``."""
+        if not self.active:
+            output.copy_(input)
+            return _Done()
+        return self._rs(output, input, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor):
+        """``output[r * n:(r + 1) * n]`` <- rank r's ``input`` (n, ...)."""
+        if not self.active:
+            output.copy_(input)
+            return _Done()
+        return self._ag(output, input, group=self.group, async_op=True)
+
+    def all_reduce(self, tensor: torch.Tensor):
+        """``tensor`` <- sum over ranks, in place."""
+        if not self.active:
+            return _Done()
+        return dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+
+
+@dataclass
+class _Unit:
+    """One collective's worth of parameters: a muon bucket, a flat AdamW tensor, or the
+    bundle of small AdamW tensors of one dtype."""
+
+    kind: str  # "muon" | "flat" | "small"
+    indices: list[int]  # global parameter indices
+    group: int = -1  # param group (muon, flat)
+    positions: list[int] = field(default_factory=list)  # muon: slot in the stacked buffer
+    per_rank: int = 0  # muon: slots per rank; flat: chunk length
+    # filled during a step:
+    recv: torch.Tensor | None = None
+    work: object = None
+    active: list[int] = field(default_factory=list)
+    gathered: torch.Tensor | None = None
+    gather_work: object = None
+
+
+class DistMuonAdamW(HybridOptimizer):
+    """MuonAdamW whose gradients, optimizer state and updates are sharded over ranks.
+
+    Same groups and options as :class:`~nanogpt_course.optim.MuonAdamW`, plus:
+
+    Args:
+        process_group: the group to shard over (default: the default group; none
+            initialized means a world of one).
+        small_param_numel: AdamW tensors with fewer elements are all-reduced and their
+            state replicated (default 4096).
+        collectives: a :class:`Collectives` to use instead (tests wrap it).
+    """
+
+    def __init__(self, param_groups, *, process_group=None,
+                 small_param_numel: int = sharding.SMALL_PARAM_NUMEL,
+                 collectives: Collectives | None = None, **options):
+        super().__init__(param_groups, **options)
+        self.comm = collectives if collectives is not None else Collectives(process_group)
+        self.world_size, self.rank = self.comm.world_size, self.comm.rank
+        self.small_param_numel = small_param_numel
+        self._units = self._plan()
+
+    # ------------------------------------------------------------------ plan
+    def _plan(self) -> list[_Unit]:
+        placed = self.shard_layout()["params"]
+        params = self._all_params()
+        small: dict[torch.dtype, list[int]] = {}
+        muon: dict[tuple, list[int]] = {}
+        units = []
+        for i, e in enumerate(placed):
+            if e["mode"] == "owned":
+                key = (e["group"], tuple(e["shape"]), e["dtype"])
+                if not self.batch_same_shape:
+                    key = key + (i,)
+                muon.setdefault(key, []).append(i)
+            elif e["mode"] == "flat":
+                if not params[i].is_contiguous():
+                    raise ValueError(f"parameter {i} of shape {e['shape']} is not contiguous; "
+                                     "DistMuonAdamW updates flat views of AdamW tensors")
+                units.append(_Unit("flat", [i], e["group"], per_rank=e["chunk"]))
+            else:
+                small.setdefault(params[i].dtype, []).append(i)
+        for key, members in muon.items():
+            owners = [placed[i]["owner"] for i in members]
+            per_rank = max(owners.count(r) for r in range(self.world_size))
+            seen = [0] * self.world_size
+            positions = []
+            for owner in owners:
+                positions.append(owner * per_rank + seen[owner])
+                seen[owner] += 1
+            units.append(_Unit("muon", members, key[0], positions, per_rank))
+        # the small bundle goes first: tiny, so its result is ready by the time we need it
+        return [_Unit("small", idx) for idx in small.values()] + units
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = self._all_params()
+        units = [u for u in self._units if self._launch(u, params)]
+        coef = None
+        if self._wants_norm():
+            coef = self._clip_coef(self._global_norm(units))
+        scale = 1.0 / self.world_size
+        for unit in units:
+            self._wait(unit)
+            factor = scale if coef is None else coef * scale
+            getattr(self, f"_update_{unit.kind}")(unit, params, factor)
+        for unit in units:
+            self._finish(unit, params)
+        return loss
+
+    def _launch(self, unit: _Unit, params: list) -> bool:
+        """Start the unit's reduce-scatter (all-reduce for the small bundle); False if no
+        parameter in it has a gradient (then it takes no part in this step)."""
+        unit.active = [i for i in unit.indices if params[i].grad is not None]
+        unit.recv = unit.work = unit.gathered = unit.gather_work = None
+        if not unit.active:
+            return False
+        if unit.kind == "small":
+            unit.recv = torch.cat([params[i].grad.reshape(-1) for i in unit.active])
+            unit.work = self.comm.all_reduce(unit.recv)
+        elif unit.kind == "flat":
+            grad = params[unit.indices[0]].grad.reshape(-1)
+            total = unit.per_rank * self.world_size
+            send = grad if total == grad.numel() else torch.nn.functional.pad(
+                grad, (0, total - grad.numel()))
+            unit.recv = grad.new_empty(unit.per_rank)
+            unit.work = self.comm.reduce_scatter(unit.recv, send)
+        else:
+            some = params[unit.active[0]].grad
+            padded = len(unit.active) < unit.per_rank * self.world_size
+            zero = some.new_zeros(some.shape) if padded else None
+            slots = [zero] * (unit.per_rank * self.world_size)
+            for i, pos in zip(unit.indices, unit.positions):
+                slots[pos] = params[i].grad if params[i].grad is not None else zero
+            send = torch.stack(slots)
+            unit.recv = send.new_empty(unit.per_rank, *some.shape)
+            unit.work = self.comm.reduce_scatter(unit.recv, send)
+        return True
+
+    def _wait(self, unit: _Unit) -> None:
+        if unit.work is not None:
+            unit.work.wait()
+            unit.work = None
+
+    def _global_norm(self, units: list[_Unit]) -> torch.Tensor:
+        """The norm of the rank-averaged gradient over all parameters (same on every rank)."""
+        parts = []
+        for unit in units:
+            self._wait(unit)
+            if unit.kind != "small" or self.rank == 0:  # small grads are on every rank
+                parts.append(unit.recv.float().pow(2).sum())
+        device = self._all_params()[0].device
+        total = torch.stack(parts).sum() if parts else torch.zeros((), device=device)
+        self.comm.all_reduce(total).wait()
+        return total.sqrt() / self.world_size
+
+    def _mine(self, unit: _Unit) -> list[tuple[int, int]]:
+        """``(slot, param index)`` of the muon matrices this rank owns in ``unit``."""
+        lo = self.rank * unit.per_rank
+        return sorted((pos - lo, i) for i, pos in zip(unit.indices, unit.positions)
+                      if lo <= pos < lo + unit.per_rank)
+
+    def _update_muon(self, unit: _Unit, params: list, factor) -> None:
+        mine = self._mine(unit)
+        first = params[unit.indices[0]]
+        stacked = first.new_zeros(unit.per_rank, *first.shape)
+        for slot, i in mine:
+            stacked[slot].copy_(params[i])
+        live = [(slot, i) for slot, i in mine if params[i].grad is not None]
+        if live:
+            slots = [slot for slot, _ in live]
+            contiguous = slots == list(range(len(slots)))
+            grads = unit.recv[: len(slots)] if contiguous else unit.recv[slots]
+            grads.mul_(factor)
+            target = stacked[: len(slots)] if contiguous else stacked[slots]
+            self._muon_update_(self.param_groups[unit.group], tuple(unit.indices),
+                               [params[i] for _, i in live], grads, target)
+            if not contiguous:
+                stacked[slots] = target
+        unit.gathered = stacked.new_empty(unit.per_rank * self.world_size, *first.shape)
+        unit.gather_work = self.comm.all_gather(unit.gathered, stacked)
+
+    def _update_flat(self, unit: _Unit, params: list, factor) -> None:
+        p = params[unit.indices[0]]
+        flat = p.detach().view(-1)
+        start, stop = sharding.chunk_bounds(flat.numel(), self.world_size, self.rank)
+        chunk = flat.new_zeros(unit.per_rank)
+        chunk[: stop - start].copy_(flat[start:stop])
+        if stop > start:
+            grad = unit.recv[: stop - start].mul_(factor)
+            self._adamw_update_(self.param_groups[unit.group], [p], [grad],
+                                targets=[chunk[: stop - start]])
+        exact = unit.per_rank * self.world_size == flat.numel()
+        unit.gathered = flat if exact else flat.new_empty(unit.per_rank * self.world_size)
+        unit.gather_work = self.comm.all_gather(unit.gathered, chunk)
+
+    def _update_small(self, unit: _Unit, params: list, factor) -> None:
+        unit.recv.mul_(factor)
+        grads, offset = {}, 0
+        for i in unit.active:
+            n = params[i].numel()
+            grads[i] = unit.recv[offset: offset + n].view(params[i].shape)
+            offset += n
+        start = 0
+        for group in self.param_groups:  # replicated state: every rank updates all of them
+            stop = start + len(group["params"])
+            idx = [i for i in unit.active if start <= i < stop]
+            if idx:
+                self._adamw_update_(group, [params[i] for i in idx], [grads[i] for i in idx])
+            start = stop
+
+    def _finish(self, unit: _Unit, params: list) -> None:
+        if unit.gather_work is None:
+            return
+        unit.gather_work.wait()
+        if unit.kind == "flat":
+            flat = params[unit.indices[0]].detach().view(-1)
+            if unit.gathered.data_ptr() != flat.data_ptr():
+                flat.copy_(unit.gathered[: flat.numel()])
+        else:
+            live = [i for i in unit.indices if params[i].grad is not None]
+            pos = dict(zip(unit.indices, unit.positions))
+            torch._foreach_copy_([params[i] for i in live],
+                                 [unit.gathered[pos[i]] for i in live])
+        unit.recv = unit.gathered = unit.gather_work = None
+

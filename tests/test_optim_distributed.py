@@ -1,0 +1,373 @@
+"""DistMuonAdamW on 2 and 4 gloo ranks against single-process MuonAdamW.
+
+Each world is spawned once (module-scoped fixtures) and runs every scenario; the tests then
+compare what the ranks wrote with references computed here in the main process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from nanogpt_course.optim import (
+    Collectives,
+    DistMuonAdamW,
+    MuonAdamW,
+    consolidate,
+    load_sharded,
+)
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 10
+SAVE_AT = 5  # the resharding scenario saves after this many steps
+BATCH, SEQ = 8, 6
+SMALL = 64  # small_param_numel for the tiny model: its embeddings get sharded flat
+CONFIGS = {
+    "plain": {},
+    "clip": {"max_grad_norm": 0.3, "wd": 0.1, "cautious": True, "method": "polar_express"},
+}
+
+
+class TinyLM(nn.Module):
+    """Shapes chosen to be awkward: (2d+1, d) matrices in buckets of 3, a 31x11 embedding
+    (341 elements, odd), a matrix and a scalar vector that never get gradients."""
+
+    def __init__(self, vocab: int = 31, d: int = 11, layers: int = 3):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.q = nn.ParameterList(nn.Parameter(torch.randn(d, d) / d**0.5) for _ in range(layers))
+        self.up = nn.ParameterList(
+            nn.Parameter(torch.randn(2 * d + 1, d) / d**0.5) for _ in range(layers))
+        self.down = nn.ParameterList(
+            nn.Parameter(torch.randn(d, 2 * d + 1) / d**0.5) for _ in range(layers))
+        self.unused = nn.Parameter(torch.randn(d, d))
+        self.unused_scale = nn.Parameter(torch.ones(3))
+        self.gain = nn.Parameter(torch.ones(layers))
+        self.lm_head = nn.Parameter(torch.randn(vocab, d) / d**0.5)
+
+    def parameter_kinds(self):
+        return {"matrix": [*self.q, *self.up, *self.down, self.unused],
+                "embedding": [self.wte.weight], "unembedding": [self.lm_head],
+                "scalar": [self.gain, self.unused_scale]}
+
+    def forward(self, idx, targets):
+        x = self.wte(idx)
+        for q, up, down, g in zip(self.q, self.up, self.down, self.gain):
+            x = x + g * torch.relu(x @ q.T @ up.T) @ down.T
+        logits = x @ self.lm_head.T
+        return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def make_model(seed: int = 0, **kw) -> TinyLM:
+    torch.manual_seed(seed)
+    return TinyLM(**kw)
+
+
+def groups_for(model: TinyLM, cfg: dict) -> list[dict]:
+    kinds = model.parameter_kinds()
+    return [
+        {"kind": "muon", "params": kinds["matrix"], "lr": 0.02, "momentum": 0.9,
+         "weight_decay": cfg.get("wd", 0.0), "cautious_weight_decay": cfg.get("cautious", False),
+         "orthogonalizer": cfg.get("method", "newton_schulz")},
+        {"kind": "adamw", "params": kinds["embedding"], "lr": 0.05, "betas": (0.8, 0.95)},
+        {"kind": "adamw", "params": kinds["unembedding"], "lr": 0.01, "betas": (0.9, 0.99),
+         "weight_decay": 0.01},
+        {"kind": "adamw", "params": kinds["scalar"], "lr": 0.02},
+    ]
+
+
+def batch(step: int, vocab: int = 31):
+    g = torch.Generator().manual_seed(1000 + step)
+    idx = torch.randint(0, vocab, (BATCH, SEQ), generator=g)
+    return idx, torch.randint(0, vocab, (BATCH, SEQ), generator=g)
+
+
+def train(model, opt, steps, *, start=0, rank=0, world=1, micro=1, record=None):
+    """``steps`` optimizer steps; this rank takes its rows of the global batch and (for the
+    one-process reference) accumulates ``micro`` equal micro-batches of them."""
+    rows = BATCH // world
+    for step in range(start, start + steps):
+        idx, tgt = batch(step)
+        idx, tgt = idx[rank * rows:(rank + 1) * rows], tgt[rank * rows:(rank + 1) * rows]
+        opt.zero_grad(set_to_none=True)
+        for i, j in zip(idx.chunk(micro), tgt.chunk(micro)):
+            (model(i, j) / micro).backward()
+        opt.step()
+        if record is not None and opt.grad_norm is not None:
+            record.append(float(opt.grad_norm))
+
+
+# ----------------------------------------------------------------------------- the ranks
+class RecordingCollectives(Collectives):
+    """Collectives that log every launch and every wait, in order."""
+
+    def __init__(self, group=None):
+        super().__init__(group)
+        self.log: list[tuple[str, str]] = []
+
+    def _recorded(self, name: str, work):
+        self.log.append(("launch", name))
+        log = self.log
+
+        class Handle:
+            def wait(self, timeout=None):
+                log.append(("wait", name))
+                return work.wait()
+
+        return Handle()
+
+    def reduce_scatter(self, output, input):
+        return self._recorded("reduce_scatter", super().reduce_scatter(output, input))
+
+    def all_gather(self, output, input):
+        return self._recorded("all_gather", super().all_gather(output, input))
+
+    def all_reduce(self, tensor):
+        return self._recorded("all_reduce", super().all_reduce(tensor))
+
+
+def dist_optimizer(model, cfg, **kw):
+    return DistMuonAdamW(groups_for(model, cfg), small_param_numel=SMALL,
+                         max_grad_norm=cfg.get("max_grad_norm"), track_grad_norm=True, **kw)
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _run_rank(rank: int, world: int, load_from: str | None, configs: dict) -> dict:
+    result = {}
+    for name, cfg in configs.items():
+        model = make_model()
+        comm = RecordingCollectives()
+        opt = dist_optimizer(model, cfg, collectives=comm)
+        norms: list[float] = []
+        logs = []
+        for step in range(STEPS):
+            comm.log = []
+            train(model, opt, 1, start=step, rank=rank, world=world, record=norms)
+            logs.append(comm.log)
+            if step + 1 == SAVE_AT:
+                shard, layout = opt.shard_state_dict()
+                at_save = snapshot(model)
+            if step == SAVE_AT:
+                after_next = snapshot(model)
+        result[name] = {"final": snapshot(model), "norms": norms, "logs": logs, "shard": shard,
+                        "layout": layout, "at_save": at_save, "after_next": after_next}
+        if load_from is not None:  # resume from another world size's shards
+            saved = [torch.load(f, weights_only=False)[name]
+                     for f in sorted(Path(load_from).glob("rank*.pt"))]
+            model = make_model()
+            model.load_state_dict(saved[0]["at_save"])
+            opt = dist_optimizer(model, cfg)
+            load_sharded(opt, [s["shard"] for s in saved], [s["layout"] for s in saved])
+            train(model, opt, 1, start=SAVE_AT, rank=rank, world=world)
+            result[name]["resumed"] = snapshot(model)
+    big = make_model(vocab=257, d=32, layers=8)
+    opt = dist_optimizer(big, {})
+    rows = BATCH // world
+    idx, tgt = batch(0, vocab=257)
+    big(idx[rank * rows:(rank + 1) * rows], tgt[rank * rows:(rank + 1) * rows]).backward()
+    opt.step()
+    result["state_bytes"] = opt.state_bytes()
+    return result
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str, load_from: str | None,
+            configs: dict):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        result = _run_rank(rank, world, load_from, configs)
+    finally:
+        dist.destroy_process_group()
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+
+
+def spawn_world(world: int, out_dir: Path, load_from: Path | None = None,
+                configs: dict = CONFIGS) -> list[dict]:
+    """Run ``_worker`` on ``world`` gloo ranks; returns what each rank saved."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the ranks
+    out_dir.mkdir(parents=True, exist_ok=True)
+    init_file = tempfile.mktemp(dir=out_dir, prefix="init")
+    # forkserver: torch and this module are imported once in the server, and every rank
+    # forks from it (a fresh "spawn" would import torch once per rank: seconds on 2 cores)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "forkserver":
+        multiprocessing.get_context(method).set_forkserver_preload(["torch", __name__])
+    mp.start_processes(_worker, args=(world, init_file, str(out_dir),
+                                      None if load_from is None else str(load_from), configs),
+                       nprocs=world, start_method=method)
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+# ----------------------------------------------------------------------------- references
+def reference_run(cfg: dict, micro: int) -> dict:
+    """Single-process MuonAdamW on the full batch, accumulated over ``micro`` micro-batches
+    (``micro`` = the world size gives the same per-rank forward passes)."""
+    model = make_model()
+    opt = MuonAdamW(groups_for(model, cfg), max_grad_norm=cfg.get("max_grad_norm"),
+                    track_grad_norm=True)
+    norms: list[float] = []
+    out = {}
+    for step in range(STEPS):
+        train(model, opt, 1, start=step, micro=micro, record=norms)
+        if step == SAVE_AT:
+            out["after_next"] = snapshot(model)
+    out.update(final=snapshot(model), norms=norms)
+    return out
+
+
+def max_rel(a: dict, b: dict) -> float:
+    """max over parameters of ||a - b|| / ||b||."""
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)) for k in a)
+
+
+@pytest.fixture(scope="module")
+def references():
+    """``references[micro][config]``: one process, the batch in 1, 2 or 4 micro-batches."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks: CPU matmul rounding depends on the split
+    try:
+        return {micro: {name: reference_run(cfg, micro) for name, cfg in CONFIGS.items()}
+                for micro in (1, 2, 4)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world2(tmp_path_factory):
+    return spawn_world(2, tmp_path_factory.mktemp("world2"))
+
+
+@pytest.fixture(scope="module")
+def world4(tmp_path_factory, world2):
+    src = tmp_path_factory.getbasetemp() / "world2_saved"
+    src.mkdir(exist_ok=True)
+    for r, res in enumerate(world2):  # what each rank of the 2-rank run saved
+        torch.save({n: {k: res[n][k] for k in ("shard", "layout", "at_save")} for n in CONFIGS},
+                   src / f"rank{r}.pt")
+    return spawn_world(4, tmp_path_factory.mktemp("world4"), load_from=src), src
+
+
+# ----------------------------------------------------------------------------- tests
+TOL = 1e-6
+
+
+def _check_world(results, references):
+    world = len(results)
+    for name in CONFIGS:
+        # the same per-rank forward passes on one process: equal up to summation order
+        ref = references[world][name]
+        # the whole batch in one forward pass: equal up to float rounding of the loss
+        whole = references[1][name]
+        for rank, res in enumerate(results):
+            err = max_rel(res[name]["final"], ref["final"])
+            assert err <= TOL, f"{name}, rank {rank}: params differ from 1 process by {err:.2e}"
+            assert max_rel(res[name]["final"], whole["final"]) <= 10 * TOL
+            norm_err = max(abs(a - b) / b for a, b in zip(res[name]["norms"], ref["norms"]))
+            assert len(res[name]["norms"]) == STEPS and norm_err <= TOL
+            for key, value in res[name]["final"].items():  # all-gathered: identical everywhere
+                assert torch.equal(value, results[0][name]["final"][key])
+
+
+def test_two_ranks_equal_one_process(world2, references):
+    _check_world(world2, references)
+
+
+def test_four_ranks_equal_one_process(world4, references):
+    _check_world(world4[0], references)
+
+
+def test_clipping_was_binding(references):
+    # otherwise the "clip" config would not test global clipping at all
+    clip, plain = references[1]["clip"], references[1]["plain"]
+    assert max(clip["norms"]) > CONFIGS["clip"]["max_grad_norm"]
+    assert max_rel(clip["final"], plain["final"]) > 1e-3
+
+
+def test_unused_parameters_untouched(world2):
+    init = snapshot(make_model())
+    for name in CONFIGS:
+        for key in ("unused", "unused_scale"):
+            assert torch.equal(world2[0][name]["final"][key], init[key])
+
+
+def test_state_bytes_per_rank_is_total_over_world(world2, world4):
+    model = make_model(vocab=257, d=32, layers=8)
+    opt = MuonAdamW(groups_for(model, {}))
+    idx, tgt = batch(0, vocab=257)
+    model(idx, tgt).backward()
+    opt.step()
+    total = opt.state_bytes()
+    replicated = 256  # >= Adam state of the small `gain` (8 floats x 2) + step counters
+    for world, results in ((2, world2), (4, world4[0])):
+        per_rank = [r["state_bytes"] for r in results]
+        for b in per_rank:
+            assert abs(b - total / world) <= 0.02 * total / world + replicated, (per_rank, total)
+        # and nothing is held twice except the replicated small tensors
+        assert sum(per_rank) <= total + (world - 1) * replicated
+
+
+def test_reduce_scatters_all_launched_before_first_wait(world2, world4):
+    for results in (world2, world4[0]):
+        for res in results:
+            for name in CONFIGS:
+                for log in res[name]["logs"]:
+                    first_wait = next(i for i, (what, _) in enumerate(log) if what == "wait")
+                    launches = [i for i, (what, op) in enumerate(log)
+                                if what == "launch" and op == "reduce_scatter"]
+                    assert len(launches) >= 5  # 3 muon buckets + 2 flat embeddings
+                    assert max(launches) < first_wait, log
+
+
+def test_layout_is_the_same_on_every_rank(world2):
+    for name in CONFIGS:
+        assert world2[0][name]["layout"] == world2[1][name]["layout"]
+        assert world2[0][name]["layout"]["world_size"] == 2
+
+
+def test_save_on_2_resume_on_4(world2, world4, references):
+    results, _ = world4
+    for name in CONFIGS:
+        for res in results:
+            assert max_rel(res[name]["resumed"], world2[0][name]["after_next"]) <= TOL
+            assert max_rel(res[name]["resumed"], references[2][name]["after_next"]) <= TOL
+
+
+@pytest.mark.parametrize("cls", [MuonAdamW, DistMuonAdamW])
+def test_save_on_2_resume_on_1(world2, references, cls):
+    for name, cfg in CONFIGS.items():
+        model = make_model()
+        model.load_state_dict(world2[0][name]["at_save"])
+        opt = cls(groups_for(model, cfg), max_grad_norm=cfg.get("max_grad_norm"))
+        load_sharded(opt, [r[name]["shard"] for r in world2], world2[0][name]["layout"])
+        train(model, opt, 1, start=SAVE_AT)
+        assert max_rel(snapshot(model), world2[0][name]["after_next"]) <= TOL
+        assert max_rel(snapshot(model), references[1][name]["after_next"]) <= TOL
+
+
+def test_consolidated_state_equals_one_process_state(world2):
+    cfg = CONFIGS["plain"]
+    model = make_model()
+    opt = MuonAdamW(groups_for(model, cfg))
+    train(model, opt, SAVE_AT)
+    expected, expected_layout = opt.shard_state_dict()
+    full, layout = consolidate([r["plain"]["shard"] for r in world2],
+                               [r["plain"]["layout"] for r in world2])
+    assert layout["params"] == expected_layout["params"]
+    assert full.keys() == expected.keys()
+    for key in full:
+        err = float((full[key] - expected[key]).norm() / expected[key].norm())
+        assert err <= TOL, key

@@ -1,0 +1,254 @@
+"""orthogonalize, the Muon step and the AdamW groups against plain references."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from nanogpt_course.optim import (
+    NEWTON_SCHULZ_COEFFS,
+    POLAR_EXPRESS_COEFFS,
+    MuonAdamW,
+    momentum_warmup,
+    orthogonalize,
+    shape_lr_scale,
+)
+from nanogpt_course.optim.muon import NEWTON_SCHULZ_BAND, POLAR_EXPRESS_BAND, coefficients
+
+BANDS = {"newton_schulz": NEWTON_SCHULZ_BAND, "polar_express": POLAR_EXPRESS_BAND}
+# the documented bands hold for singular values with sigma / ||G||_F above these
+FLOORS = {"newton_schulz": 3e-3, "polar_express": 1e-3}
+SHAPES = {"square": (32, 32), "tall": (48, 16), "wide": (16, 48), "batched": (3, 4, 24, 16)}
+
+
+def spectrum_matrix(shape, seed=0, smallest=1e-2):
+    """Random matrices U diag(s) V^T with singular values log-spaced in [smallest, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    *lead, m, n = shape
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(*lead, m, k, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(*lead, n, k, generator=g, dtype=torch.float64))
+    s = torch.logspace(math.log10(smallest), 0, k, dtype=torch.float64)
+    return (U * s) @ V.mT
+
+
+def polar(G):
+    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    return U @ Vh
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express"])
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_orthogonalize_band_and_alignment(kind, method):
+    for G in (spectrum_matrix(SHAPES[kind]).float(),
+              torch.randn(SHAPES[kind], generator=torch.Generator().manual_seed(1))):
+        O = orthogonalize(G, method=method)
+        assert O.shape == G.shape and O.dtype == G.dtype
+        sv_in = torch.linalg.svdvals(G.double())
+        sv_out = torch.linalg.svdvals(O.double())  # both descending: same order
+        lo, hi = BANDS[method]
+        rel = sv_in / G.double().norm(dim=(-2, -1), keepdim=True).squeeze(-1)
+        big = rel >= FLOORS[method]
+        assert big.float().mean() > 0.8
+        assert sv_out[big].min() >= lo - 0.01 and sv_out.max() <= hi + 0.01
+        target = polar(G)
+        cos = (O.double() * target).sum((-2, -1)) / (O.double().norm(dim=(-2, -1))
+                                                     * target.norm(dim=(-2, -1)))
+        assert cos.min() >= 0.95, cos
+
+
+def naive_newton_schulz(G, steps=5, coeffs=NEWTON_SCHULZ_COEFFS):
+    """Textbook loop: one matrix, wide orientation, X <- a X + b (X X^T) X + c (X X^T)^2 X."""
+    a, b, c = coeffs
+    X = G.T if G.shape[0] > G.shape[1] else G
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + b * (A @ X) + c * (A @ A @ X)
+    return X.T if G.shape[0] > G.shape[1] else X
+
+
+def test_orthogonalize_equals_naive_loop_and_batches():
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(5, 24, 12, generator=g)
+    batched = orthogonalize(G)
+    for i in range(5):
+        torch.testing.assert_close(batched[i], naive_newton_schulz(G[i]), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(batched[i], orthogonalize(G[i]), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(orthogonalize(G.mT), batched.mT)  # tall == wide, transposed
+
+
+def test_polar_express_coefficients_and_steps():
+    a, b, c = POLAR_EXPRESS_COEFFS[0]
+    assert a == pytest.approx(8.28721201814563 / 1.01)
+    assert b == pytest.approx(-23.595886519098837 / 1.01**3)
+    assert c == pytest.approx(17.300387312530933 / 1.01**5)
+    assert POLAR_EXPRESS_COEFFS[-1] == (1.875, -1.25, 0.375)  # the limit: unscaled
+    assert coefficients("polar_express", 10)[8:] == [POLAR_EXPRESS_COEFFS[-1]] * 2
+    assert coefficients("newton_schulz", 3) == [NEWTON_SCHULZ_COEFFS] * 3
+    with pytest.raises(ValueError, match="orthogonalizer"):
+        coefficients("svd", 5)
+    # more Polar Express steps converge: 8 steps are much closer to U V^T than 5
+    G = spectrum_matrix((32, 32), smallest=1e-2).float()
+    err5 = (orthogonalize(G, 5, method="polar_express").double() - polar(G)).norm()
+    err8 = (orthogonalize(G, 8, method="polar_express").double() - polar(G)).norm()
+    assert err8 < 0.2 * err5
+
+
+def test_orthogonalize_edge_cases():
+    assert torch.equal(orthogonalize(torch.zeros(4, 6)), torch.zeros(4, 6))
+    with pytest.raises(ValueError, match="matrix"):
+        orthogonalize(torch.ones(5))
+    G = spectrum_matrix((16, 32)).float()
+    low = orthogonalize(G, dtype=torch.bfloat16)  # the GPU arithmetic, on the CPU
+    assert low.dtype == torch.float32
+    assert (low - orthogonalize(G)).abs().max() < 0.05
+
+
+def test_shape_lr_scale_and_momentum_warmup():
+    assert shape_lr_scale(3072, 768) == 2.0  # tall: MLP up-projection
+    assert shape_lr_scale(768, 3072) == 1.0  # wide keeps lr
+    assert shape_lr_scale(64, 64) == 1.0
+    assert momentum_warmup(0) == pytest.approx(0.85)
+    assert momentum_warmup(150) == pytest.approx(0.90)
+    assert momentum_warmup(300) == momentum_warmup(10_000) == pytest.approx(0.95)
+
+
+# ----------------------------------------------------------------------------- Muon step
+A, B, C = NEWTON_SCHULZ_COEFFS
+
+
+def f5(x):
+    """Five Newton-Schulz steps on one singular value, by hand."""
+    for _ in range(5):
+        x = A * x + B * x**3 + C * x**5
+    return x
+
+
+def test_hand_computed_muon_steps_2x2_and_3x2():
+    # G has singular values 4 and 3 (||G||_F = 5): NS maps 0.8 -> f5(0.8), 0.6 -> f5(0.6)
+    assert f5(0.8) == pytest.approx(1.1192039299160428)
+    assert f5(0.6) == pytest.approx(0.722876168617117)
+    lr, beta, wd = 0.1, 0.9, 0.1
+    for rows in (2, 3):
+        W0 = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])[:rows]
+        G = torch.tensor([[0.0, 3.0], [4.0, 0.0], [0.0, 0.0]])[:rows]
+        O = torch.tensor([[0.0, f5(0.6)], [f5(0.8), 0.0], [0.0, 0.0]])[:rows]
+        scale = math.sqrt(max(1.0, rows / 2))  # 1 for 2x2, sqrt(1.5) for 3x2
+        W = torch.nn.Parameter(W0.clone())
+        opt = MuonAdamW([{"kind": "muon", "params": [W], "lr": lr, "momentum": beta,
+                          "weight_decay": wd}])
+        # step 1: M = (1 - beta) G = 0.1 G; U = (1 - beta) G + beta M = 0.19 G; U / ||U|| = G / 5
+        W.grad = G.clone()
+        opt.step()
+        W1 = W0 * (1 - lr * wd) - lr * scale * O
+        torch.testing.assert_close(W.detach(), W1, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(opt.state[W]["momentum_buffer"], 0.1 * G)
+        # step 2, same gradient: M = 0.9 * 0.1 G + 0.1 G = 0.19 G; U = 0.271 G: same direction
+        opt.step()
+        torch.testing.assert_close(W.detach(), W1 * (1 - lr * wd) - lr * scale * O,
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(opt.state[W]["momentum_buffer"], 0.19 * G)
+
+
+def reference_muon(params, grads_per_step, hp_per_step):
+    """Per-matrix Muon, written plainly: a list of matrices, one loop per matrix."""
+    params = [p.clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    for grads, hp in zip(grads_per_step, hp_per_step):
+        for j, (p, g) in enumerate(zip(params, grads)):
+            bufs[j] = hp["momentum"] * bufs[j] + (1 - hp["momentum"]) * g
+            u = (1 - hp["momentum"]) * g + hp["momentum"] * bufs[j]
+            o = naive_newton_schulz(u)
+            scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+            if hp["cautious"]:
+                decay = p * ((o * p) > 0)
+            else:
+                decay = p
+            params[j] = p - hp["lr"] * hp["wd"] * decay - hp["lr"] * scale * o
+    return params
+
+
+@pytest.mark.parametrize("cautious", [False, True])
+def test_muon_equals_per_matrix_reference(cautious):
+    g = torch.Generator().manual_seed(3)
+    shapes = [(16, 16), (16, 16), (48, 16), (16, 48), (48, 16), (16, 16)]
+    init = [torch.randn(s, generator=g) * 0.3 for s in shapes]
+    steps = 6
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(steps)]
+    # a schedule written into param_groups each step, as the trainer does
+    hps = [{"lr": 0.02 * (1 - k / 10), "momentum": momentum_warmup(k, warmup_steps=4),
+            "wd": 0.05 * k, "cautious": cautious} for k in range(steps)]
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = MuonAdamW([{"kind": "muon", "params": params,
+                      "cautious_weight_decay": cautious}])
+    for gs, hp in zip(grads, hps):
+        group = opt.param_groups[0]
+        group["lr"], group["momentum"], group["weight_decay"] = hp["lr"], hp["momentum"], hp["wd"]
+        for p, gr in zip(params, gs):
+            p.grad = gr.clone()
+        opt.step()
+    expected = reference_muon(init, grads, hps)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_equals_one_matrix_at_a_time():
+    g = torch.Generator().manual_seed(4)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(8, 8)] * 4 + [(24, 8)]]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    batched = MuonAdamW([{"kind": "muon", "params": params}])
+    single = MuonAdamW([{"kind": "muon", "params": twins}], batch_same_shape=False)
+    for _ in range(3):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        batched.step()
+        single.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_adamw_groups_equal_torch_adamw():
+    g = torch.Generator().manual_seed(5)
+    shapes = [(10, 6), (7,), (3, 4, 5), (1,)]
+    ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+
+    def groups(ps):
+        return [{"params": ps[:2], "lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-10,
+                 "weight_decay": 0.1},
+                {"params": ps[2:], "lr": 0.003, "betas": (0.9, 0.999), "eps": 1e-8,
+                 "weight_decay": 0.0}]
+
+    opt = MuonAdamW([{**grp, "kind": "adamw"} for grp in groups(ours)])
+    ref = torch.optim.AdamW(groups(theirs))
+    for step in range(8):
+        for k, (p, q) in enumerate(zip(ours, theirs)):
+            if k == 1 and step in (2, 3):  # a parameter that skips steps (no gradient)
+                p.grad = q.grad = None
+                continue
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, atol=0, rtol=1e-6)
+        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], ref.state[q]["exp_avg_sq"])
+    assert float(opt.state[ours[1]]["step"]) == 6.0
+
+
+def test_muon_groups_validate():
+    with pytest.raises(ValueError, match="non-matrix"):
+        MuonAdamW([{"kind": "muon", "params": [torch.nn.Parameter(torch.ones(3))]}])
+    with pytest.raises(ValueError, match="kind"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.ones(3))]}])
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    with pytest.raises(ValueError, match="twice"):
+        MuonAdamW([{"kind": "muon", "params": [p]}, {"kind": "adamw", "params": [p]}])
+    opt = MuonAdamW([{"kind": "muon", "params": [p], "lr": 0.5}])
+    assert opt.param_groups[0]["initial_lr"] == 0.5
+    assert copy.deepcopy(opt.param_groups[0]["momentum"]) == 0.95
