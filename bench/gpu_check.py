@@ -19,6 +19,9 @@ What runs (sizes at full scale; ``--tiny`` shrinks them all):
   fp32 (TF32 off) and in bf16.
 - train_step_throughput_{L,SSSL}: d12, vocab 32768, seq 2048 × micro-batch 32, compiled
   forward+backward + fused AdamW; tok/s, MFU, peak memory.
+- train_step_muon_d12 / train_step_muon_d20: the same training step with the library's
+  MuonAdamW (``build_optimizer``), the configuration DESIGN's targets compare against.
+- muon_batching, dist_muon_step: the optimizer paths (bench/bench_muon.py).
 - decode_throughput: d12 (GPT-2 vocab) through the public ``generate``: batch 1 at short and
   long context, and 16 samples.
 """
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks (bench_muon)
 
 import torch  # noqa: E402
 
@@ -238,13 +242,25 @@ def check_kv_decode_window(ctx):
     return _kv_decode(ctx, "SSSL")
 
 
-def _train_throughput(ctx: Context, pattern: str) -> dict:
-    """Compiled bf16 training steps (model fwd+bwd + fused AdamW) at seq 2048 × batch 32."""
+def _train_throughput(ctx: Context, pattern: str, *, optimizer: str = "adamw",
+                      depth: int = 12) -> dict:
+    """Compiled bf16 training steps (model fwd+bwd + optimizer) at seq 2048 × batch 32.
+
+    ``optimizer="adamw"``: fused torch AdamW on every parameter (the model alone);
+    ``"muon"``: the library's MuonAdamW from ``build_optimizer`` (DESIGN's comparison)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     cfg = ctx.config(window_pattern=pattern)
+    if depth != 12 and not ctx.tiny:
+        cfg = GPTConfig.from_depth(depth, vocab_size=cfg.vocab_size, sequence_len=cfg.sequence_len,
+                                   window_pattern=pattern)
     model = build(ctx, cfg, seed=4)
     B, T = ctx.size(32, 2), cfg.sequence_len
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ctx.cuda)
+    if optimizer == "muon":
+        from nanogpt_course.optim import build_optimizer
+
+        opt = build_optimizer(model)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ctx.cuda)
     step_fn = ctx.maybe_compile(model)
     g = torch.Generator(device=ctx.device).manual_seed(5)
     idx = torch.randint(0, cfg.vocab_size, (B, T + 1), device=ctx.device, generator=g)
@@ -283,7 +299,8 @@ def _train_throughput(ctx: Context, pattern: str) -> dict:
             "tok_per_s": round(tok_s), "mfu": None if mfu is None else round(mfu, 4),
             "peak_mem_gib": None if peak is None else round(peak, 2),
             "warmup_s_incl_compile": round(warmup_s, 1), "loss": loss.item(),
-            "optimizer": f"torch.optim.AdamW(fused={ctx.cuda}) on all parameters"}
+            "optimizer": type(opt).__name__ if optimizer == "muon"
+            else f"torch.optim.AdamW(fused={ctx.cuda}) on all parameters"}
 
 
 @check("train_step_throughput_L")
@@ -294,6 +311,32 @@ def check_train_full(ctx):
 @check("train_step_throughput_SSSL")
 def check_train_window(ctx):
     return _train_throughput(ctx, "SSSL")
+
+
+@check("train_step_muon_d12")
+def check_train_muon_d12(ctx):
+    return _train_throughput(ctx, "L", optimizer="muon")
+
+
+@check("train_step_muon_d20")
+def check_train_muon_d20(ctx):
+    return _train_throughput(ctx, "L", optimizer="muon", depth=20)
+
+
+@check("muon_batching")
+def check_muon_batching(ctx):
+    """Muon step for the d12/d20 matrix sets: same-shape batching vs one matrix at a time."""
+    import bench_muon
+
+    return bench_muon.muon_batching(ctx.device, tiny=ctx.tiny)
+
+
+@check("dist_muon_step")
+def check_dist_muon_step(ctx):
+    """DistMuonAdamW (1 rank, NCCL, bf16 Newton–Schulz) vs MuonAdamW fp32 on the CPU."""
+    import bench_muon
+
+    return bench_muon.dist_step_vs_cpu(ctx.device, tiny=ctx.tiny)
 
 
 @check("decode_throughput")
