@@ -31,6 +31,7 @@ make it fast) and in float32 elsewhere.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from itertools import chain, repeat
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "POLAR_EXPRESS_COEFFS",
     "ORTHOGONALIZERS",
     "orthogonalize",
+    "orthogonalize_dtype",
     "coefficients",
     "shape_lr_scale",
     "muon_direction",
@@ -90,8 +92,83 @@ def coefficients(method: str, steps: int) -> list[tuple[float, float, float]]:
     raise ValueError(f"unknown orthogonalizer {method!r}: choose one of {ORTHOGONALIZERS}")
 
 
+_dtype_override: torch.dtype | None = None
+
+
+@contextmanager
+def orthogonalize_dtype(dtype: torch.dtype | None):
+    """Make every :func:`orthogonalize` / :func:`muon_direction` inside run in ``dtype``.
+
+    For checks, not training: ``torch.float32`` on CUDA gives the exact fp32 arithmetic of
+    the CPU reference (turn TF32 off too); ``torch.bfloat16`` on the CPU emulates the GPU's
+    arithmetic. An explicit ``dtype=`` argument still wins. ``None`` restores the default.
+    """
+    global _dtype_override
+    saved, _dtype_override = _dtype_override, dtype
+    try:
+        yield
+    finally:
+        _dtype_override = saved
+
+
 def _default_dtype(G: torch.Tensor) -> torch.dtype:
+    if _dtype_override is not None:
+        return _dtype_override
     return torch.bfloat16 if G.is_cuda else torch.float32
+
+
+def _frobenius_norm(X: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1, 1)`` fp32 Frobenius norms of ``X`` ``(batch, m, n)``, in one pass.
+
+    CUDA's norm reduction is a tree (accurate in fp32) and reads bf16 or fp32 directly. The
+    CPU's fp32 ``vector_norm`` accumulates long runs serially: ~4e-5 relative error on a
+    768 x 3072 matrix; a sum of squares uses pairwise summation (~1e-7) instead.
+    """
+    if X.is_cuda:
+        return torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    return X.float().square().sum(dim=(-2, -1), keepdim=True).sqrt()
+
+
+def _newton_schulz_steps(X: torch.Tensor, coeffs, tall: bool) -> torch.Tensor:
+    """Apply the quintics ``coeffs`` to ``X`` ``(batch, m, n)``, m <= n, norm <= 1.
+
+    Each step is ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``: two ``baddbmm`` calls,
+    so both sums happen inside the matmul in fp32 before the one rounding to ``X``'s dtype.
+    (Folding ``a`` into the diagonal of ``B``, ``X <- (B + a I) X``, would save the copy of
+    ``X`` that ``baddbmm`` makes, but in bf16 it rounds ``a + B_ii``, a sum that cancels
+    from ~3.4 down to ~1: twice the bf16 error; ``bench_muon.py --variants`` measures it.)
+    Returns ``(batch, m, n)``, or ``(batch, n, m)`` if ``tall``: the last step is then
+    computed transposed, ``a X^T + X^T B`` (``B`` is symmetric), which lands directly in
+    the tall layout instead of leaving a transposed view to the caller.
+    """
+    last = len(coeffs) - 1
+    for i, (a, b, c) in enumerate(coeffs):
+        A = torch.bmm(X, X.mT)  # (batch, m, m)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        if tall and i == last:
+            return torch.baddbmm(X.mT, X.mT, B, beta=a)  # (a X + B X)^T, (batch, n, m)
+        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X = p(X)
+    return X.mT if tall else X  # (no steps: the normalized input)
+
+
+def _orthogonalize(G: torch.Tensor, steps: int, method: str, dtype: torch.dtype | None,
+                   eps: float) -> torch.Tensor:
+    """:func:`orthogonalize`, returned in the arithmetic dtype (no cast back)."""
+    if G.ndim < 2:
+        raise ValueError(f"orthogonalize needs a matrix (..., m, n), got shape {tuple(G.shape)}")
+    coeffs = coefficients(method, steps)
+    tall = G.size(-2) > G.size(-1)
+    X = G.mT if tall else G  # iterate on the wide side: X @ X^T is the smaller Gram matrix
+    lead = X.shape[:-2]
+    X = X.reshape(-1, X.size(-2), X.size(-1))  # (batch, m, n), m <= n; a view when possible
+    # Scale so every singular value is <= 1 (||X||_2 <= ||X||_F): the polynomials are
+    # designed for inputs in [0, 1]. The norm is taken in fp32 from the input itself, and
+    # dividing writes the arithmetic dtype directly (one pass: read G, write bf16).
+    scale = _SAFETY if method == "polar_express" else 1.0
+    norm = _frobenius_norm(X) * scale + eps
+    X = torch.div(X, norm, out=torch.empty_like(X, dtype=dtype or _default_dtype(G)))
+    X = _newton_schulz_steps(X, coeffs, tall)
+    return X.reshape(*lead, *G.shape[-2:])
 
 
 def orthogonalize(G: torch.Tensor, steps: int = 5, *, method: str = "newton_schulz",
@@ -101,33 +178,13 @@ def orthogonalize(G: torch.Tensor, steps: int = 5, *, method: str = "newton_schu
     G: ``(..., m, n)``, any leading batch dims (all matrices are processed in one batched
     matmul per step); tall (m > n), wide and square all work. Returns the same shape and
     dtype as ``G``. ``method``: ``"newton_schulz"`` (default) or ``"polar_express"``.
-    ``dtype``: the arithmetic dtype, default bfloat16 on CUDA and float32 elsewhere.
+    ``dtype``: the arithmetic dtype, default bfloat16 on CUDA and float32 elsewhere (see
+    :func:`orthogonalize_dtype` to change the default for a block of code).
 
     Singular-value bands after 5 steps (for sigma / ||G||_F above 3e-3 resp. 1e-3):
     Newton-Schulz [0.68, 1.21], Polar Express [0.84, 1.13]. A zero matrix maps to zero.
     """
-    if G.ndim < 2:
-        raise ValueError(f"orthogonalize needs a matrix (..., m, n), got shape {tuple(G.shape)}")
-    X = G.to(dtype or _default_dtype(G))
-    tall = X.size(-2) > X.size(-1)
-    if tall:  # iterate on the wide side: X @ X^T is then the smaller (m x m) Gram matrix
-        X = X.mT
-    lead = X.shape[:-2]
-    X = X.reshape(-1, X.size(-2), X.size(-1))  # (batch, m, n) with m <= n
-    # Scale so every singular value is <= 1 (||X||_2 <= ||X||_F): the polynomials are
-    # designed for inputs in [0, 1]. The norm is taken in fp32 (a bf16 sum of squares can
-    # round a few parts in a thousand high or low).
-    scale = _SAFETY if method == "polar_express" else 1.0
-    norm = X.float().norm(dim=(-2, -1), keepdim=True) * scale + eps
-    X = X / norm.to(X.dtype)
-    for a, b, c in coefficients(method, steps):
-        A = torch.bmm(X, X.mT)  # (batch, m, m)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
-        X = torch.baddbmm(X, B, X, beta=a)  # a X + (b A + c A^2) X = p(X)
-    X = X.reshape(*lead, X.size(-2), X.size(-1))
-    if tall:
-        X = X.mT
-    return X.to(G.dtype)
+    return _orthogonalize(G, steps, method, dtype, eps).to(G.dtype)
 
 
 def shape_lr_scale(fan_out: int, fan_in: int) -> float:
@@ -141,11 +198,13 @@ def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentu
     """Update the momentum buffer in place and return the orthogonalized direction ``O``.
 
     grad, momentum_buffer: ``(k, m, n)`` (k matrices of one shape, stacked) or ``(m, n)``.
-    Returns ``O`` with the same shape: the caller steps ``W -= lr * scale * O``.
+    Returns ``O`` with the same shape, in the orthogonalization dtype (bfloat16 on CUDA):
+    the caller steps ``W -= lr * scale * O`` (:func:`apply_muon_step_`), and adding a bf16
+    ``O`` to fp32 weights gives exactly what adding its fp32 copy would, one pass cheaper.
     """
     momentum_buffer.lerp_(grad, 1.0 - momentum)  # M = beta M + (1 - beta) G
     update = grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
-    return orthogonalize(update, ns_steps, method=method)
+    return _orthogonalize(update, ns_steps, method, None, 1e-7)
 
 
 def apply_muon_step_(params: torch.Tensor, direction: torch.Tensor, *, lr: float,
@@ -158,7 +217,7 @@ def apply_muon_step_(params: torch.Tensor, direction: torch.Tensor, *, lr: float
     (cautious weight decay, Chen et al. 2025).
     """
     fan_out, fan_in = params.shape[-2], params.shape[-1]
-    direction = direction.to(params.dtype)
+    # no cast of ``direction``: in-place ops compute in the wider dtype and write params'
     if weight_decay != 0.0:
         if cautious:
             mask = (direction * params) > 0
