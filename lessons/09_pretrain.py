@@ -1,0 +1,273 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Pretraining
+#
+# This notebook is a launcher: it trains a GPT with the library's trainer on one or more
+# processes, then shows what came out (loss curves, samples, where the checkpoint is).
+# Open it to learn how a real run is set up; run it headless with
+# [papermill](https://papermill.readthedocs.io) to do one:
+#
+# ```bash
+# # CPU, seconds (what CI runs): 2 processes talking over gloo
+# papermill lessons/09_pretrain.ipynb runs/09_smoke.ipynb -p PRESET smoke -p NPROC 2
+# # one GPU: the GPT-2-class d12 on FineWeb-Edu
+# papermill lessons/09_pretrain.ipynb runs/09_1gpu.ipynb -p PRESET full -p NPROC 1
+# # 8 GPUs, same model, 8x faster (gradient accumulation adapts)
+# papermill lessons/09_pretrain.ipynb runs/09_8gpu.ipynb -p PRESET full -p NPROC 8
+# # a machine without internet: the offline corpus instead of FineWeb-Edu
+# papermill lessons/09_pretrain.ipynb runs/09_offline.ipynb -p PRESET full -p NPROC 8 \
+#     -p DATA offline -p MAX_STEPS 300
+# ```
+#
+# Several nodes are launched with `torchrun`'s rendezvous flags rather than from a notebook;
+# the command is printed below (section "The command").
+#
+# Every parameter mirrors a variable of `make ddp-train` (`NPROC` is its `NGPUS`):
+#
+# | parameter | meaning |
+# |---|---|
+# | `PRESET` | `smoke` (CPU, seconds), `laptop` (CPU, minutes), `full` (GPUs, the real run) |
+# | `NPROC` | processes (GPUs); `None` = the preset's choice |
+# | `DEPTH` | the one knob: width, batch size, learning rates, weight decay, horizon |
+# | `TARGET_FLOPS` | train for this many FLOPs instead of the default tokens:params horizon |
+# | `DATA` | a dataset name (`fineweb_edu`, `offline`, `tinyshakespeare`, ...) or a path |
+# | `TOKENIZER` | `gpt2` or a trained tokenizer folder |
+# | `MODE` | `pretraining`, `mid-training`, `sft` or `all` |
+# | `CHECKPOINT` | start from this checkpoint (mid-training, sft) |
+# | `MAX_STEPS` | stop after this many steps (the schedule is fitted to them) |
+# | `RESUME` | continue the run in the output folder from its latest checkpoint |
+# | `CORE_EVALS`, `CHATCORE_EVALS` | evaluate CORE / ChatCORE during training |
+
+# %%
+import os
+import shlex
+import shutil
+
+import matplotlib.pyplot as plt
+import torch
+
+from nanogpt_course import checkpoint, paths, presets
+from nanogpt_course.device import describe
+from nanogpt_course.engine import stream_text
+from nanogpt_course.launch import launch
+from nanogpt_course.train import TrainConfig, build, metrics, read_metrics, tiny
+
+# %% tags=["parameters"]
+PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
+NPROC = None
+DEPTH = None
+TARGET_FLOPS = None
+DATA = None
+TOKENIZER = None
+MODE = "pretraining"
+CHECKPOINT = None
+MAX_STEPS = None
+RESUME = False
+CORE_EVALS = False
+CHATCORE_EVALS = False
+
+# %% [markdown]
+# ## Settings
+#
+# A preset fills in whatever was left as `None`. `smoke` and `laptop` train tiny models on
+# the `offline` corpus (the text of Python's own library, present on every machine) with a
+# small tokenizer trained on it, and pass the sizes explicitly. `full` is the seed's
+# GPT-2-class run: depth 12 (768 wide, 6 heads of 128), the GPT-2 tokenizer, FineWeb-Edu,
+# and everything else from the depth rules.
+
+# %%
+PRESET = presets.validate(PRESET)
+cuda = torch.cuda.is_available()
+NPROC = int(NPROC or presets.choose(PRESET, smoke=2, laptop=1,
+                                    full=max(1, torch.cuda.device_count())))
+DEPTH = int(DEPTH or presets.choose(PRESET, smoke=2, laptop=4, full=12))
+MAX_STEPS = int(MAX_STEPS) if MAX_STEPS else presets.choose(PRESET, smoke=10, laptop=300,
+                                                            full=None)
+if PRESET == "full":
+    TOKENIZER = TOKENIZER or "gpt2"
+    DATA = DATA or ("fineweb_edu" if MODE in ("pretraining", "all") else None)
+    device = "cuda" if cuda else "cpu"
+else:
+    vocab, corpus = presets.choose(PRESET, smoke=(512, 2_000_000), laptop=(4096, 24_000_000),
+                                   full=None)
+    if TOKENIZER is None and CHECKPOINT is None:
+        TOKENIZER = str(tiny.corpus_tokenizer(vocab_size=vocab, max_bytes=corpus))
+    if DATA is None and MODE in ("pretraining", "all"):
+        from nanogpt_course.tokenizer import Tokenizer
+
+        DATA = str(tiny.corpus_data(Tokenizer.load(TOKENIZER), max_bytes=corpus))
+    device = "cpu" if PRESET == "smoke" else ("cuda" if cuda else "cpu")
+# sizes the depth rules would choose for a big model, made small for the CPU presets
+SIZES = presets.choose(PRESET, smoke=dict(aspect_ratio=32, head_dim=32, seq_len=64,
+                                          device_batch_size=2, total_batch_size=512,
+                                          eval_tokens=2048, eval_every=5, sample_every=10,
+                                          matrix_lr=0.02, embedding_lr=0.3,
+                                          unembedding_lr=0.008, scalar_lr=0.5,
+                                          weight_decay=0.1),
+                       laptop=dict(aspect_ratio=48, head_dim=48, seq_len=256,
+                                   device_batch_size=16, total_batch_size=4096,
+                                   eval_tokens=65536, eval_every=50, sample_every=300,
+                                   matrix_lr=0.02, embedding_lr=0.3,
+                                   unembedding_lr=0.008, scalar_lr=0.5, weight_decay=0.1),
+                       full=dict(eval_every=250, sample_every=1000, save_every=1000,
+                                 keep_last=3, compile=cuda))
+OUT = paths.runs_dir("09_pretrain", create=False) / f"{PRESET}-{MODE}-d{DEPTH}"
+print(f"preset {PRESET!r}: {NPROC} process(es) on {device}, depth {DEPTH}, mode {MODE}")
+print(f"data {DATA}\ntokenizer {TOKENIZER}\noutput {OUT}")
+
+# %% [markdown]
+# ## The command
+#
+# The notebook builds the same command line you would type. Flags left out are decided by
+# the depth rules (docs/DEPTH.md): batch size, learning rates, weight decay, number of
+# steps.
+
+# %%
+cfg = TrainConfig(mode=MODE, depth=None if CHECKPOINT else DEPTH, data=DATA,
+                  tokenizer=TOKENIZER, target_flops=float(TARGET_FLOPS) if TARGET_FLOPS else None,
+                  max_steps=MAX_STEPS, checkpoint=CHECKPOINT, resume=bool(RESUME),
+                  core_every=2000 if CORE_EVALS else -1,
+                  chatcore_every=500 if CHATCORE_EVALS else -1, **SIZES)
+defaults = TrainConfig()
+args = []
+for key, value in cfg.to_dict().items():
+    if value is None or value is False or value == getattr(defaults, key) or key == "out":
+        continue
+    args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+command = "python -m nanogpt_course.train " + shlex.join(args) + f" --out {OUT}"
+print(f"torchrun --standalone --nproc_per_node={NPROC} -m nanogpt_course.train \\\n    "
+      + shlex.join(args) + f" --out {OUT}")
+print("\nseveral nodes (run on each node; NODE_RANK = 0, 1, ...):")
+print(f"torchrun --nnodes=NNODES --node_rank=NODE_RANK --nproc_per_node={NPROC} "
+      f"--rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 -m nanogpt_course.train ...")
+
+# %% [markdown]
+# ## What the depth rules decided, and what it will cost
+#
+# Before launching, the same resolution the trainer does (on the `meta` device: no memory,
+# no data) shows the plan. Mistakes (an indivisible batch, a missing checkpoint, a tokenizer
+# that does not match) stop here with a message.
+
+# %%
+if MODE != "all":
+    shown = cfg.replace(out=str(OUT), resume=bool(RESUME) and checkpoint.latest(OUT) is not None)
+    try:
+        run = build.resolve_run(shown, world_size=NPROC)
+    except build.ConfigError as err:
+        if "already holds checkpoints" not in str(err):
+            raise
+        run = build.resolve_run(shown.replace(out=str(OUT) + "-preview"), world_size=NPROC)
+    plan = run.plan
+    print(plan.describe())
+    tokens, flops = plan.total_tokens, plan.total_flops
+else:
+    plan = None
+    print("mode 'all': pretraining, then mid-training from its last step (plans printed "
+          "by each stage)")
+if plan is not None:
+    shard_gb = tokens * 2 / 1e9  # uint16 tokens (vocabularies under 65,536)
+    print(f"\ndisk: about {shard_gb:.2f} GB of tokenized shards for one pass "
+          f"({tokens:,} tokens), plus {plan.num_params * 4 * 3 / 1e9:.2f} GB per checkpoint "
+          f"(fp32 weights + optimizer state)")
+    peak = metrics.device_peak_flops("cuda") if cuda else None
+    if peak:
+        hours = flops / (0.40 * peak * NPROC) / 3600
+        print(f"time: {flops:.2e} FLOPs at 40% MFU on {NPROC} x {describe('cuda')} "
+              f"= about {hours:.1f} h")
+    else:
+        print(f"time: {flops:.2e} FLOPs; on a CPU expect thousands of tokens per second, so "
+              f"about {tokens / 5000 / 60:.1f} min at 5k tok/s")
+print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 shards)")
+
+# %% [markdown]
+# ## Launch
+#
+# `launch` runs `torchrun` as a subprocess: rank 0's output streams into this cell, every
+# rank's full log is kept, and a failure raises here with the tail of the logs (a bare
+# `!torchrun` would let the cell "succeed"). With `NPROC` processes on a CPU the ranks
+# talk over gloo; on GPUs over NCCL.
+
+# %%
+if OUT.exists() and not RESUME:
+    if PRESET == "full":
+        raise RuntimeError(f"{OUT} already holds a run: set RESUME=True to continue it, or "
+                           "move it away")
+    print(f"removing the previous {PRESET} run in {OUT}")
+    shutil.rmtree(OUT)
+result = launch("nanogpt_course.train", *args, nproc=NPROC, device=device, out=OUT)
+
+# %% [markdown]
+# ## Loss curves
+#
+# Each step's training loss (noisy: every batch is different text) and the validation bits
+# per byte on held-out text.
+
+# %%
+runs = [OUT / "pretraining", OUT / "mid-training"] if MODE == "all" else [OUT]
+fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 3.5), squeeze=False)
+for ax, run_dir in zip(axes[0], runs):
+    recs = read_metrics(run_dir)
+    ax.plot([r["step"] for r in recs if "loss" in r], [r["loss"] for r in recs if "loss" in r],
+            lw=1, label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(run_dir.name)
+    val = [(r["step"], r["val_bpb"]) for r in recs if "val_bpb" in r]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o--", color="tab:red")
+        ax2.set_ylabel("val bits per byte", color="tab:red")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Samples
+#
+# The last checkpoint, loaded back (safetensors + JSON, never a pickle), continues a few
+# prompts. A base model continues text; a chat model (after mid-training or SFT) answers in
+# the chat format.
+
+# %%
+final = checkpoint.load(runs[-1], device="cpu" if PRESET != "full" else None)
+tok = final.tokenizer
+prompts = (["Hello! Who are you?", "What is 12 plus 30?"] if final.kind == "chat"
+           else ["The", "def ", "Once upon a time"])
+for i, prompt in enumerate(prompts):
+    if final.kind == "chat":
+        ids = tok.render_for_completion([{"role": "user", "content": prompt}])
+        stop = [tok.encode_special("<|im_end|>")]
+    else:
+        ids, stop = [tok.bos_id] + tok.encode(prompt), [tok.bos_id]
+    text = "".join(stream_text(final.model, tok, ids, 32, temperature=0.8, top_k=50, seed=i,
+                               stop=stop))
+    print(f"{prompt!r} -> {text!r}")
+
+# %% [markdown]
+# ## Where the checkpoint is, and what to do with it
+
+# %%
+meta = final.meta
+print(f"checkpoint: {final.path}  (step {meta['step']:,} of {meta['num_steps']:,}, "
+      f"{meta['tokens_seen']:,} tokens, kind {meta['kind']}, world size {meta['world_size']})")
+print(f"val bits per byte: {meta.get('val_bpb')}")
+print(f"\nchat:       python -m nanogpt_course.chat --checkpoint {runs[-1]}")
+print(f"evaluate:   python -m nanogpt_course.eval core --checkpoint {runs[-1]}")
+print(f"continue:   papermill ... -p RESUME True  (or: {command} --resume)")
+if meta["kind"] == "base":
+    print(f"chat model: papermill ... -p MODE mid-training -p CHECKPOINT {runs[-1]}")
