@@ -9,7 +9,17 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 # Which optional extras `make setup` installs (dev = tests + notebook tooling).
 EXTRAS ?= dev,data,server
+# make ddp-train variables (README, "Training"). Several nodes: set NNODES, NODE_RANK and
+# MASTER_ADDR (torchrun's c10d rendezvous) on every node; one node runs --standalone.
 NGPUS ?= 1
+MODE ?= pretraining
+DEPTH ?= 12
+CORE_EVERY ?= 2000
+CHATCORE_EVERY ?= 1000
+NNODES ?= 1
+RDZV = $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
+       --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):29500)
+truthy = $(filter 1 true yes on,$(1))
 
 .PHONY: help setup test test-fast lab sync lint format env gpu-status kill-gpu \
         quickstart ddp-train chat-server run-scaling-law clean
@@ -50,11 +60,18 @@ gpu-status: ## show GPUs, their memory and the processes on them
 kill-gpu: ## end GPU processes of the current user (listed first); never other users'
 	@bash scripts/gpu.sh kill
 
-quickstart: ## train a tiny GPT on the CPU in minutes (arrives with issue #7, Training)
-	@echo "make quickstart is not built yet: it arrives with issue #7 (Training). See README, 'Status'." >&2; exit 2
+quickstart: ## train a tiny GPT on the CPU in minutes: samples + runs/quickstart/loss.png (ARGS="--fresh" retrains)
+	@bash scripts/setup.sh "$(VENV)" "$(TORCH_SPEC)" ""
+	@$(PY) scripts/quickstart.py $(ARGS)
 
-ddp-train: ## train with torchrun on NGPUS GPUs (arrives with issue #7, Training)
-	@echo "make ddp-train is not built yet: it arrives with issue #7 (Training). See README, 'Status'." >&2; exit 2
+ddp-train: setup ## torchrun on NGPUS GPUs: MODE DEPTH DATA TARGET_FLOPS MAX_STEPS CHECKPOINT RESUME CORE_EVALS CHATCORE_EVALS OUT ARGS
+	$(PY) -m torch.distributed.run $(RDZV) --nproc_per_node=$(NGPUS) -m nanogpt_course.train \
+	  --mode $(MODE) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--depth $(DEPTH)) \
+	  $(if $(DATA),--data $(DATA)) $(if $(TARGET_FLOPS),--target-flops $(TARGET_FLOPS)) \
+	  $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) $(if $(call truthy,$(RESUME)),--resume) \
+	  $(if $(call truthy,$(CORE_EVALS)),--core-every $(CORE_EVERY)) \
+	  $(if $(call truthy,$(CHATCORE_EVALS)),--chatcore-every $(CHATCORE_EVERY)) \
+	  $(if $(OUT),--out $(OUT)) $(ARGS)
 
 chat-server: ## web chat on http://localhost:8003 (arrives with the chat issue)
 	@echo "make chat-server is not built yet: it arrives with the chat issue. See README, 'Status'." >&2; exit 2

@@ -33,3 +33,19 @@ def shared_data() -> Path:
     if mirror is None or not mirror.is_dir():
         pytest.skip("real-data test: set NANOGPT_COURSE_DATA to the data mirror (CI uses ../shared/data)")
     return mirror
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """A tiny trained base model (run folder), built once and cached in NANOGPT_COURSE_CACHE."""
+    from nanogpt_course.train import tiny_checkpoint as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint():
+    """The same tiny model after a few chat (mid-training) steps."""
+    from nanogpt_course.train import tiny_checkpoint as build
+
+    return build("chat")

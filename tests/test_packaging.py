@@ -107,3 +107,25 @@ print('imported', len(names))
 @pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/run_tests.sh", "scripts/gpu.sh", ".ci/run"])
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(REPO / script)]).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_make_ddp_train_runs_two_gloo_ranks(tmp_path):
+    """`make ddp-train` builds a working torchrun command: 2 CPU ranks, 2 steps, a checkpoint."""
+    from test_train_helpers import tiny_assets
+
+    from nanogpt_course import checkpoint as ck
+
+    tok, data = tiny_assets()
+    out = tmp_path / "run"
+    args = (f"--tokenizer {tok} --aspect-ratio 32 --head-dim 32 --seq-len 32 --device-batch-size 2 "
+            f"--total-batch-size 128 --device cpu --eval-every -1 --sample-every -1 --save-every 2")
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-o", "setup", "ddp-train", f"PY={sys.executable}", "NGPUS=2",
+         "DEPTH=2", f"DATA={data}", "MAX_STEPS=2", f"OUT={out}", f"ARGS={args}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    meta = ck.read_meta(out)
+    assert meta["step"] == 2 and meta["world_size"] == 2
