@@ -7,8 +7,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from nanogpt_course import exercises
 
 LESSONS = sorted(p.stem for p in (REPO / "lessons").glob("[0-9][0-9]_*.py"))

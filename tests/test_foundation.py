@@ -12,7 +12,6 @@ import torch
 from nanogpt_course import device, env, exercises, paths, presets
 from nanogpt_course.exercises import Case
 
-
 # --- paths -------------------------------------------------------------------------------
 
 def test_cache_and_runs_follow_environment(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

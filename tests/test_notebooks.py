@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 LESSON_PY = sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
-
+import tomllib
 from conftest import REPO
 
 
@@ -23,7 +22,7 @@ def _requirement_name(req: str) -> str:
 def test_environment_yml_lists_the_same_packages_as_pyproject():
     project = _pyproject()["project"]
     wanted = {r for r in project["dependencies"]}
-    for extra, reqs in project["optional-dependencies"].items():
+    for reqs in project["optional-dependencies"].values():
         wanted |= {r for r in reqs if not r.startswith("nanogpt_course")}
     text = (REPO / "environment.yml").read_text()
     pip_section = text.split("- pip:", 1)[1]
