@@ -28,7 +28,7 @@ import torch
 
 from .. import checkpoint as ck
 from .build import RunPlan, build_model, build_optimizer, load_optimizer_state
-from .metrics import MetricsLogger, StepTimer, device_peak_flops, mfu
+from .metrics import MetricsLogger, StepTimer, device_peak_flops, mfu, peak_memory_bytes
 from .schedule import apply as apply_schedule
 from .validation import evaluate_bpb, run_eval_hook, sample_texts
 
@@ -221,6 +221,7 @@ class Trainer:
             if rec:
                 self.log.log({"step": 0, **rec})
         status, loss = "finished", None
+        first_step = self.step + 1  # of this process (a resumed run starts later)
         with _StopSignal() as self._stop:
             self._stop_all = False
             while self.step < num_steps:
@@ -237,9 +238,11 @@ class Trainer:
                 rec = self._step_record(loss, dt)
                 evaluated = self.evaluate(self.step, last)
                 rec.update(evaluated)
-                if self.step % cfg.log_every == 0 or last or evaluated:
-                    self.log.log(rec)
                 stop_now = self._stop_all or (cfg.stop_at is not None and self.step >= cfg.stop_at)
+                if self.step == first_step or last or stop_now:  # the same on every rank
+                    rec.update(self._rank_resources())
+                if self.step % cfg.log_every == 0 or last or evaluated or stop_now:
+                    self.log.log(rec)
                 if last or stop_now or self._due(cfg.save_every, self.step, False):
                     self.save(self.step, finished=last)
                 if stop_now and not last:
@@ -250,6 +253,15 @@ class Trainer:
                     break
         return TrainResult(out=run.out, status=status, step=self.step,
                            checkpoint=self.last_saved, final_loss=loss, val_bpb=self.val_bpb)
+
+    def _rank_resources(self) -> dict:
+        """Every rank's optimizer-state bytes (``state_bytes()``: sharded by DistMuonAdamW)
+        and peak memory so far (see :func:`.metrics.peak_memory_bytes`), as lists in rank
+        order. A collective: all ranks call it at the same step."""
+        peak, kind = peak_memory_bytes(self.rt.device)
+        ranks = self.rt.gather_objects([int(self.optimizer.state_bytes()), peak])
+        return {"opt_state_bytes": [r[0] for r in ranks],
+                "peak_mem_bytes": [r[1] for r in ranks], "peak_mem_kind": kind}
 
     def _step_record(self, loss: float, dt: float) -> dict:
         plan = self.run.plan

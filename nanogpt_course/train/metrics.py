@@ -59,6 +59,26 @@ def device_peak_flops(device) -> float | None:
     return peak_flops(torch.cuda.get_device_name(device))
 
 
+def peak_memory_bytes(device) -> tuple[int | None, str]:
+    """This process's peak memory and what it measures: on CUDA the allocator's peak
+    (``torch.cuda.max_memory_allocated``, tensors only), elsewhere the peak resident set
+    size of the process (``ru_maxrss``: tensors plus Python, torch and the allocator's
+    slack). ``(None, "none")`` where neither is available."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024), "max_rss"
+    except (ImportError, OSError):  # Windows: no resource module
+        return None, "none"
+
+
 def mfu(tokens_per_second: float, flops_per_token: float, peak: float | None,
         world_size: int = 1) -> float | None:
     """Model FLOPs utilization in percent, or None without a known peak."""
