@@ -36,9 +36,14 @@ def _free_port() -> int:
 def test_jupyterlab_opens_a_lesson(tmp_path):
     playwright_api = _browser_or_skip()
     port, token = _free_port(), "nanogpt-test-token"
+    # JupyterLab 4 renders long notebooks lazily ("windowing"): only cells near the viewport
+    # are in the page. Turn that off in a throwaway settings folder so every cell renders.
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={REPO}", "--allow-root",
-           f"--ServerApp.runtime_dir={tmp_path}/rt"]
+           f"--ServerApp.runtime_dir={tmp_path}/rt", f"--LabApp.user_settings_dir={tmp_path}/settings"]
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")}
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -60,10 +65,17 @@ def test_jupyterlab_opens_a_lesson(tmp_path):
             page.goto(f"{base}/lab/tree/lessons/00_setup.ipynb?token={token}", timeout=60_000)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             page.locator(".jp-Notebook h1", has_text="00 · Setup: how this course works").first.wait_for(timeout=30_000)
-            cells = page.locator(".jp-Notebook .jp-Cell").count()
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            for _ in range(60):  # all cells attach within a moment of the first
+                if cells.count() >= 10:
+                    break
+                page.wait_for_timeout(500)
+            cells = cells.count()
+            last_heading = page.locator(".jp-Notebook h2", has_text="What next").count()
             page.screenshot(path=str(tmp_path / "lab.png"))
             browser.close()
         assert cells >= 10
+        assert last_heading == 1  # the notebook's last cell rendered: the whole lesson is there
         assert (tmp_path / "lab.png").stat().st_size > 10_000
     finally:
         server.terminate()
