@@ -15,6 +15,7 @@ from nanogpt_course.optim import (
     MuonAdamW,
     build_optimizer,
     consolidate,
+    demo,
     infer_parameter_kinds,
     reshard,
 )
@@ -32,16 +33,10 @@ def tiny_gpt(seed: int = 0, **kw) -> GPT:
     return GPT(tiny_config(**kw))
 
 
-def bigram_batch(step: int, batch: int = 16, seq: int = 32):
-    """Tokens from a fixed random bigram chain: each token has 3 possible successors, so
-    the best achievable loss is ln 3 ~ 1.10 nats."""
-    table = torch.randint(0, VOCAB, (VOCAB, 3), generator=torch.Generator().manual_seed(1234))
-    g = torch.Generator().manual_seed(step)
-    x = torch.empty(batch, seq + 1, dtype=torch.long)
-    x[:, 0] = torch.randint(0, VOCAB, (batch,), generator=g)
-    for t in range(seq):
-        x[:, t + 1] = table[x[:, t], torch.randint(0, 3, (batch,), generator=g)]
-    return x[:, :-1], x[:, 1:]
+def bigram_batch(step: int):
+    """16 x 32 tokens of the library's fixed random bigram chain: each token has 3 possible
+    successors, so the best achievable loss is ln 3 ~ 1.10 nats."""
+    return demo.bigram_batch(step, vocab=VOCAB, batch=16, seq=32)
 
 
 def train_gpt(make_opt, steps: int) -> float:
