@@ -45,7 +45,7 @@ from nanogpt_course.optim import (  # noqa: E402
     DistMuonAdamW,
     MuonAdamW,
     build_optimizer,
-    hybrid,
+    fused,
     muon,
 )
 from nanogpt_course.optim.muon import orthogonalize_dtype  # noqa: E402
@@ -111,15 +111,23 @@ def _time_steps(opt, device, steps: int, warmup: int, repeats: int = 1) -> float
     return best
 
 
-def time_muon_step(shapes, device, *, batched: bool, steps: int = 10, warmup: int = 3) -> float:
+def time_muon_step(shapes, device, *, batched: bool, steps: int = 10, warmup: int = 3,
+                   opt_cls=None) -> float:
     """Milliseconds per Muon step over matrices of ``shapes`` (fp32 params, fixed grads)."""
     params = _make_params(shapes, device)
-    opt = MuonAdamW([{"kind": "muon", "params": params}], batch_same_shape=batched)
-    return _time_steps(opt, device, steps, warmup)
+    opt = (opt_cls or MuonAdamW)([{"kind": "muon", "params": params}],
+                                 batch_same_shape=batched)
+    return _time_steps(opt, device, steps, warmup, repeats=2)
 
 
 def muon_batching(device="cuda", *, tiny: bool = False) -> dict:
-    """Batched vs one-matrix-at-a-time Muon step time for d12 and d20 (targets: module doc)."""
+    """Batched vs one-matrix-at-a-time Muon step time for d12 and d20 (targets: module doc).
+
+    One at a time is timed twice: with today's code (``per_matrix_ms``) and with v1's
+    (the library before its fused path, ``per_matrix_v1_ms``), and the speed-up that is
+    checked is against the *faster* of the two (``speedup_vs_best_per_matrix``): so a
+    slower one-at-a-time path can never make batching look better than it is.
+    """
     device = torch.device(device)
     out = {"device": str(device), "gpu": torch.cuda.get_device_name(device)
            if device.type == "cuda" else None}
@@ -129,25 +137,46 @@ def muon_batching(device="cuda", *, tiny: bool = False) -> dict:
         steps = 3 if tiny else 10
         batched = time_muon_step(shapes, device, batched=True, steps=steps)
         single = time_muon_step(shapes, device, batched=False, steps=steps)
+        batched_v1 = time_muon_step(shapes, device, batched=True, steps=steps,
+                                    opt_cls=V1MuonAdamW)
+        single_v1 = time_muon_step(shapes, device, batched=False, steps=steps,
+                                   opt_cls=V1MuonAdamW)
+        best_single = min(single, single_v1)
         flops = ns_flops(shapes)
         out[f"d{depth}"] = {"matrices": len(shapes), "distinct_shapes": len(set(shapes)),
                             "muon_params": sum(a * b for a, b in shapes),
                             "batched_ms": round(batched, 3), "per_matrix_ms": round(single, 3),
                             "speedup": round(single / batched, 2),
+                            "batched_v1_ms": round(batched_v1, 3),
+                            "per_matrix_v1_ms": round(single_v1, 3),
+                            "speedup_vs_best_per_matrix": round(best_single / batched, 2),
                             "ns_tflop": round(flops / 1e12, 3),
                             "ns_floor_ms_at_nominal": round(flops / NOMINAL_TFLOPS / 1e9, 2),
                             "batched_ns_tflops": round(flops / batched / 1e9, 1)}
         if device.type == "cuda":
-            ok &= single / batched >= SPEEDUP_TARGET.get(depth, 5.0)
+            ok &= best_single / batched >= SPEEDUP_TARGET.get(depth, 5.0)
+    # the fused kernels compute the eager path's math: in fp32 (TF32 off) the two must
+    # agree to summation order (this runs the compiled code on every d12 bucket)
+    shapes = matrix_shapes(model_config(2 if tiny else 12, tiny))
+    with orthogonalize_dtype(torch.float32), _fp32_matmuls(device):
+        with_fused = _two_step_update(MuonAdamW, True, shapes, device)
+        with _patched(fused, ENABLED=False):
+            eager = _two_step_update(MuonAdamW, True, shapes, device)
+    out["fused_vs_eager_fp32_rel_diff"] = _compare(with_fused, eager)["rel_diff"]
+    out["fused_used"] = bool(fused.ENABLED and device.type == "cuda" and not fused._broken)
+    out["fused_error"] = fused._broken[0] if fused._broken else None
+    ok &= out["fused_vs_eager_fp32_rel_diff"] <= 1e-5
     out["ok"] = bool(ok)
-    out["target"] = ("speedup >= 5x at d12 and >= 1.3x at d20 on CUDA (not checked on CPU); "
-                     f"floor = NS matmul FLOPs at {NOMINAL_TFLOPS:.0f} TFLOP/s")
+    out["target"] = ("speedup_vs_best_per_matrix >= 5x at d12 and >= 1.3x at d20 on CUDA "
+                     "(not checked on CPU); floor = NS matmul FLOPs at "
+                     f"{NOMINAL_TFLOPS:.0f} TFLOP/s")
     return out
 
 
 # ----------------------------------------------------------------------------- variants
-# The seed's Muon code (nanogpt_course/optim/muon.py before the performance pass), frozen
-# here as the baseline every variant is timed and compared against.
+# Two frozen earlier versions of the Muon step, kept as baselines: the seed's code, and the
+# library's code before the fused path ("v1": baddbmm Newton-Schulz, eager elementwise
+# passes, parameters stacked and copied back). Both share V1MuonAdamW's bucket step.
 def _seed_orthogonalize(G, steps=5, *, method="newton_schulz", dtype=None, eps=1e-7):
     X = G.to(dtype or muon._default_dtype(G))
     tall = X.size(-2) > X.size(-1)
@@ -168,25 +197,22 @@ def _seed_orthogonalize(G, steps=5, *, method="newton_schulz", dtype=None, eps=1
     return X.to(G.dtype)
 
 
-def _seed_muon_direction(grad, momentum_buffer, *, momentum, nesterov=True, ns_steps=5,
-                         method="newton_schulz"):
-    momentum_buffer.lerp_(grad, 1.0 - momentum)
-    update = grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
-    return _seed_orthogonalize(update, ns_steps, method=method)
-
-
-def _seed_apply_muon_step_(params, direction, *, lr, weight_decay=0.0, cautious=False):
-    direction = direction.to(params.dtype)
-    if weight_decay != 0.0:
-        if cautious:
-            params.sub_(params * ((direction * params) > 0), alpha=lr * weight_decay)
-        else:
-            params.mul_(1.0 - lr * weight_decay)
-    params.add_(direction, alpha=-lr * muon.shape_lr_scale(*params.shape[-2:]))
+def _v1_newton_schulz_steps(X, coeffs, tall):
+    """v1's loop: ``X <- a X + B X`` with ``B = bA + cA^2`` (two baddbmm per step, each
+    copying its input first); B is rounded to bf16 on its own."""
+    last = len(coeffs) - 1
+    for i, (a, b, c) in enumerate(coeffs):
+        A = torch.bmm(X, X.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        if tall and i == last:
+            return torch.baddbmm(X.mT, X.mT, B, beta=a)
+        X = torch.baddbmm(X, B, X, beta=a)
+    return X.mT if tall else X
 
 
 def _ns_fold_identity(X, coeffs, tall):
-    """Candidate NS loop: ``X <- (B + a I) X`` (no copy of X per step; more bf16 error)."""
+    """Rejected candidate: ``X <- (B + a I) X`` with ``B`` rounded to bf16 *before* adding
+    ``a`` (two roundings of the diagonal: 2x the bf16 error of the library's one rounding)."""
     for a, b, c in coeffs:
         A = torch.bmm(X, X.mT)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
@@ -195,10 +221,11 @@ def _ns_fold_identity(X, coeffs, tall):
     return X.mT if tall else X
 
 
-class NoParamStackMuonAdamW(MuonAdamW):
-    """Candidate for hybrid.py: update the parameters in place with foreach ops on the
-    slices of the batched direction, instead of stacking them, updating the stack and
-    copying it back (saves a read + write of every matrix twice per step)."""
+class V1MuonAdamW(MuonAdamW):
+    """The Muon bucket step of v1 (and, with ``seed=True``, of the seed): stack grads and
+    params, clip in a separate pass, eager momentum/norm/cast, copy the params back."""
+
+    seed = False
 
     def _step_muon_bucket(self, group, key, bucket, coef) -> None:
         params = [p for p in bucket if p.grad is not None]
@@ -207,20 +234,26 @@ class NoParamStackMuonAdamW(MuonAdamW):
         grads = torch.stack([p.grad for p in params])
         if coef is not None:
             grads.mul_(coef)
+        stacked = torch.stack(params)
         momentum = self._stacked_momentum(key, params)
-        direction = muon.muon_direction(grads.to(momentum.dtype), momentum,
-                                        momentum=group["momentum"], nesterov=group["nesterov"],
-                                        ns_steps=group["ns_steps"],
-                                        method=group["orthogonalizer"])
-        lr, wd = group["lr"], group["weight_decay"]
-        slices = list(direction.unbind(0))
-        if wd != 0.0:
-            if group["cautious_weight_decay"]:
-                masks = [(d * p) > 0 for d, p in zip(slices, params)]
-                torch._foreach_sub_(params, torch._foreach_mul(params, masks), alpha=lr * wd)
-            else:
-                torch._foreach_mul_(params, 1.0 - lr * wd)
-        torch._foreach_add_(params, slices, alpha=-lr * muon.shape_lr_scale(*params[0].shape))
+        beta = group["momentum"]
+        momentum.lerp_(grads, 1.0 - beta)
+        update = grads.lerp(momentum, beta) if group["nesterov"] else momentum
+        if self.seed:
+            direction = _seed_orthogonalize(update, group["ns_steps"],
+                                            method=group["orthogonalizer"]).to(stacked.dtype)
+        else:
+            with _patched(muon, _newton_schulz_steps=_v1_newton_schulz_steps):
+                direction = muon._orthogonalize(update, group["ns_steps"],
+                                                group["orthogonalizer"], None, 1e-7)
+        muon.apply_muon_step_(stacked, direction, lr=group["lr"],
+                              weight_decay=group["weight_decay"],
+                              cautious=group["cautious_weight_decay"])
+        torch._foreach_copy_(params, list(stacked.unbind(0)))
+
+
+class SeedMuonAdamW(V1MuonAdamW):
+    seed = True
 
 
 @contextmanager
@@ -235,31 +268,16 @@ def _patched(module, **attrs):
             setattr(module, name, value)
 
 
-_COMPILED: dict = {}
-
-
-def _compiled(fn):
-    """``torch.compile(fn)``, once per function (shapes differ per bucket: static graphs)."""
-    if fn not in _COMPILED:
-        import torch._dynamo
-
-        for knob in ("cache_size_limit", "recompile_limit"):  # renamed across versions
-            if hasattr(torch._dynamo.config, knob):
-                setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn]
-
-
-# A variant is parts joined by "+", e.g. "nostack+compiled"; "default" is the library as is.
+# A variant is parts joined by "+", e.g. "v1+single"; "default" is the library as is.
 VARIANT_PARTS = {
-    "seed": "the seed's muon.py code (baseline)",
+    "seed": "the seed's muon.py code (frozen baseline)",
+    "v1": "the library before the fused path: baddbmm NS, params stacked and copied back",
     "single": "one matrix at a time (batch_same_shape=False)",
-    "fold": "NS step as (B + aI) X: a plain bmm, no copy of X (2x the bf16 error)",
-    "nostack": "params updated by foreach ops, not stacked and copied back (hybrid.py)",
-    "compiled": "torch.compile of the NS loop (CUDA only)",
+    "eager": "the library with its fused kernels off (NANOGPT_COURSE_MUON_FUSED=0)",
+    "fold": "rejected: NS step as (B + aI) X with B rounded first (2x the bf16 error)",
 }
-DEFAULT_VARIANTS = ("seed", "seed+single", "default", "single", "fold", "nostack", "compiled",
-                    "nostack+compiled")
+DEFAULT_VARIANTS = ("seed", "seed+single", "v1", "v1+single", "default", "single", "eager",
+                    "fold")
 
 
 def _variant_setup(name: str, stack: ExitStack, device) -> tuple[type, bool]:
@@ -268,17 +286,12 @@ def _variant_setup(name: str, stack: ExitStack, device) -> tuple[type, bool]:
     unknown = [p for p in parts if p not in VARIANT_PARTS]
     if unknown:
         raise ValueError(f"unknown variant part(s) {unknown}; known: {sorted(VARIANT_PARTS)}")
-    if "compiled" in parts and device.type != "cuda":
-        raise RuntimeError("compiled runs on CUDA only")
-    if "seed" in parts:
-        stack.enter_context(_patched(hybrid, muon_direction=_seed_muon_direction,
-                                     apply_muon_step_=_seed_apply_muon_step_))
+    if "eager" in parts:
+        stack.enter_context(_patched(fused, ENABLED=False))
     if "fold" in parts:
         stack.enter_context(_patched(muon, _newton_schulz_steps=_ns_fold_identity))
-    if "compiled" in parts:
-        stack.enter_context(_patched(muon, _newton_schulz_steps=_compiled(
-            muon._newton_schulz_steps)))  # the library's loop, or "fold"'s if also named
-    return (NoParamStackMuonAdamW if "nostack" in parts else MuonAdamW), "single" not in parts
+    cls = SeedMuonAdamW if "seed" in parts else V1MuonAdamW if "v1" in parts else MuonAdamW
+    return cls, "single" not in parts
 
 
 @contextmanager
@@ -350,7 +363,6 @@ def muon_variants(device="cuda", *, tiny: bool = False, variants=DEFAULT_VARIANT
     seed's own (bf16 rounding noise; on the CPU both are fp32 and the distances ~1e-6).
     """
     device = torch.device(device)
-    variants = [v for v in variants if device.type == "cuda" or "compiled" not in v]
     out = {"device": str(device), "gpu": torch.cuda.get_device_name(device)
            if device.type == "cuda" else None, "parts": VARIANT_PARTS}
     ok = True
@@ -358,9 +370,7 @@ def muon_variants(device="cuda", *, tiny: bool = False, variants=DEFAULT_VARIANT
         shapes = matrix_shapes(model_config(depth, tiny))
         with orthogonalize_dtype(torch.float32), _fp32_matmuls(device):
             ref32 = _two_step_update(MuonAdamW, True, shapes, device)
-        with _patched(hybrid, muon_direction=_seed_muon_direction,
-                      apply_muon_step_=_seed_apply_muon_step_):
-            ref_seed = _two_step_update(MuonAdamW, True, shapes, device)
+        ref_seed = _two_step_update(SeedMuonAdamW, True, shapes, device)
         seed_err = _compare(ref_seed, ref32)["rel_diff"]
         rows, seed_ms = {}, None
         for name in variants:
@@ -403,6 +413,48 @@ def muon_variants(device="cuda", *, tiny: bool = False, variants=DEFAULT_VARIANT
               f"({flops / ns_ms / 1e9:.0f} TFLOP/s)", flush=True)
         del ref32, ref_seed
     out["ok"] = bool(ok)
+    return out
+
+
+def profile_variants(device="cuda", *, tiny: bool = False, variants=("default",),
+                     depth: int = 12, steps: int = 3, top: int = 18) -> dict:
+    """Kernel-level profile of ``steps`` Muon steps per variant: the top kernels by GPU
+    time, their sum (GPU busy time) against the wall time (the gap is host overhead)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    shapes = matrix_shapes(model_config(2 if tiny else depth, tiny))
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    out = {"device": str(device), "depth": 2 if tiny else depth}
+    for name in variants:
+        with ExitStack() as stack:
+            opt_cls, batched = _variant_setup(name, stack, device)
+            opt = opt_cls([{"kind": "muon", "params": _make_params(shapes, device)}],
+                          batch_same_shape=batched)
+            for _ in range(3):
+                opt.step()
+            _sync(device)
+            t0 = time.perf_counter()
+            with profile(activities=acts) as prof:
+                for _ in range(steps):
+                    opt.step()
+                _sync(device)
+            wall = (time.perf_counter() - t0) / steps * 1e3
+        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+        if device.type == "cuda":  # kernels only (CPU-side ops also carry device time)
+            events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(getattr(e, key) for e in events) / steps / 1e3
+        rows = sorted(events, key=lambda e: -getattr(e, key))[:top]
+        table = [{"kernel": e.key[:90], "calls": e.count // steps,
+                  "ms_per_step": round(getattr(e, key) / steps / 1e3, 3)} for e in rows]
+        out[name] = {"wall_ms_profiled": round(wall, 3), "kernel_ms": round(busy, 3),
+                     "top": table}
+        print(f"  profile {name}: wall {wall:.3f} ms/step (profiled), kernels {busy:.3f} ms",
+              flush=True)
+        for r in table:
+            print(f"    {r['ms_per_step']:8.3f} ms  x{r['calls']:<4d} {r['kernel']}", flush=True)
+    out["ok"] = True
     return out
 
 
@@ -567,17 +619,30 @@ def main(argv=None) -> int:
                     f"(default list: {','.join(DEFAULT_VARIANTS)}; parts: "
                     f"{', '.join(VARIANT_PARTS)}, joined with '+')")
     ap.add_argument("--depths", default=None, help="comma-separated depths for --variants")
+    ap.add_argument("--profile", default=None, metavar="VARIANTS",
+                    help="comma-separated variants to profile kernel by kernel (d12)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     report = {"command": " ".join(["bench/bench_muon.py"] + (argv or sys.argv[1:])),
               "torch": torch.__version__}
-    if args.variants is not None:
+    if args.device.startswith("cuda"):
+        x = torch.ones(1, 2, 2, device=args.device, dtype=torch.bfloat16)
+        try:
+            report["bmm_out_dtype"] = str(torch.bmm(x, x, out_dtype=torch.float32).dtype)
+        except (TypeError, RuntimeError) as err:
+            report["bmm_out_dtype"] = f"unsupported: {err}"[:200]
+        print(f"bmm(out_dtype=float32): {report['bmm_out_dtype']}", flush=True)
+    if args.profile is not None:
+        jobs = (("profile", lambda d, tiny: profile_variants(
+            d, tiny=tiny, variants=args.profile.split(","))),)
+    elif args.variants is not None:
         depths = [int(d) for d in args.depths.split(",")] if args.depths else None
         jobs = (("muon_variants", lambda d, tiny: muon_variants(
             d, tiny=tiny, variants=args.variants.split(","), depths=depths)),)
     else:
         jobs = (("muon_batching", muon_batching), ("dist_step_vs_cpu", dist_step_vs_cpu))
     out = args.out or Path(os.environ.get("OUT", ".")) / (
+        "bench_muon_profile.json" if args.profile is not None else
         "bench_muon_variants.json" if args.variants is not None else "bench_muon.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, fn in jobs:

@@ -252,10 +252,9 @@ class DistMuonAdamW(HybridOptimizer):
             slots = [slot for slot, _ in live]
             contiguous = slots == list(range(len(slots)))
             grads = unit.recv[: len(slots)] if contiguous else unit.recv[slots]
-            grads.mul_(factor)
             target = stacked[: len(slots)] if contiguous else stacked[slots]
             self._muon_update_(self.param_groups[unit.group], tuple(unit.indices),
-                               [params[i] for _, i in live], grads, target)
+                               [params[i] for _, i in live], grads, target, grad_scale=factor)
             if not contiguous:
                 stacked[slots] = target
         unit.gathered = stacked.new_empty(unit.per_rank * self.world_size, *first.shape)

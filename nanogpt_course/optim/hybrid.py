@@ -156,14 +156,18 @@ class HybridOptimizer(torch.optim.Optimizer):
         return stacked
 
     def _muon_update_(self, group: dict, key, params: list, grads: torch.Tensor,
-                      stacked_params: torch.Tensor) -> None:
-        """Momentum + orthogonalize + step for ``k`` same-shape matrices, in place on
-        ``stacked_params`` (k, m, n); ``grads`` (k, m, n) already averaged and clipped."""
+                      targets: torch.Tensor | list, grad_scale=None) -> None:
+        """Momentum + orthogonalize + step for ``k`` same-shape matrices ``params``.
+
+        grads: ``(k, m, n)``, already averaged; ``grad_scale`` (clipping, 1 / world size) is
+        applied on the way in. targets: what is updated in place, the ``(k, m, n)`` slab a
+        rank owns, or the list ``params`` itself."""
         momentum = self._stacked_momentum(key, params)
         direction = muon_direction(grads.to(momentum.dtype), momentum,
                                    momentum=group["momentum"], nesterov=group["nesterov"],
-                                   ns_steps=group["ns_steps"], method=group["orthogonalizer"])
-        apply_muon_step_(stacked_params, direction, lr=group["lr"],
+                                   ns_steps=group["ns_steps"], method=group["orthogonalizer"],
+                                   grad_scale=grad_scale)
+        apply_muon_step_(targets, direction, lr=group["lr"],
                          weight_decay=group["weight_decay"],
                          cautious=group["cautious_weight_decay"])
 
@@ -324,9 +328,5 @@ class MuonAdamW(HybridOptimizer):
         params = [p for p in bucket if p.grad is not None]
         if not params:
             return
-        grads = torch.stack([p.grad for p in params])
-        if coef is not None:
-            grads.mul_(coef)
-        stacked = torch.stack(params)
-        self._muon_update_(group, key, params, grads, stacked)
-        torch._foreach_copy_(params, list(stacked.unbind(0)))
+        grads = torch.stack([p.grad for p in params])  # (k, m, n): one batched call
+        self._muon_update_(group, key, params, grads, params, grad_scale=coef)

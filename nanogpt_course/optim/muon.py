@@ -36,6 +36,8 @@ from itertools import chain, repeat
 
 import torch
 
+from . import fused
+
 __all__ = [
     "NEWTON_SCHULZ_COEFFS",
     "POLAR_EXPRESS_COEFFS",
@@ -129,25 +131,73 @@ def _frobenius_norm(X: torch.Tensor) -> torch.Tensor:
     return X.float().square().sum(dim=(-2, -1), keepdim=True).sqrt()
 
 
+def _bmm_fp32(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A @ B`` ``(batch, m, k) @ (batch, k, n)``, accumulated *and returned* in fp32.
+
+    For bf16 inputs the product is not rounded back to bf16 (CUDA's ``out_dtype``; the
+    CPU computes the same exact products of bf16 values in fp32)."""
+    if A.dtype == torch.float32:
+        return torch.bmm(A, B)
+    if A.is_cuda:
+        return torch.bmm(A, B, out_dtype=torch.float32)
+    return torch.bmm(A.float(), B.float())
+
+
+def _quintic_matrix(A: torch.Tensor, AA: torch.Tensor, a: float, b: float,
+                    c: float) -> torch.Tensor:
+    """``P = a I + b A + c A^2``, summed in fp32 and rounded once to ``A``'s dtype.
+
+    A: ``(batch, m, m)``; AA: ``A @ A`` in fp32 (a temporary: reused in place). Adding
+    ``a`` before the rounding matters: ``P``'s eigenvalues sit near 1 while those of
+    ``B = bA + cA^2`` sit near ``1 - a = -2.4``, so rounding ``P`` once costs less than
+    rounding ``B`` (and far less than rounding ``B``, then ``B + aI``: twice the error).
+    """
+    P = AA.mul_(c).add_(A, alpha=b)
+    P.diagonal(dim1=-2, dim2=-1).add_(a)
+    return P.to(A.dtype)
+
+
+def _quintic_matrix_fused(A: torch.Tensor, AA: torch.Tensor, abc: torch.Tensor) -> torch.Tensor:
+    """:func:`_quintic_matrix` written for ``torch.compile`` (one kernel): the coefficients
+    come as a ``(3,)`` tensor, so one compiled kernel serves every triple, and no input is
+    written to."""
+    P = AA * abc[2] + A.float() * abc[1]
+    diagonal = torch.eye(A.size(-1), dtype=torch.bool, device=A.device)
+    return torch.where(diagonal, P + abc[0], P).to(A.dtype)
+
+
+_coeff_tensors: dict = {}
+
+
+def _abc(a: float, b: float, c: float, device: torch.device) -> torch.Tensor:
+    key = (a, b, c, str(device))
+    if key not in _coeff_tensors:
+        _coeff_tensors[key] = torch.tensor([a, b, c], dtype=torch.float32, device=device)
+    return _coeff_tensors[key]
+
+
 def _newton_schulz_steps(X: torch.Tensor, coeffs, tall: bool) -> torch.Tensor:
     """Apply the quintics ``coeffs`` to ``X`` ``(batch, m, n)``, m <= n, norm <= 1.
 
-    Each step is ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``: two ``baddbmm`` calls,
-    so both sums happen inside the matmul in fp32 before the one rounding to ``X``'s dtype.
-    (Folding ``a`` into the diagonal of ``B``, ``X <- (B + a I) X``, would save the copy of
-    ``X`` that ``baddbmm`` makes, but in bf16 it rounds ``a + B_ii``, a sum that cancels
-    from ~3.4 down to ~1: twice the bf16 error; ``bench_muon.py --variants`` measures it.)
-    Returns ``(batch, m, n)``, or ``(batch, n, m)`` if ``tall``: the last step is then
-    computed transposed, ``a X^T + X^T B`` (``B`` is symmetric), which lands directly in
-    the tall layout instead of leaving a transposed view to the caller.
+    Each step is ``X <- p(X) = a X + b X X^T X + c (X X^T)^2 X = P X`` with ``A = X X^T``
+    and ``P = a I + b A + c A^2`` (:func:`_quintic_matrix`: fp32 sums, one rounding), so
+    every step is three plain batched matmuls plus one small elementwise kernel on the
+    ``(m, m)`` matrices (fused on CUDA, see :mod:`~nanogpt_course.optim.fused`).
+    Returns ``(batch, m, n)``, or ``(batch, n, m)`` if ``tall``: the last product is then
+    computed transposed, ``X^T P`` (``P`` is symmetric), which lands directly in the tall
+    layout instead of leaving a transposed view to the caller.
     """
     last = len(coeffs) - 1
     for i, (a, b, c) in enumerate(coeffs):
         A = torch.bmm(X, X.mT)  # (batch, m, m)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        if fused.use_fused(X):  # decided on the bucket, so every step runs the same way
+            P = fused.compiled(_quintic_matrix_fused)(A, _bmm_fp32(A, A),
+                                                      _abc(a, b, c, X.device))
+        else:
+            P = _quintic_matrix(A, _bmm_fp32(A, A), a, b, c)
         if tall and i == last:
-            return torch.baddbmm(X.mT, X.mT, B, beta=a)  # (a X + B X)^T, (batch, n, m)
-        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X = p(X)
+            return torch.bmm(X.mT, P)  # (P X)^T, (batch, n, m)
+        X = torch.bmm(P, X)
     return X.mT if tall else X  # (no steps: the normalized input)
 
 
@@ -192,30 +242,69 @@ def shape_lr_scale(fan_out: int, fan_in: int) -> float:
     return math.sqrt(max(1.0, fan_out / fan_in))
 
 
+def _momentum_normalize(grad: torch.Tensor, momentum_buffer: torch.Tensor, beta, grad_scale,
+                        nesterov: bool, norm_scale: float, eps: float,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """Momentum (in place), Nesterov, Frobenius normalization and the cast: ``(k, m, n)`` in,
+    ``(k, m, n)`` of ``dtype`` out. beta, grad_scale: floats (eager) or 0-d tensors (compiled:
+    one kernel set for every value); grad_scale None: 1."""
+    G = grad if grad_scale is None else grad * grad_scale
+    momentum_buffer.lerp_(G, 1.0 - beta)  # M = beta M + (1 - beta) G
+    U = G.lerp(momentum_buffer, beta) if nesterov else momentum_buffer
+    norm = _frobenius_norm(U) * norm_scale + eps
+    return (U / norm).to(dtype)
+
+
 def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentum: float,
-                   nesterov: bool = True, ns_steps: int = 5,
-                   method: str = "newton_schulz") -> torch.Tensor:
+                   nesterov: bool = True, ns_steps: int = 5, method: str = "newton_schulz",
+                   grad_scale: torch.Tensor | float | None = None) -> torch.Tensor:
     """Update the momentum buffer in place and return the orthogonalized direction ``O``.
 
     grad, momentum_buffer: ``(k, m, n)`` (k matrices of one shape, stacked) or ``(m, n)``.
-    Returns ``O`` with the same shape, in the orthogonalization dtype (bfloat16 on CUDA):
-    the caller steps ``W -= lr * scale * O`` (:func:`apply_muon_step_`), and adding a bf16
-    ``O`` to fp32 weights gives exactly what adding its fp32 copy would, one pass cheaper.
+    grad_scale: a factor for ``grad`` (a float or 0-d tensor: gradient clipping, 1 / world
+    size), applied in the same pass. Returns ``O`` with the same shape, in the
+    orthogonalization dtype (bfloat16 on CUDA): the caller steps ``W -= lr * scale * O``
+    (:func:`apply_muon_step_`), and adding a bf16 ``O`` to fp32 weights gives exactly what
+    adding its fp32 copy would, one pass cheaper.
     """
-    momentum_buffer.lerp_(grad, 1.0 - momentum)  # M = beta M + (1 - beta) G
-    update = grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
-    return _orthogonalize(update, ns_steps, method, None, 1e-7)
+    if grad.ndim < 2:
+        raise ValueError(f"muon_direction needs matrices (..., m, n), got {tuple(grad.shape)}")
+    if isinstance(grad_scale, (int, float)) and grad_scale == 1:
+        grad_scale = None  # (one rank, no clipping): skip a pass
+    args = (_SAFETY if method == "polar_express" else 1.0, 1e-7, _default_dtype(grad))
+    if fused.use_fused(grad):  # values as 0-d tensors: no recompile when they change
+        beta = torch.full((), momentum, dtype=torch.float32, device=grad.device)
+        scale = grad_scale
+        if scale is not None:
+            scale = (scale.to(grad.device, torch.float32) if torch.is_tensor(scale) else
+                     torch.full((), scale, dtype=torch.float32, device=grad.device))
+        X = fused.compiled(_momentum_normalize)(grad, momentum_buffer, beta, scale, nesterov,
+                                                *args)
+    else:
+        X = _momentum_normalize(grad, momentum_buffer, momentum, grad_scale, nesterov, *args)
+    tall = X.size(-2) > X.size(-1)
+    X = X.mT if tall else X  # iterate on the wide side: X X^T is the smaller Gram matrix
+    lead = X.shape[:-2]
+    X = _newton_schulz_steps(X.reshape(-1, X.size(-2), X.size(-1)),
+                             coefficients(method, ns_steps), tall)
+    return X.reshape(*lead, *grad.shape[-2:])
 
 
-def apply_muon_step_(params: torch.Tensor, direction: torch.Tensor, *, lr: float,
-                     weight_decay: float = 0.0, cautious: bool = False) -> None:
+def apply_muon_step_(params: torch.Tensor | list[torch.Tensor], direction: torch.Tensor, *,
+                     lr: float, weight_decay: float = 0.0, cautious: bool = False) -> None:
     """``params -= lr * wd * params`` (decoupled decay), then ``params -= lr * scale * O``.
 
-    params, direction: ``(k, m, n)`` or ``(m, n)``; params is updated in place. ``scale`` is
-    :func:`shape_lr_scale` of ``(m, n)``. ``cautious``: decay only the entries where the
-    update already pushes toward zero (``sign(O) == sign(W)``), so decay never fights it
-    (cautious weight decay, Chen et al. 2025).
+    params: ``(k, m, n)`` or ``(m, n)``, updated in place, or a list of ``k`` ``(m, n)``
+    tensors (the model's own parameters: no stacking and copying back). direction: the
+    same shape (``(k, m, n)`` for a list). ``scale`` is :func:`shape_lr_scale` of
+    ``(m, n)``. ``cautious``: decay only the entries where the update already pushes
+    toward zero (``sign(O) == sign(W)``), so decay never fights it (cautious weight decay,
+    Chen et al. 2025).
     """
+    if isinstance(params, (list, tuple)):
+        for p, d in zip(params, direction.unbind(0), strict=True):
+            apply_muon_step_(p, d, lr=lr, weight_decay=weight_decay, cautious=cautious)
+        return
     fan_out, fan_in = params.shape[-2], params.shape[-1]
     # no cast of ``direction``: in-place ops compute in the wider dtype and write params'
     if weight_decay != 0.0:
