@@ -197,7 +197,7 @@ def _seed_orthogonalize(G, steps=5, *, method="newton_schulz", dtype=None, eps=1
     return X.to(G.dtype)
 
 
-def _v1_newton_schulz_steps(X, coeffs, tall):
+def _v1_newton_schulz_steps(X, coeffs, tall, out_dtype=None):
     """v1's loop: ``X <- a X + B X`` with ``B = bA + cA^2`` (two baddbmm per step, each
     copying its input first); B is rounded to bf16 on its own."""
     last = len(coeffs) - 1
@@ -205,12 +205,12 @@ def _v1_newton_schulz_steps(X, coeffs, tall):
         A = torch.bmm(X, X.mT)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         if tall and i == last:
-            return torch.baddbmm(X.mT, X.mT, B, beta=a)
+            return torch.baddbmm(X.mT, X.mT, B, beta=a).to(out_dtype or X.dtype)
         X = torch.baddbmm(X, B, X, beta=a)
-    return X.mT if tall else X
+    return (X.mT if tall else X).to(out_dtype or X.dtype)
 
 
-def _ns_fold_identity(X, coeffs, tall):
+def _ns_fold_identity(X, coeffs, tall, out_dtype=None):
     """Rejected candidate: ``X <- (B + a I) X`` with ``B`` rounded to bf16 *before* adding
     ``a`` (two roundings of the diagonal: 2x the bf16 error of the library's one rounding)."""
     for a, b, c in coeffs:
@@ -218,7 +218,45 @@ def _ns_fold_identity(X, coeffs, tall):
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         B.diagonal(dim1=-2, dim2=-1).add_(a)
         X = torch.bmm(B, X)
-    return X.mT if tall else X
+    return (X.mT if tall else X).to(out_dtype or X.dtype)
+
+
+def _bmm_fp32(A, B):
+    if A.dtype == torch.float32:
+        return torch.bmm(A, B)
+    if A.is_cuda:
+        return torch.bmm(A, B, out_dtype=torch.float32)
+    return torch.bmm(A.float(), B.float())
+
+
+def _quintic_matrix_fused(A, AA, abc):
+    P = AA * abc[2] + A.float() * abc[1]
+    diagonal = torch.eye(A.size(-1), dtype=torch.bool, device=A.device)
+    return torch.where(diagonal, P + abc[0], P).to(A.dtype)
+
+
+def _quintic_matrix(A, AA, a, b, c):
+    P = AA.mul_(c).add_(A, alpha=b)
+    P.diagonal(dim1=-2, dim2=-1).add_(a)
+    return P.to(A.dtype)
+
+
+def _ns_fold32(X, coeffs, tall, out_dtype=None):
+    """Candidate (measured, not kept): ``P = aI + bA + cA^2`` built whole in fp32 from an
+    fp32 ``A @ A`` (``out_dtype``) and rounded once, compiled on CUDA. Same numerics as the
+    library's loop; it writes and reads an fp32 (m, m) matrix per step (slow at d20)."""
+    last = len(coeffs) - 1
+    for i, (a, b, c) in enumerate(coeffs):
+        A = torch.bmm(X, X.mT)
+        if fused.use_fused(X):
+            abc = torch.tensor([a, b, c], dtype=torch.float32, device=X.device)
+            P = fused.compiled(_quintic_matrix_fused)(A, _bmm_fp32(A, A), abc)
+        else:
+            P = _quintic_matrix(A, _bmm_fp32(A, A), a, b, c)
+        if tall and i == last:
+            return torch.bmm(X.mT, P).to(out_dtype or X.dtype)
+        X = torch.bmm(P, X)
+    return (X.mT if tall else X).to(out_dtype or X.dtype)
 
 
 class V1MuonAdamW(MuonAdamW):
@@ -275,9 +313,10 @@ VARIANT_PARTS = {
     "single": "one matrix at a time (batch_same_shape=False)",
     "eager": "the library with its fused kernels off (NANOGPT_COURSE_MUON_FUSED=0)",
     "fold": "rejected: NS step as (B + aI) X with B rounded first (2x the bf16 error)",
+    "fold32": "candidate: P = aI + bA + cA^2 whole in fp32 (fp32 A @ A), compiled on CUDA",
 }
 DEFAULT_VARIANTS = ("seed", "seed+single", "v1", "v1+single", "default", "single", "eager",
-                    "fold")
+                    "fold", "fold32")
 
 
 def _variant_setup(name: str, stack: ExitStack, device) -> tuple[type, bool]:
@@ -290,6 +329,8 @@ def _variant_setup(name: str, stack: ExitStack, device) -> tuple[type, bool]:
         stack.enter_context(_patched(fused, ENABLED=False))
     if "fold" in parts:
         stack.enter_context(_patched(muon, _newton_schulz_steps=_ns_fold_identity))
+    if "fold32" in parts:
+        stack.enter_context(_patched(muon, _newton_schulz_steps=_ns_fold32))
     cls = SeedMuonAdamW if "seed" in parts else V1MuonAdamW if "v1" in parts else MuonAdamW
     return cls, "single" not in parts
 

@@ -107,13 +107,17 @@ def _pick_device(device: str | None) -> str:
 
 
 def _rank_logs_tail(log_dir: Path, lines: int) -> str:
-    """The last ``lines`` of every rank's stderr (where tracebacks go) that has any."""
+    """The last ``lines`` of every rank's stderr (where tracebacks go) and the last few of
+    its stdout, for those that have any. (torchrun's console copy of rank 0's output is
+    polled from its log file, so after a crash the console can miss the final lines.)"""
     parts = []
-    for err in sorted(log_dir.glob("*/attempt_*/*/stderr.log")):
-        text = err.read_text(errors="replace").strip().splitlines()
-        if text:
-            parts.append(f"--- rank {err.parent.name} stderr (last {lines} lines) ---\n"
-                         + "\n".join(text[-lines:]))
+    for rank_dir in sorted({p.parent for p in log_dir.glob("*/attempt_*/*/std*.log")}):
+        for name, keep in (("stdout", min(lines, 10)), ("stderr", lines)):
+            path = rank_dir / f"{name}.log"
+            text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+            if text:
+                parts.append(f"--- rank {rank_dir.name} {name} (last {keep} lines) ---\n"
+                             + "\n".join(text[-keep:]))
     return "\n".join(parts)
 
 

@@ -1,11 +1,11 @@
 """Optional fused kernels for Muon's elementwise work (``torch.compile`` on CUDA).
 
-A batched Muon step on a GPU is mostly big matmuls plus a few passes over every matrix:
-momentum, Nesterov, the norm, the bf16 cast, and per Newton-Schulz step the sum
-``a I + b A + c A^2``. Eagerly each pass is its own kernel that reads and writes all of
-memory; compiled, each group becomes one kernel (at d12: about 1 ms of a 6.7 ms step,
-see docs/PERFORMANCE.md). The math is the same function either way: :func:`maybe_compiled`
-only decides *how* it runs.
+A batched Muon step on a GPU is mostly big matmuls plus a few passes over every matrix
+before them: the gradient scale (clipping), momentum, Nesterov, the Frobenius norm and the
+bf16 cast. Eagerly each pass is its own kernel that reads and writes all of it; compiled,
+they become two kernels (at d12: ~0.6 ms of a ~6 ms step, see docs/PERFORMANCE.md). The
+math is the same function either way (:func:`~nanogpt_course.optim.muon.muon_direction`
+calls it eagerly or through :func:`compiled`).
 
 When the fused path is used: on CUDA, for tensors of at least :data:`FUSED_MIN_NUMEL`
 elements. Below that a step is bound by kernel launches, not memory, and a compiled call

@@ -131,79 +131,67 @@ def _frobenius_norm(X: torch.Tensor) -> torch.Tensor:
     return X.float().square().sum(dim=(-2, -1), keepdim=True).sqrt()
 
 
-def _bmm_fp32(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``A @ B`` ``(batch, m, k) @ (batch, k, n)``, accumulated *and returned* in fp32.
+_diag_offsets: dict = {}
 
-    For bf16 inputs the product is not rounded back to bf16 (CUDA's ``out_dtype``; the
-    CPU computes the same exact products of bf16 values in fp32)."""
-    if A.dtype == torch.float32:
+
+def _set_quintic_diagonal_(P: torch.Tensor, A: torch.Tensor, a: float, b: float,
+                           c: float) -> None:
+    """Overwrite the diagonal of ``P`` ``(batch, m, m)`` with that of ``a I + b A + c A^2``
+    for symmetric ``A``: ``a + b A_ii + c sum_k A_ik^2``, summed in fp32 (fp64 stays) and
+    rounded once to ``P``'s dtype. Three kernels (a step is launch-bound at small sizes)."""
+    wide = torch.promote_types(A.dtype, torch.float32)
+    key = (a, wide, A.device)
+    if key not in _diag_offsets:  # shape (1,), not 0-d: it sets the result dtype to fp32
+        _diag_offsets[key] = torch.tensor([a], dtype=wide, device=A.device)
+    ab = torch.add(_diag_offsets[key], A.diagonal(dim1=-2, dim2=-1), alpha=b)  # a + b A_ii
+    norms = torch.linalg.vector_norm(A, dim=-1, dtype=wide)  # (A^2)_ii = |row i of A|^2
+    torch.addcmul(ab, norms, norms, value=c, out=P.diagonal(dim1=-2, dim2=-1))
+
+
+def _bmm_into(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``A @ B`` ``(batch, m, k) @ (batch, k, n)`` returned in ``dtype``, accumulated in fp32
+    and rounded once (bf16 inputs, fp32 result: CUDA's ``out_dtype``; the CPU multiplies the
+    same bf16 values in fp32)."""
+    if dtype == A.dtype:
         return torch.bmm(A, B)
-    if A.is_cuda:
-        return torch.bmm(A, B, out_dtype=torch.float32)
-    return torch.bmm(A.float(), B.float())
+    if A.is_cuda and dtype == torch.float32:
+        return torch.bmm(A, B, out_dtype=dtype)
+    return torch.bmm(A.to(dtype), B.to(dtype))
 
 
-def _quintic_matrix(A: torch.Tensor, AA: torch.Tensor, a: float, b: float,
-                    c: float) -> torch.Tensor:
-    """``P = a I + b A + c A^2``, summed in fp32 and rounded once to ``A``'s dtype.
-
-    A: ``(batch, m, m)``; AA: ``A @ A`` in fp32 (a temporary: reused in place). Adding
-    ``a`` before the rounding matters: ``P``'s eigenvalues sit near 1 while those of
-    ``B = bA + cA^2`` sit near ``1 - a = -2.4``, so rounding ``P`` once costs less than
-    rounding ``B`` (and far less than rounding ``B``, then ``B + aI``: twice the error).
-    """
-    P = AA.mul_(c).add_(A, alpha=b)
-    P.diagonal(dim1=-2, dim2=-1).add_(a)
-    return P.to(A.dtype)
-
-
-def _quintic_matrix_fused(A: torch.Tensor, AA: torch.Tensor, abc: torch.Tensor) -> torch.Tensor:
-    """:func:`_quintic_matrix` written for ``torch.compile`` (one kernel): the coefficients
-    come as a ``(3,)`` tensor, so one compiled kernel serves every triple, and no input is
-    written to."""
-    P = AA * abc[2] + A.float() * abc[1]
-    diagonal = torch.eye(A.size(-1), dtype=torch.bool, device=A.device)
-    return torch.where(diagonal, P + abc[0], P).to(A.dtype)
-
-
-_coeff_tensors: dict = {}
-
-
-def _abc(a: float, b: float, c: float, device: torch.device) -> torch.Tensor:
-    key = (a, b, c, str(device))
-    if key not in _coeff_tensors:
-        _coeff_tensors[key] = torch.tensor([a, b, c], dtype=torch.float32, device=device)
-    return _coeff_tensors[key]
-
-
-def _newton_schulz_steps(X: torch.Tensor, coeffs, tall: bool) -> torch.Tensor:
+def _newton_schulz_steps(X: torch.Tensor, coeffs, tall: bool,
+                         out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Apply the quintics ``coeffs`` to ``X`` ``(batch, m, n)``, m <= n, norm <= 1.
 
     Each step is ``X <- p(X) = a X + b X X^T X + c (X X^T)^2 X = P X`` with ``A = X X^T``
-    and ``P = a I + b A + c A^2`` (:func:`_quintic_matrix`: fp32 sums, one rounding), so
-    every step is three plain batched matmuls plus one small elementwise kernel on the
-    ``(m, m)`` matrices (fused on CUDA, see :mod:`~nanogpt_course.optim.fused`).
-    Returns ``(batch, m, n)``, or ``(batch, n, m)`` if ``tall``: the last product is then
-    computed transposed, ``X^T P`` (``P`` is symmetric), which lands directly in the tall
-    layout instead of leaving a transposed view to the caller.
+    and ``P = a I + b A + c A^2``: three plain batched matmuls (``baddbmm`` forms
+    ``b A + c A^2`` inside the second). Every entry of ``P`` is rounded to bf16 once:
+    off the diagonal by ``baddbmm`` itself; on the diagonal, ``a`` must be added *before*
+    that rounding (``P``'s eigenvalues sit near 1, those of ``b A + c A^2`` near
+    ``1 - a = -2.4``; rounding twice there doubles Newton-Schulz's bf16 error), so the
+    diagonal is recomputed in fp32 by :func:`_set_quintic_diagonal_` and written over.
+    Compared with ``X <- a X + B X`` (one more ``baddbmm``) this skips the copy of ``X``
+    that ``baddbmm`` makes each step and is slightly more accurate in bf16.
+    The last product is returned in ``out_dtype`` (default: ``X``'s), e.g. fp32 straight
+    from the bf16 matmul. Returns ``(batch, m, n)``, or ``(batch, n, m)`` if ``tall``: the
+    last product is then computed transposed, ``X^T P`` (``P`` is symmetric), which lands
+    directly in the tall layout instead of leaving a transposed view to the caller.
     """
+    out_dtype = out_dtype or X.dtype
     last = len(coeffs) - 1
     for i, (a, b, c) in enumerate(coeffs):
-        A = torch.bmm(X, X.mT)  # (batch, m, m)
-        if fused.use_fused(X):  # decided on the bucket, so every step runs the same way
-            P = fused.compiled(_quintic_matrix_fused)(A, _bmm_fp32(A, A),
-                                                      _abc(a, b, c, X.device))
-        else:
-            P = _quintic_matrix(A, _bmm_fp32(A, A), a, b, c)
-        if tall and i == last:
-            return torch.bmm(X.mT, P)  # (P X)^T, (batch, n, m)
+        A = torch.bmm(X, X.mT)  # (batch, m, m), symmetric
+        P = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2, off the diagonal
+        _set_quintic_diagonal_(P, A, a, b, c)
+        if i == last:
+            return _bmm_into(X.mT, P, out_dtype) if tall else _bmm_into(P, X, out_dtype)
         X = torch.bmm(P, X)
-    return X.mT if tall else X  # (no steps: the normalized input)
+    return (X.mT if tall else X).to(out_dtype)  # (no steps: the normalized input)
 
 
 def _orthogonalize(G: torch.Tensor, steps: int, method: str, dtype: torch.dtype | None,
-                   eps: float) -> torch.Tensor:
-    """:func:`orthogonalize`, returned in the arithmetic dtype (no cast back)."""
+                   eps: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """:func:`orthogonalize`, returned in ``out_dtype`` (default: the arithmetic dtype)."""
     if G.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix (..., m, n), got shape {tuple(G.shape)}")
     coeffs = coefficients(method, steps)
@@ -217,7 +205,7 @@ def _orthogonalize(G: torch.Tensor, steps: int, method: str, dtype: torch.dtype 
     scale = _SAFETY if method == "polar_express" else 1.0
     norm = _frobenius_norm(X) * scale + eps
     X = torch.div(X, norm, out=torch.empty_like(X, dtype=dtype or _default_dtype(G)))
-    X = _newton_schulz_steps(X, coeffs, tall)
+    X = _newton_schulz_steps(X, coeffs, tall, out_dtype)
     return X.reshape(*lead, *G.shape[-2:])
 
 
@@ -234,7 +222,7 @@ def orthogonalize(G: torch.Tensor, steps: int = 5, *, method: str = "newton_schu
     Singular-value bands after 5 steps (for sigma / ||G||_F above 3e-3 resp. 1e-3):
     Newton-Schulz [0.68, 1.21], Polar Express [0.84, 1.13]. A zero matrix maps to zero.
     """
-    return _orthogonalize(G, steps, method, dtype, eps).to(G.dtype)
+    return _orthogonalize(G, steps, method, dtype, eps, G.dtype)
 
 
 def shape_lr_scale(fan_out: int, fan_in: int) -> float:
@@ -262,10 +250,10 @@ def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentu
 
     grad, momentum_buffer: ``(k, m, n)`` (k matrices of one shape, stacked) or ``(m, n)``.
     grad_scale: a factor for ``grad`` (a float or 0-d tensor: gradient clipping, 1 / world
-    size), applied in the same pass. Returns ``O`` with the same shape, in the
-    orthogonalization dtype (bfloat16 on CUDA): the caller steps ``W -= lr * scale * O``
-    (:func:`apply_muon_step_`), and adding a bf16 ``O`` to fp32 weights gives exactly what
-    adding its fp32 copy would, one pass cheaper.
+    size), applied in the same pass. Returns ``O`` with the same shape, in the momentum
+    buffer's dtype (fp32 for fp32 weights): Newton-Schulz runs in bf16 on CUDA, but its last
+    matmul writes fp32 directly (no extra pass, one rounding fewer), and the caller steps
+    ``W -= lr * scale * O`` (:func:`apply_muon_step_`) with fast same-dtype kernels.
     """
     if grad.ndim < 2:
         raise ValueError(f"muon_direction needs matrices (..., m, n), got {tuple(grad.shape)}")
@@ -286,7 +274,7 @@ def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentu
     X = X.mT if tall else X  # iterate on the wide side: X X^T is the smaller Gram matrix
     lead = X.shape[:-2]
     X = _newton_schulz_steps(X.reshape(-1, X.size(-2), X.size(-1)),
-                             coefficients(method, ns_steps), tall)
+                             coefficients(method, ns_steps), tall, momentum_buffer.dtype)
     return X.reshape(*lead, *grad.shape[-2:])
 
 
@@ -301,9 +289,20 @@ def apply_muon_step_(params: torch.Tensor | list[torch.Tensor], direction: torch
     toward zero (``sign(O) == sign(W)``), so decay never fights it (cautious weight decay,
     Chen et al. 2025).
     """
-    if isinstance(params, (list, tuple)):
-        for p, d in zip(params, direction.unbind(0), strict=True):
-            apply_muon_step_(p, d, lr=lr, weight_decay=weight_decay, cautious=cautious)
+    if isinstance(params, (list, tuple)):  # foreach: two host calls, not k
+        directions = list(direction.unbind(0))
+        if len(directions) != len(params):
+            raise ValueError(f"{len(params)} parameters but {len(directions)} directions "
+                             f"(direction shape {tuple(direction.shape)})")
+        scale = -lr * shape_lr_scale(*params[0].shape[-2:])
+        if weight_decay != 0.0:
+            if cautious:
+                masks = [(d * p) > 0 for d, p in zip(directions, params)]
+                torch._foreach_sub_(params, torch._foreach_mul(params, masks),
+                                    alpha=lr * weight_decay)
+            else:
+                torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+        torch._foreach_add_(params, directions, alpha=scale)
         return
     fan_out, fan_in = params.shape[-2], params.shape[-1]
     # no cast of ``direction``: in-place ops compute in the wider dtype and write params'
