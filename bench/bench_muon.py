@@ -2,23 +2,26 @@
 
     python bench/bench_muon.py                        # GPU: the two checks below, JSON report
     python bench/bench_muon.py --variants             # GPU: time the implementation variants
+    python bench/bench_muon.py --profile default,v1   # GPU: kernel-by-kernel table per variant
     python bench/bench_muon.py --device cpu --tiny    # dry run of the same code on a laptop
     python bench/bench_muon.py --device cpu --tiny --variants
 
 1. ``muon_batching``: one Muon step (momentum + Newton-Schulz + update) over the block
    matrices of the d12 and d20 models (vocab 32768, seq 2048), with same-shape matrices
-   stacked into one batched call vs one matrix at a time, and the FLOP floor of the
-   Newton-Schulz matmuls. Targets: >= 5x at d12 (DESIGN); at d20 5x is out of reach (the
-   one-at-a-time step is already within ~2.7x of the matmul floor), so >= 1.3x.
+   stacked into one batched call vs one matrix at a time (today's code and v1's, the
+   faster of the two counts), and the FLOP floor of the Newton-Schulz matmuls. Targets:
+   >= 5x at d12 (DESIGN); at d20 5x is out of reach (the one-at-a-time step is already
+   within ~2.6x of the matmul floor), so >= 1.3x. Also: the fused (compiled) kernels
+   against the eager path in fp32.
 2. ``dist_step_vs_cpu``: DistMuonAdamW on a one-rank process group (NCCL on CUDA, gloo on
    CPU) for a few steps on fixed gradients against MuonAdamW on the CPU, twice: with fp32
    orthogonalization on both sides (must agree to ~1e-6: proves the device/NCCL path), and
    with the device's bf16 orthogonalization against the CPU emulating it in bf16, plus the
    cosine of every per-step update against the fp32 reference.
 3. ``--variants``: the Muon step of several implementations in one run (the seed's code,
-   the library's, and candidate changes, see ``VARIANT_PARTS``), each with its time, its
-   speed-up over the seed's code and how far its update is from the seed's and from an
-   fp32 reference.
+   v1, the library's, and rejected candidates, see ``VARIANT_PARTS``), each with its time,
+   its speed-up over the seed's code and how far its update is from the seed's and from an
+   fp32 reference. ``--profile``: the top kernels of a few steps per variant.
 
 ``bench/gpu_check.py`` calls :func:`muon_batching` and :func:`dist_step_vs_cpu` (each
 returns a JSON-safe dict with ``ok``); :func:`muon_variants` works the same way.
