@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 
 import pytest
 import torch
@@ -340,3 +341,75 @@ def test_frobenius_norm_is_accurate_on_cpu():
     X = torch.randn(2, 768, 3072, generator=torch.Generator().manual_seed(0))
     exact = X.double().square().sum(dim=(-2, -1), keepdim=True).sqrt()
     assert ((_frobenius_norm(X).double() - exact).abs() / exact).max() < 1e-6
+
+
+# ----------------------------------------------------------------------------- fused kernels
+@pytest.fixture
+def fused_on_cpu(monkeypatch):
+    """Route every muon_direction through optim.fused on the CPU (as CUDA does for big
+    buckets), with a fresh compile cache, and restore the module state afterwards."""
+    from nanogpt_course.optim import fused
+
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(fused, "use_fused", lambda t: not fused._broken)
+    return fused
+
+
+def _direction_and_buffer(seed=6, shape=(3, 12, 20), momentum=0.9, grad_scale=None):
+    from nanogpt_course.optim.muon import muon_direction
+
+    g = torch.Generator().manual_seed(seed)
+    G, buf = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    out = muon_direction(G, buf, momentum=momentum, grad_scale=grad_scale)
+    return out, buf
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_fused_prologue_compiled_equals_eager(fused_on_cpu):
+    # the compiled prologue (momentum in place, Nesterov, norm, cast) must be the eager
+    # function's math; values arrive as 0-d tensors, so new momenta do not recompile
+    from nanogpt_course.optim import fused
+
+    want, want_buf = _direction_and_buffer(grad_scale=0.5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "use_fused", lambda t: False)
+        eager, eager_buf = _direction_and_buffer(grad_scale=0.5)
+    assert not fused._broken, fused._broken
+    assert len(fused._compiled) == 1
+    assert torch.allclose(want_buf, eager_buf, atol=1e-6)  # the buffer was updated in place
+    assert torch.allclose(want, eager, atol=1e-5)
+    for momentum in (0.85, 0.95):  # another value: same compiled function, no error
+        _direction_and_buffer(momentum=momentum, grad_scale=torch.tensor(0.25))
+    assert not fused._broken and len(fused._compiled) == 1
+
+
+def test_fused_compile_failure_falls_back_to_eager_once(fused_on_cpu, monkeypatch):
+    from nanogpt_course.optim import fused
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no triton here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="fused kernels are off.*no triton here"):
+        got, got_buf = _direction_and_buffer()
+    assert fused._broken and not fused.use_fused(torch.zeros(1))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "use_fused", lambda t: False)
+        want, want_buf = _direction_and_buffer()
+    # the same math (0-d tensor vs float weights may differ in the last bit); a second,
+    # eager application of the momentum after a half-run compiled one would be far off
+    assert torch.allclose(got_buf, want_buf, rtol=0, atol=1e-6)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_fused_is_off_on_cpu_small_tensors_and_by_switch(monkeypatch):
+    from nanogpt_course.optim import fused
+
+    assert not fused.use_fused(torch.zeros(fused.FUSED_MIN_NUMEL))  # CPU: always eager
+    monkeypatch.setattr(fused, "ENABLED", False)
+    assert not fused.use_fused(torch.zeros(1))
