@@ -284,6 +284,17 @@ torch.testing.assert_close(one_call, one_by_one, atol=1e-5, rtol=1e-5)
 print(f"batched {1e3 * (t1 - t0):.1f} ms, one at a time {1e3 * (t2 - t1):.1f} ms (CPU)")
 
 # %% [markdown]
+# On a GPU the library's version of your loop differs in two details, both visible in
+# `nanogpt_course/optim/muon.py`. It runs in bfloat16, and it writes each step as
+# $X \leftarrow P X$ with $P = aI + bA + cA^2$: one $(m, m)$ matrix times $X$, so no step
+# needs a copy of $X$. In bfloat16 *where* you round matters: the diagonal of
+# $bA + cA^2$ sits near $1 - a \approx -2.4$ while that of $P$ sits near 1, so the library
+# sums the diagonal in fp32 and rounds it once (rounding $bA + cA^2$ first and then adding
+# $a$ doubles the error). With the momentum and normalization fused into one kernel, the
+# batched step over a d12 model's 72 matrices takes 5.1 ms on an H100, 7.6x less than one
+# matrix at a time (`docs/PERFORMANCE.md`).
+
+# %% [markdown]
 # ## 4. The Muon step
 #
 # Muon orthogonalizes not the raw gradient but a momentum of it:
