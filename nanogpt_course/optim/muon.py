@@ -189,24 +189,38 @@ def _newton_schulz_steps(X: torch.Tensor, coeffs, tall: bool,
     return (X.mT if tall else X).to(out_dtype)  # (no steps: the normalized input)
 
 
+def _check_matrices(G: torch.Tensor, what: str) -> None:
+    if G.ndim < 2:
+        raise ValueError(f"{what} needs a matrix (..., m, n), got shape {tuple(G.shape)}")
+
+
+def _norm_scale(method: str) -> float:
+    """Polar Express divides by 1.01 x the norm (its safety margin), Newton-Schulz by it."""
+    return _SAFETY if method == "polar_express" else 1.0
+
+
+def _newton_schulz(X: torch.Tensor, steps: int, method: str,
+                   out_dtype: torch.dtype | None) -> torch.Tensor:
+    """Newton-Schulz on already normalized matrices ``X`` ``(..., m, n)``, tall or wide;
+    returns the same shape, in ``out_dtype`` (default: ``X``'s dtype)."""
+    tall = X.size(-2) > X.size(-1)
+    W = X.mT if tall else X  # iterate on the wide side: W @ W^T is the smaller Gram matrix
+    lead = W.shape[:-2]
+    W = W.reshape(-1, W.size(-2), W.size(-1))  # (batch, m, n), m <= n; a view when possible
+    W = _newton_schulz_steps(W, coefficients(method, steps), tall, out_dtype)
+    return W.reshape(*lead, *X.shape[-2:])
+
+
 def _orthogonalize(G: torch.Tensor, steps: int, method: str, dtype: torch.dtype | None,
                    eps: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """:func:`orthogonalize`, returned in ``out_dtype`` (default: the arithmetic dtype)."""
-    if G.ndim < 2:
-        raise ValueError(f"orthogonalize needs a matrix (..., m, n), got shape {tuple(G.shape)}")
-    coeffs = coefficients(method, steps)
-    tall = G.size(-2) > G.size(-1)
-    X = G.mT if tall else G  # iterate on the wide side: X @ X^T is the smaller Gram matrix
-    lead = X.shape[:-2]
-    X = X.reshape(-1, X.size(-2), X.size(-1))  # (batch, m, n), m <= n; a view when possible
+    _check_matrices(G, "orthogonalize")
     # Scale so every singular value is <= 1 (||X||_2 <= ||X||_F): the polynomials are
     # designed for inputs in [0, 1]. The norm is taken in fp32 from the input itself, and
     # dividing writes the arithmetic dtype directly (one pass: read G, write bf16).
-    scale = _SAFETY if method == "polar_express" else 1.0
-    norm = _frobenius_norm(X) * scale + eps
-    X = torch.div(X, norm, out=torch.empty_like(X, dtype=dtype or _default_dtype(G)))
-    X = _newton_schulz_steps(X, coeffs, tall, out_dtype)
-    return X.reshape(*lead, *G.shape[-2:])
+    norm = _frobenius_norm(G) * _norm_scale(method) + eps
+    X = torch.div(G, norm, out=torch.empty_like(G, dtype=dtype or _default_dtype(G)))
+    return _newton_schulz(X, steps, method, out_dtype)
 
 
 def orthogonalize(G: torch.Tensor, steps: int = 5, *, method: str = "newton_schulz",
@@ -255,11 +269,10 @@ def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentu
     matmul writes fp32 directly (no extra pass, one rounding fewer), and the caller steps
     ``W -= lr * scale * O`` (:func:`apply_muon_step_`) with fast same-dtype kernels.
     """
-    if grad.ndim < 2:
-        raise ValueError(f"muon_direction needs matrices (..., m, n), got {tuple(grad.shape)}")
+    _check_matrices(grad, "muon_direction")
     if isinstance(grad_scale, (int, float)) and grad_scale == 1:
         grad_scale = None  # (one rank, no clipping): skip a pass
-    args = (_SAFETY if method == "polar_express" else 1.0, 1e-7, _default_dtype(grad))
+    args = (_norm_scale(method), 1e-7, _default_dtype(grad))
     if fused.use_fused(grad):  # values as 0-d tensors: no recompile when they change
         beta = torch.full((), momentum, dtype=torch.float32, device=grad.device)
         scale = grad_scale
@@ -270,12 +283,7 @@ def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentu
                                                 *args)
     else:
         X = _momentum_normalize(grad, momentum_buffer, momentum, grad_scale, nesterov, *args)
-    tall = X.size(-2) > X.size(-1)
-    X = X.mT if tall else X  # iterate on the wide side: X X^T is the smaller Gram matrix
-    lead = X.shape[:-2]
-    X = _newton_schulz_steps(X.reshape(-1, X.size(-2), X.size(-1)),
-                             coefficients(method, ns_steps), tall, momentum_buffer.dtype)
-    return X.reshape(*lead, *grad.shape[-2:])
+    return _newton_schulz(X, ns_steps, method, momentum_buffer.dtype)
 
 
 def apply_muon_step_(params: torch.Tensor | list[torch.Tensor], direction: torch.Tensor, *,
