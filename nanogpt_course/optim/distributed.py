@@ -169,12 +169,7 @@ class DistMuonAdamW(HybridOptimizer):
         return [_Unit("small", idx) for idx in small.values()] + units
 
     # ------------------------------------------------------------------ step
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         params = self._all_params()
         units = [u for u in self._units if self._launch(u, params)]
         coef = None
@@ -187,7 +182,6 @@ class DistMuonAdamW(HybridOptimizer):
             getattr(self, f"_update_{unit.kind}")(unit, params, factor)
         for unit in units:
             self._finish(unit, params)
-        return loss
 
     def _launch(self, unit: _Unit, params: list) -> bool:
         """Start the unit's reduce-scatter (all-reduce for the small bundle); False if no

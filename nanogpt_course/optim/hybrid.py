@@ -113,6 +113,21 @@ class HybridOptimizer(torch.optim.Optimizer):
             else:
                 p.grad.detach_().zero_()
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Update every parameter that has a gradient; ``closure`` (optional) re-evaluates
+        the loss first, with gradients on, and its value is returned."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._update()
+        return loss
+
+    def _update(self) -> None:
+        """The update itself (no closure, no autograd), defined by each optimizer."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ helpers
     def _all_params(self) -> list[torch.nn.Parameter]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -301,12 +316,7 @@ class MuonAdamW(HybridOptimizer):
             one matrix at a time (False; for benchmarks and teaching).
     """
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         coef = None
         if self._wants_norm():
             grads = [p.grad for p in self._all_params() if p.grad is not None]
@@ -322,7 +332,6 @@ class MuonAdamW(HybridOptimizer):
                 if coef is not None and grads:
                     grads = torch._foreach_mul(grads, coef)
                 self._adamw_update_(group, params, grads)
-        return loss
 
     def _step_muon_bucket(self, group, key, bucket, coef) -> None:
         params = [p for p in bucket if p.grad is not None]
