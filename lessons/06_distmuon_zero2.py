@@ -47,8 +47,8 @@ from nanogpt_course import exercises, paths, presets
 from nanogpt_course.launch import launch
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.optim import (
-    Collectives,
     DistMuonAdamW,
+    RecordingCollectives,
     build_optimizer,
     consolidate,
     reshard,
@@ -250,47 +250,23 @@ for p, entry in zip(params, layout["params"]):
 # waiting for any of them. Then, per unit in launch order, it waits for that one, updates
 # what it owns, and launches an async all-gather of the result. While it computes on one
 # unit, the others are still in flight. All collectives go through a small `Collectives`
-# object, so we can wrap it and record the order of calls. (Without a process group it
-# acts as a world of one, so this runs right here in the notebook. On one rank every AdamW
-# tensor counts as "small" and joins the single all-reduce; the matrices keep their
-# reduce-scatters.)
+# object, so it can be wrapped to record the order of calls: the library's
+# `RecordingCollectives` (a dozen lines in `nanogpt_course/optim/distributed.py`) does
+# exactly that. (Without a process group it acts as a world of one, so this runs right
+# here in the notebook. On one rank every AdamW tensor counts as "small" and joins the
+# single all-reduce; the matrices keep their reduce-scatters.)
 
 # %%
-class Recorder(Collectives):
-    def __init__(self):
-        super().__init__()
-        self.log = []
-
-    def _recorded(self, name, work):
-        self.log.append(f"launch {name}")
-        log = self.log
-
-        class Handle:
-            def wait(self):
-                log.append(f"  wait {name}")
-                return work.wait()
-
-        return Handle()
-
-    def reduce_scatter(self, output, input):
-        return self._recorded("reduce_scatter", super().reduce_scatter(output, input))
-
-    def all_gather(self, output, input):
-        return self._recorded("all_gather", super().all_gather(output, input))
-
-    def all_reduce(self, tensor):
-        return self._recorded("all_reduce", super().all_reduce(tensor))
-
-
-recorder = Recorder()
+recorder = RecordingCollectives()
 opt = DistMuonAdamW([{k: v for k, v in g.items()} for g in demo_opt.param_groups],
                     collectives=recorder)
 x, y = bigram_batch(0)
 demo_model(x, y).backward()
 opt.step()
-print("\n".join(recorder.log))
-first_wait = next(i for i, line in enumerate(recorder.log) if "wait" in line)
-assert "launch reduce_scatter" not in recorder.log[first_wait:]  # all launched up front
+print("\n".join(f"{'' if event == 'launch' else '  '}{event} {name}"
+                for event, name in recorder.log))
+first_wait = next(i for i, (event, _) in enumerate(recorder.log) if event == "wait")
+assert ("launch", "reduce_scatter") not in recorder.log[first_wait:]  # all launched up front
 
 # %% [markdown]
 # ## 5. A real run on 2 processes

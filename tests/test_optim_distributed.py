@@ -18,9 +18,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from nanogpt_course.optim import (
-    Collectives,
     DistMuonAdamW,
     MuonAdamW,
+    RecordingCollectives,
     consolidate,
     load_sharded,
 )
@@ -107,34 +107,6 @@ def train(model, opt, steps, *, start=0, rank=0, world=1, micro=1, record=None):
 
 
 # ----------------------------------------------------------------------------- the ranks
-class RecordingCollectives(Collectives):
-    """Collectives that log every launch and every wait, in order."""
-
-    def __init__(self, group=None):
-        super().__init__(group)
-        self.log: list[tuple[str, str]] = []
-
-    def _recorded(self, name: str, work):
-        self.log.append(("launch", name))
-        log = self.log
-
-        class Handle:
-            def wait(self, timeout=None):
-                log.append(("wait", name))
-                return work.wait()
-
-        return Handle()
-
-    def reduce_scatter(self, output, input):
-        return self._recorded("reduce_scatter", super().reduce_scatter(output, input))
-
-    def all_gather(self, output, input):
-        return self._recorded("all_gather", super().all_gather(output, input))
-
-    def all_reduce(self, tensor):
-        return self._recorded("all_reduce", super().all_reduce(tensor))
-
-
 def dist_optimizer(model, cfg, **kw):
     return DistMuonAdamW(groups_for(model, cfg), small_param_numel=SMALL,
                          max_grad_norm=cfg.get("max_grad_norm"), track_grad_norm=True, **kw)

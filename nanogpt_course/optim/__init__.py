@@ -11,7 +11,7 @@
 
 from .adamw import adamw_step_
 from .build import build_optimizer, infer_parameter_kinds
-from .distributed import Collectives, DistMuonAdamW
+from .distributed import Collectives, DistMuonAdamW, RecordingCollectives
 from .hybrid import ADAMW_DEFAULTS, MUON_DEFAULTS, HybridOptimizer, MuonAdamW
 from .muon import (
     NEWTON_SCHULZ_COEFFS,
@@ -33,6 +33,7 @@ __all__ = [
     "DistMuonAdamW",
     "HybridOptimizer",
     "Collectives",
+    "RecordingCollectives",
     "MUON_DEFAULTS",
     "ADAMW_DEFAULTS",
     "build_optimizer",

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from . import sharding
 from .hybrid import HybridOptimizer
 
-__all__ = ["DistMuonAdamW", "Collectives"]
+__all__ = ["DistMuonAdamW", "Collectives", "RecordingCollectives"]
 
 
 class _Done:
@@ -94,6 +94,35 @@ class Collectives:
         if not self.active:
             return _Done()
         return dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+
+
+class RecordingCollectives(Collectives):
+    """:class:`Collectives` that record every launch and every wait, in order, in ``log``
+    as ``("launch" | "wait", name)`` pairs: how tests and lesson 06 see the overlap."""
+
+    def __init__(self, group=None):
+        super().__init__(group)
+        self.log: list[tuple[str, str]] = []
+
+    def _recorded(self, name: str, work):
+        self.log.append(("launch", name))
+        log = self.log
+
+        class Handle:
+            def wait(self, timeout=None):
+                log.append(("wait", name))
+                return work.wait()
+
+        return Handle()
+
+    def reduce_scatter(self, output, input):
+        return self._recorded("reduce_scatter", super().reduce_scatter(output, input))
+
+    def all_gather(self, output, input):
+        return self._recorded("all_gather", super().all_gather(output, input))
+
+    def all_reduce(self, tensor):
+        return self._recorded("all_reduce", super().all_reduce(tensor))
 
 
 @dataclass
