@@ -224,24 +224,11 @@ def _ns_fold_identity(X, coeffs, tall, out_dtype=None):
     return (X.mT if tall else X).to(out_dtype or X.dtype)
 
 
-def _bmm_fp32(A, B):
-    if A.dtype == torch.float32:
-        return torch.bmm(A, B)
-    if A.is_cuda:
-        return torch.bmm(A, B, out_dtype=torch.float32)
-    return torch.bmm(A.float(), B.float())
-
-
-def _quintic_matrix_fused(A, AA, abc):
+def _quintic_matrix(A, AA, abc):
+    """``aI + bA + cA^2`` from fp32 ``AA = A @ A``, summed in fp32 and rounded once."""
     P = AA * abc[2] + A.float() * abc[1]
     diagonal = torch.eye(A.size(-1), dtype=torch.bool, device=A.device)
     return torch.where(diagonal, P + abc[0], P).to(A.dtype)
-
-
-def _quintic_matrix(A, AA, a, b, c):
-    P = AA.mul_(c).add_(A, alpha=b)
-    P.diagonal(dim1=-2, dim2=-1).add_(a)
-    return P.to(A.dtype)
 
 
 def _ns_fold32(X, coeffs, tall, out_dtype=None):
@@ -251,11 +238,9 @@ def _ns_fold32(X, coeffs, tall, out_dtype=None):
     last = len(coeffs) - 1
     for i, (a, b, c) in enumerate(coeffs):
         A = torch.bmm(X, X.mT)
-        if fused.use_fused(X):
-            abc = torch.tensor([a, b, c], dtype=torch.float32, device=X.device)
-            P = fused.compiled(_quintic_matrix_fused)(A, _bmm_fp32(A, A), abc)
-        else:
-            P = _quintic_matrix(A, _bmm_fp32(A, A), a, b, c)
+        abc = torch.tensor([a, b, c], dtype=torch.float32, device=X.device)
+        combine = fused.compiled(_quintic_matrix) if fused.use_fused(X) else _quintic_matrix
+        P = combine(A, muon._bmm_into(A, A, torch.float32), abc)
         if tall and i == last:
             return torch.bmm(X.mT, P).to(out_dtype or X.dtype)
         X = torch.bmm(P, X)
@@ -665,7 +650,8 @@ def main(argv=None) -> int:
     ap.add_argument("--depths", default=None, help="comma-separated depths for --variants")
     ap.add_argument("--profile", default=None, metavar="VARIANTS",
                     help="comma-separated variants to profile kernel by kernel (d12)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="report path (default: $OUT/bench_muon*.json, else runs/bench_muon/)")
     args = ap.parse_args(argv)
     report = {"command": " ".join(["bench/bench_muon.py"] + (argv or sys.argv[1:])),
               "torch": torch.__version__}
@@ -685,7 +671,9 @@ def main(argv=None) -> int:
             d, tiny=tiny, variants=args.variants.split(","), depths=depths)),)
     else:
         jobs = (("muon_batching", muon_batching), ("dist_step_vs_cpu", dist_step_vs_cpu))
-    out = args.out or Path(os.environ.get("OUT", ".")) / (
+    folder = (Path(os.environ["OUT"]) if os.environ.get("OUT")
+              else Path(__file__).resolve().parent.parent / "runs" / "bench_muon")
+    out = args.out or folder / (
         "bench_muon_profile.json" if args.profile is not None else
         "bench_muon_variants.json" if args.variants is not None else "bench_muon.json")
     out.parent.mkdir(parents=True, exist_ok=True)
