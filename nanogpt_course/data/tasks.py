@@ -2,7 +2,8 @@
 
 Online (the Hugging Face Hub): SmolTalk (general chat), MMLU ``auxiliary_train`` (multiple
 choice) and GSM8K ``train`` (grade-school maths). Offline (the data mirror): the identity
-chat sample, GSM8K ``train`` and MMLU ``dev``. Test splits are never read: they are what
+chat sample (less the conversations that say the model is nanochat, plus this course's own
+identity conversations, :mod:`.identity`), GSM8K ``train`` and MMLU ``dev``. Test splits are never read: they are what
 ChatCORE scores. Every task becomes a list of ``{"role", "content"}`` messages; the chat
 template (``Tokenizer.render_chat``) turns them into tokens and a loss mask at preparation.
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from .. import paths
 from . import hub
+from .identity import identity_conversations as own_identity_conversations
+from .identity import is_foreign_identity
 from .sources import Document, Resolved, Source, check_messages, file_fingerprint, hash_split
 
 LETTERS = "ABCD"
@@ -71,8 +74,13 @@ def jsonl_rows(path: Path) -> Iterator[dict | list]:
 
 
 def identity_conversations(path: Path) -> Iterator[list[dict]]:
+    """The mirror's chat sample without the conversations that state another project's
+    identity (see :mod:`.identity`), followed by this course's own identity conversations."""
     for n, record in enumerate(jsonl_rows(path)):
-        yield check_messages(record, f"{path}:{n + 1}")
+        messages = check_messages(record, f"{path}:{n + 1}")
+        if not is_foreign_identity(messages):
+            yield messages
+    yield from own_identity_conversations()
 
 
 def mmlu_csv_rows(folder: Path) -> Iterator[dict]:
