@@ -36,11 +36,9 @@ def trained() -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def gpt2_files(shared_data):
-    folder = shared_data / "gpt2_bpe"
-    if not (folder / "vocab.bpe").is_file():
-        pytest.skip(f"real-data test: {folder}/vocab.bpe is missing")
-    return folder
+def gpt2_files():
+    """The copies shipped inside the package (always present: no data mirror needed)."""
+    return gpt2.PACKAGED
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +121,7 @@ def test_from_scratch_encoder_equals_tiktoken_with_gpt2_merges(gpt2_tok, officia
 
 
 def test_gpt2_missing_offline_says_where_to_put_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpt2, "PACKAGED", tmp_path / "broken-install")  # packaged copy gone
     monkeypatch.setenv(paths.DATA_ENV, str(tmp_path / "mirror"))
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
 
@@ -139,6 +138,7 @@ def test_gpt2_missing_offline_says_where_to_put_files(tmp_path, monkeypatch):
     message = str(info.value)
     assert str(tmp_path / "mirror" / "gpt2_bpe") in message
     assert str(tmp_path / "cache" / "raw" / "gpt2_bpe") in message
+    assert "broken-install" in message and "reinstall" in message
     assert "vocab.bpe" in message and "encoder.json" in message and "unreachable" in message
 
 

@@ -3,8 +3,9 @@ encoded by tiktoken (fast, multi-threaded) and saved as one plain JSON file.
 
 A token id is a *rank*: ids ``0 .. n_ranks-1`` are byte strings (merged in rank order), and
 the special tokens (``<|bos|>`` or ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``) come
-right after them. Special tokens are only ever produced by :meth:`Tokenizer.encode_special`
-and the chat renderers, never from user text: ``encode("<|im_end|>")`` is ordinary text.
+right after them. Special tokens are only produced by :meth:`Tokenizer.encode_special`,
+the chat renderers, or ``encode(text, allowed_special=...)`` on text you trust (tiktoken's
+convention); by default user text stays plain: ``encode("<|im_end|>")`` is ordinary text.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -51,6 +52,19 @@ def content_sha256(ranks: Sequence[bytes], pattern: str, special_tokens: dict[st
         h.update(len(token).to_bytes(4, "little"))
         h.update(token)
     return h.hexdigest()
+
+
+def _last_safe_cut(text: str) -> int | None:
+    """Index just after the last newline of ``text`` that has a non-space character on both
+    sides (``x\ny``): split patterns never let a chunk cross it. None if there is none."""
+    end = len(text) - 1
+    while True:
+        i = text.rfind("\n", 0, end)
+        if i <= 0:
+            return None
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        end = i
 
 
 class Tokenizer:
@@ -98,9 +112,9 @@ class Tokenizer:
     @classmethod
     def gpt2(cls) -> Tokenizer:
         """GPT-2's 50257-token BPE plus ``<|im_start|>`` (50257) and ``<|im_end|>`` (50258);
-        BOS is ``<|endoftext|>`` (50256). Built offline from ``gpt2_bpe/vocab.bpe`` and
-        ``gpt2_bpe/encoder.json`` in the data mirror or the cache, else from tiktoken's own
-        download. Cached: every call returns the same object."""
+        BOS is ``<|endoftext|>`` (50256). Built offline from OpenAI's ``vocab.bpe`` and
+        ``encoder.json``, which ship inside the package (sha256-checked), so no network and
+        no data mirror are needed. Cached: every call returns the same object."""
         from .gpt2 import gpt2_tokenizer
 
         return gpt2_tokenizer()
@@ -116,6 +130,56 @@ class Tokenizer:
             raise TokenizerError(f"special tokens repeat: {list(specials)}")
         ids = {s: len(ranks) + k for k, s in enumerate(specials)}
         return cls(ranks, pattern, ids, bos=specials[0], name=name)
+
+    @classmethod
+    def from_vocab_merges(cls, vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, bytes]],
+                          special_tokens: Sequence[str] = (), *, pattern: str | None = None,
+                          bos: str | None = None, name: str = "bpe") -> Tokenizer:
+        """A tokenizer from an explicit vocabulary (id -> bytes) and merge list (pairs of
+        byte strings, in the order they were learned), the form BPE trainers usually emit.
+
+        The ids must be laid out as this library (and tiktoken) needs them: the byte-string
+        tokens take ids ``0 .. n-1`` and merge ``k`` produces a token whose id grows with
+        ``k`` (that is what makes "merge the lowest-id pair first" equal "apply the merges in
+        order"); ``special_tokens`` either already sit in ``vocab`` right after them or are
+        appended. ``pattern`` defaults to GPT-2's split pattern, ``bos`` to the first special
+        token (``<|endoftext|>`` is added when there is none). Raises :class:`TokenizerError`
+        when the vocabulary and the merges disagree."""
+        from .patterns import GPT2_PATTERN
+
+        vocab = {int(i): bytes(t) for i, t in vocab.items()}
+        specials = list(dict.fromkeys(special_tokens)) or ["<|endoftext|>"]
+        by_bytes = {t: i for i, t in vocab.items()}
+        special_ids = {s: by_bytes[s.encode()] for s in specials if s.encode() in by_bytes}
+        n = len(vocab) - len(special_ids)
+        taken = set(special_ids.values())
+        if sorted(i for i in vocab if i not in taken) != list(range(n)):
+            raise TokenizerError(
+                f"the vocabulary's byte-string tokens must have ids 0..{n - 1} with the special "
+                f"tokens after them; renumber it (special ids found: {special_ids})")
+        last = -1
+        for k, (a, b) in enumerate(merges):
+            merged = by_bytes.get(bytes(a) + bytes(b))
+            if merged is None or bytes(a) not in by_bytes or bytes(b) not in by_bytes:
+                raise TokenizerError(f"merge {k} ({bytes(a)!r}, {bytes(b)!r}): its parts or its "
+                                     f"result are not in the vocabulary")
+            if merged <= last:
+                raise TokenizerError(f"merge {k} ({bytes(a)!r}, {bytes(b)!r}) -> id {merged} "
+                                     f"does not come after the previous merge's id {last}: "
+                                     f"ids must follow the merge order")
+            last = merged
+        ranks = [vocab[i] for i in range(n)]
+        ids, next_id = {}, n
+        for s in specials:  # keep the vocabulary's ids; append the missing ones in order
+            if s in special_ids:
+                ids[s] = special_ids[s]
+        for s in specials:
+            if s not in ids:
+                while next_id in ids.values():
+                    next_id += 1
+                ids[s] = next_id
+                next_id += 1
+        return cls(ranks, pattern or GPT2_PATTERN, ids, bos=bos or specials[0], name=name)
 
     @classmethod
     def from_spec(cls, spec: str | os.PathLike | Tokenizer) -> Tokenizer:
@@ -178,11 +242,59 @@ class Tokenizer:
         return torch.tensor(lengths, dtype=torch.int32)
 
     # ---------------------------------------------------------------- encode / decode
-    def encode(self, text: str) -> list[int]:
-        """Text -> ids. Special-token strings in ``text`` are encoded as ordinary text."""
+    def _allowed(self, allowed_special) -> set[str]:
+        if allowed_special == "all":
+            return set(self._special)
+        if isinstance(allowed_special, str):
+            allowed_special = {allowed_special}
+        allowed = set(allowed_special or ())
+        unknown = allowed - set(self._special)
+        if unknown:
+            raise KeyError(f"allowed_special names {sorted(unknown)}, which are not special "
+                           f"tokens of this tokenizer ({list(self._special)})")
+        return allowed
+
+    def encode(self, text: str, *, allowed_special: Iterable[str] | str = ()) -> list[int]:
+        """Text -> ids. By default special-token strings in ``text`` are ordinary text (user
+        text can never inject ``<|im_end|>``). ``allowed_special`` (a set of names, or
+        ``"all"``) turns those names into their special ids, for text you trust, e.g.
+        documents joined with ``<|endoftext|>``; other special names stay plain text."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        return self._enc.encode_ordinary(text)
+        allowed = self._allowed(allowed_special)
+        if not allowed:
+            return self._enc.encode_ordinary(text)
+        return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
+
+    def encode_iterable(self, texts: Iterable[str], *, allowed_special: Iterable[str] | str = (),
+                        buffer_chars: int = 1 << 16) -> Iterator[int]:
+        """Ids of the concatenation of ``texts`` (e.g. an open file, line by line), yielded
+        lazily: memory stays at about ``buffer_chars`` characters however long the input.
+
+        Gives exactly ``encode("".join(texts))``: text is encoded in pieces cut only right
+        after a newline between two non-space characters (``x\ny``), a point no chunk of
+        the GPT-2 or GPT-4 split pattern crosses (see :func:`.fast.cut_pieces`)."""
+        allowed = self._allowed(allowed_special)
+        buffer: list[str] = []
+        size = 0
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"encode_iterable expects str items, got {type(text).__name__}")
+            buffer.append(text)
+            size += len(text)
+            if size < buffer_chars:
+                continue
+            joined = "".join(buffer)
+            cut = _last_safe_cut(joined)
+            if cut is None:  # no safe point yet (one huge line): keep reading
+                buffer, size = [joined], len(joined)
+                continue
+            yield from self.encode(joined[:cut], allowed_special=allowed)
+            rest = joined[cut:]
+            buffer, size = [rest], len(rest)
+        tail = "".join(buffer)
+        if tail:
+            yield from self.encode(tail, allowed_special=allowed)
 
     def encode_batch(self, texts: Iterable[str], num_threads: int = 8) -> list[list[int]]:
         """Encode many texts on ``num_threads`` threads (tiktoken releases the GIL)."""

@@ -6,14 +6,18 @@ control bytes, are shifted to U+0100 onwards, so a space shows as ``Ġ``). ``voc
 lists the 50,000 merges in order; ``encoder.json`` maps every token string to its id.
 An id is a rank: the 256 single bytes first, then merge ``i`` gets id ``256 + i``.
 
-Lookup order: the data mirror (``$NANOGPT_COURSE_DATA/gpt2_bpe/``), then the cache
-(``<cache>/raw/gpt2_bpe/``), then tiktoken's own ``get_encoding("gpt2")`` (which downloads
-once into tiktoken's cache).
+Both files ship inside this package (``nanogpt_course/tokenizer/gpt2_bpe/``, with OpenAI's
+license notice), byte-identical to the published ones: their sha256 sums are the ones
+tiktoken pins, and they are checked on load. So GPT-2 tokenization never needs the network
+or the data mirror. Only if the packaged copy is missing or damaged (a broken install) are
+the data mirror (``$NANOGPT_COURSE_DATA/gpt2_bpe/``), the cache (``<cache>/raw/gpt2_bpe/``)
+and finally tiktoken's own ``get_encoding("gpt2")`` (a download) tried.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +29,12 @@ ENDOFTEXT = "<|endoftext|>"
 FILES = ("vocab.bpe", "encoder.json")
 URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 N_GPT2 = 50257  # 50,000 merges + 256 bytes + <|endoftext|>
+PACKAGED = Path(__file__).resolve().parent / "gpt2_bpe"
+# The sums tiktoken pins for the published files (tiktoken_ext/openai_public.py, gpt2()).
+SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
 
 
 def byte_to_char() -> dict[int, str]:
@@ -72,8 +82,24 @@ def _download_ranks() -> list[bytes]:
     return [t for t, _ in by_rank]
 
 
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def packaged_files() -> tuple[Path, Path] | None:
+    """The copies shipped in this package, if present and byte-identical to OpenAI's."""
+    files = tuple(PACKAGED / name for name in FILES)
+    if all(f.is_file() and sha256_of(f) == SHA256[f.name] for f in files):
+        return files
+    return None
+
+
 def find_files() -> tuple[Path, Path] | None:
-    """``(vocab.bpe, encoder.json)`` from the data mirror or the cache, or None."""
+    """``(vocab.bpe, encoder.json)``: the packaged copies, else the data mirror or the
+    cache, or None."""
+    shipped = packaged_files()
+    if shipped is not None:
+        return shipped
     found = [paths.find_raw(f"gpt2_bpe/{name}") for name in FILES]
     if all(found) and found[0].parent == found[1].parent:
         return found[0], found[1]
@@ -85,7 +111,8 @@ def find_files() -> tuple[Path, Path] | None:
 
 def _missing_message(err: BaseException) -> str:
     mirror = paths.data_dir()
-    places = [str(mirror / "gpt2_bpe") if mirror else "$NANOGPT_COURSE_DATA/gpt2_bpe (unset)",
+    places = [f"{PACKAGED} (shipped with the package: missing or damaged, reinstall it)",
+              str(mirror / "gpt2_bpe") if mirror else "$NANOGPT_COURSE_DATA/gpt2_bpe (unset)",
               str(paths.cache_dir("raw", "gpt2_bpe", create=False))]
     return (
         "GPT-2 BPE files (vocab.bpe, encoder.json) not found, and tiktoken could not download "
@@ -96,7 +123,8 @@ def _missing_message(err: BaseException) -> str:
 
 
 def load_gpt2_ranks() -> list[bytes]:
-    """GPT-2's 50,256 byte-string tokens, from local files or tiktoken's download."""
+    """GPT-2's 50,256 byte-string tokens, from the packaged files (else other local copies,
+    else tiktoken's download)."""
     files = find_files()
     if files is not None:
         return ranks_from_files(*files)
