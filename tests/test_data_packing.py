@@ -1,4 +1,5 @@
-"""Row planning: best-fit packing invariants, the streaming packer, random windows."""
+"""Row planning: the classic best-fit reference, document packing without lost tokens
+(pieces of long documents), the streaming packer, random windows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanogpt_course.data.packing import BestFitPacker, WindowSampler, best_fit_rows
+from nanogpt_course.data.packing import (
+    BestFitPacker,
+    WindowSampler,
+    best_fit_rows,
+    pack_rows,
+    piece_spans,
+)
 
 lengths_st = st.lists(st.integers(1, 80), min_size=1, max_size=60)
 
@@ -48,17 +55,70 @@ def test_best_fit_takes_the_longest_that_fits():
     assert best_fit_rows([8, 5, 9], 10, crop=False) == [[(2, 9)], [(0, 8)], [(1, 5)]]
 
 
+def _targets(rows, lengths):
+    """Per document, how often each token index is a target in ``rows`` of (doc, start, end);
+    a piece's first token is a target only when it starts its document (its BOS, predicted
+    after the previous piece of the row) and is not at the row's start."""
+    hits = [Counter() for _ in lengths]
+    for row in rows:
+        pos = 0
+        for doc, s, e in row:
+            first = s if (s == 0 and pos > 0) else s + 1
+            for t in range(first, e):
+                hits[doc][t] += 1
+            pos += e - s
+    return hits
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=40),
+       row_len=st.integers(4, 64), split=st.booleans(), seed=st.integers(0, 9))
+def test_pack_rows_loses_no_token_and_keeps_rows_within_bounds(lengths, row_len, split, seed):
+    rows = pack_rows(lengths, row_len, seed=seed, split=split)
+    for row in rows:
+        assert row and sum(e - s for _, s, e in row) <= row_len
+        for doc, s, e in row:
+            assert 0 <= s < e <= lengths[doc]
+    for doc, hits in enumerate(_targets(rows, lengths)):
+        # every token after a document's BOS is a target exactly once: nothing cropped
+        assert all(hits[t] == 1 for t in range(1, lengths[doc])), doc
+    if split:  # rows are full except at the very end, where the pieces run out
+        full = [sum(e - s for _, s, e in row) >= row_len - 1 for row in rows]
+        assert all(full[:-1]) or len(rows) <= 1 or sum(not f for f in full) <= 2
+
+
+def test_a_long_document_becomes_full_rows_of_context():
+    assert piece_spans(10, 4) == [(0, 4), (3, 7), (6, 10)]  # overlap by one: targets once
+    assert piece_spans(4, 4) == [(0, 4)] and piece_spans(5, 4) == [(0, 4), (3, 5)]
+    rows = pack_rows([1000], 101)
+    assert sum(1 for row in rows if row[0][2] - row[0][1] == 101) == 9
+    hits = _targets(rows, [1000])[0]
+    assert sorted(hits) == list(range(1, 1000)) and set(hits.values()) == {1}
+
+
+def test_nothing_fits_splits_the_shortest_piece_or_pads():
+    # row of 10: 9 first, one token left: padded (a one-token head would have no target)
+    assert pack_rows([8, 5, 9], 10) == [[(2, 0, 9)], [(0, 0, 8), (1, 0, 2)], [(1, 1, 5)]]
+    rows = pack_rows([7, 5, 9], 10)
+    assert rows[0] == [(2, 0, 9)] and rows[1] == [(0, 0, 7), (1, 0, 3)]
+    assert rows[2] == [(1, 2, 5)]  # the tail of the split piece, overlapping by one
+    assert pack_rows([7, 5, 9], 10, split=False) == [[(2, 0, 9)], [(0, 0, 7)], [(1, 0, 5)]]
+
+
 @settings(max_examples=30, deadline=None)
-@given(lengths=lengths_st, row_len=st.integers(4, 64), crop=st.booleans(), seed=st.integers(0, 9))
+@given(lengths=st.lists(st.integers(1, 200), min_size=1, max_size=40),
+       row_len=st.integers(4, 64), split=st.booleans(), seed=st.integers(0, 9))
 def test_streaming_packer_equals_reference_when_the_buffer_holds_everything(
-        lengths, row_len, crop, seed):
-    packer = BestFitPacker(np.array(lengths), row_len, seed=seed, buffer_size=len(lengths),
-                           crop=crop, epochs=1)
+        lengths, row_len, split, seed):
+    pieces = sum(len(piece_spans(n, row_len)) for n in lengths)
+    packer = BestFitPacker(np.array(lengths), row_len, seed=seed, buffer_size=pieces,
+                           split=split, epochs=1)
     rows = []
     while (row := packer.plan()) is not None:
         rows.append(row)
-    assert rows == best_fit_rows(lengths, row_len, crop=crop)
-    assert packer.cropped == sum(lengths) - packer.tokens
+    assert rows == pack_rows(lengths, row_len, seed=seed, split=split)
+    assert packer.cropped == 0
+    assert packer.tokens == sum(e - s for row in rows for _, s, e in row)
 
 
 def _rows(packer, n):
@@ -71,22 +131,31 @@ def test_packer_state_resumes_exactly_and_is_json_safe():
     a = BestFitPacker(lengths, 128, seed=3, buffer_size=32)
     _rows(a, 50)
     state = json.loads(json.dumps(a.state_dict()))
-    expected = _rows(a, 400)  # crosses into the next epochs
+    expected = _rows(a, 700)  # crosses into the next epoch
     b = BestFitPacker(lengths, 128, seed=3, buffer_size=32)
     b.load_state_dict(state)
-    assert _rows(b, 400) == expected
+    assert _rows(b, 700) == expected
     assert b.state_dict() == a.state_dict()
     assert a.epoch >= 1  # the test did cross an epoch boundary
 
 
-def test_packer_epochs_each_document_once_per_epoch():
+def test_packer_epochs_cover_every_token_once_per_epoch():
     lengths = np.arange(1, 101)
     packer = BestFitPacker(lengths, 64, seed=1, buffer_size=10, epochs=2)
-    seen = Counter()
+    rows = []
     while (row := packer.plan()) is not None:
-        for doc, _ in row:
-            seen[doc] += 1
-    assert set(seen.values()) == {2} and len(seen) == 100
+        rows.append(row)
+    for doc, hits in enumerate(_targets(rows, lengths)):
+        assert all(hits[t] == 2 for t in range(1, lengths[doc])), doc
+
+
+def test_long_context_statistic():
+    packer = BestFitPacker(np.array([5000]), 2049, epochs=1, context=1024)
+    while packer.plan() is not None:
+        pass
+    # pieces of 2049, 2049 and 904 tokens: 1025 + 1025 + 0 tokens see >= 1024 of their own
+    assert packer.long_context == 2 * (2049 - 1024)
+    assert packer.tokens == 5000 + 2  # two overlap tokens
 
 
 def test_different_seeds_give_different_orders():

@@ -11,7 +11,7 @@ import pytest
 
 from nanogpt_course.data import ByteTokenizer, preparation, read_meta, read_shard
 from nanogpt_course.data.__main__ import main as cli
-from nanogpt_course.data.sources import chunk_text
+from nanogpt_course.data.sources import split_tail
 
 BOS = ByteTokenizer.bos_id
 
@@ -50,12 +50,13 @@ def _docs(folder, split):
 
 def test_tokens_decode_back_to_the_documents(tmp_path, cache):
     src = _corpus(tmp_path / "src")
-    folder = preparation.prepare(src, "bytes", workers=0, progress=False, max_doc_chars=300)
+    folder = preparation.prepare(src, "bytes", workers=0, progress=False, val_fraction=0.3)
     meta = read_meta(folder)
     assert meta["kind"] == "text" and meta["dtype"] == "uint16" and meta["tokenizer"] == "bytes"
     docs = _docs(folder, "train") + _docs(folder, "val")
-    expected = [p for f in sorted(src.glob("*.txt"))
-                for p in chunk_text(f.read_text(encoding="utf-8"), 300)]
+    # one document per file, whole: never cut by characters, however long
+    expected = [f.read_text(encoding="utf-8") for f in sorted(src.glob("*.txt"))]
+    assert max(len(d) for d in expected) > 2000
     assert sorted(docs) == sorted(expected)
     total = sum(s["tokens"] for s in meta["splits"].values())
     assert total == sum(len(d.encode()) + 1 for d in expected)
@@ -78,8 +79,8 @@ def test_skip_if_present_and_rebuild_when_the_source_changes(tmp_path, cache):
 
 
 def test_resume_after_a_crash_writes_the_same_shards(tmp_path, cache, monkeypatch):
-    src = _corpus(tmp_path / "src", n_files=10)
-    kw = dict(workers=0, progress=False, shard_tokens=2000, max_doc_chars=200)
+    src = _corpus(tmp_path / "src", n_files=12)
+    kw = dict(workers=0, progress=False, shard_tokens=300)
     clean = preparation.prepare(src, "bytes", **kw)
     expected = {p.name: p.read_bytes() for p in clean.iterdir() if p.name != "meta.json"}
     assert len([n for n in expected if n.startswith("train_")]) >= 9  # several chunks
@@ -145,7 +146,9 @@ def test_the_data_mirror_is_never_written(tmp_path, cache, monkeypatch):
     assert folder.is_relative_to(cache)
     assert sorted((p.relative_to(mirror), p.stat().st_mtime_ns) for p in mirror.rglob("*")) == before
     meta = read_meta(folder)
-    assert meta["splits"]["train"]["docs"] == 90 and meta["splits"]["val"]["docs"] == 10
+    # one file: one training document and one contiguous validation tail (10%)
+    assert meta["splits"]["train"]["docs"] == 1 and meta["splits"]["val"]["docs"] == 1
+    assert meta["splits"]["val"]["text_bytes"] == 10 * len("First Citizen:\nHi.\nHo.\n\n")
 
 
 def test_tokenizer_mismatch_is_a_clear_error(tmp_path, cache):
@@ -179,8 +182,10 @@ def test_gpt2_tinyshakespeare_matches_tiktoken(shared_data, cache):
     folder = preparation.prepare("tinyshakespeare", tok, progress=False)
     meta = read_meta(folder)
     assert meta["tokenizer"] == "gpt2" and meta["dtype"] == "uint16"
-    speeches = chunk_text((shared_data / "tinyshakespeare" / "input.txt").read_text(), 0)
-    val = speeches[round(len(speeches) * 0.9):]
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
+    head, tail = split_tail(text, 0.1)
+    assert head + tail == text and 0.09 < len(tail) / len(text) < 0.11
+    val = [tail]  # one contiguous tail, never speeches interleaved with training text
     expected = np.concatenate([[tok.bos_id] + tok.encoding.encode_ordinary(s) for s in val])
     got = np.concatenate(_split_tokens(folder, "val"))
     assert np.array_equal(got, expected)

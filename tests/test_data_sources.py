@@ -199,13 +199,44 @@ def test_message_renderers():
 
 
 @settings(max_examples=80, deadline=None)
-@given(text=st.text(alphabet="ab \n", max_size=300), max_chars=st.integers(-1, 40))
-def test_chunk_text_is_lossless_and_bounded(text, max_chars):
-    pieces = sources.chunk_text(text, max_chars)
-    assert "".join(pieces) == text and all(pieces)
-    if max_chars > 0:
-        for p in pieces:
-            assert len(p) <= max_chars or "\n" not in p.rstrip("\n")  # only a single long line
+@given(text=st.text(alphabet="ab \n", max_size=300), fraction=st.floats(0.0, 0.5))
+def test_split_tail_is_lossless_and_contiguous(text, fraction):
+    head, tail = sources.split_tail(text, fraction)
+    assert head + tail == text
+    if fraction == 0:
+        assert tail == ""
+
+
+def test_documents_are_whole_files_split_per_file(tmp_path):
+    """No document is cut by characters, and the train/val split is per file."""
+    long = "\n\n".join(f"paragraph {i} " + "x" * 300 for i in range(100))  # 30 kB
+    for i in range(40):
+        (tmp_path / f"f{i:02d}.md").write_text(f"file {i}\n\n" + long)
+    docs = list(sources.get("text").resolve(path=str(tmp_path), val_fraction=0.25).documents())
+    assert len(docs) == 40  # one document per file, whatever its length
+    assert all(d.text == f"file {i}\n\n" + long and d.key == f"f{i:02d}.md"
+               for i, d in enumerate(docs))
+    assert all(d.split == sources.hash_split(d.key, 0.25) for d in docs)
+    assert {d.split for d in docs} == {"train", "val"}
+
+
+def test_a_single_file_is_split_as_one_contiguous_tail(tmp_path):
+    book = "".join(f"Chapter {i}.\n\nIt was a night like any other, number {i}.\n\n"
+                   for i in range(400))
+    (tmp_path / "book.txt").write_text(book)
+    docs = list(sources.get("text").resolve(path=str(tmp_path / "book.txt"),
+                                            val_fraction=0.1).documents())
+    assert [d.split for d in docs] == ["train", "val"]
+    assert docs[0].text + docs[1].text == book  # nothing interleaved, nothing lost
+    assert docs[0].text.endswith("\n\n") and 0.09 < len(docs[1].text) / len(book) < 0.11
+
+
+def test_jsonl_records_are_whole_documents_split_per_record(tmp_path):
+    rows = [{"text": f"record {i} " + "y" * 5000} for i in range(30)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    docs = list(sources.get("text").resolve(path=str(tmp_path), val_fraction=0.3).documents())
+    assert [d.text for d in docs] == [r["text"] for r in rows]
+    assert [d.split for d in docs] == [sources.hash_split(f"d.jsonl:{i}", 0.3) for i in range(30)]
 
 
 def test_hash_split_is_deterministic_and_near_the_fraction():

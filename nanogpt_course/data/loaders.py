@@ -78,7 +78,7 @@ class _Stream:
                                          epochs=epochs)
         else:
             self.planner = BestFitPacker(data.doc_len, row_len, seed=seed,
-                                         buffer_size=buffer_size, crop=(mode == "pretrain"),
+                                         buffer_size=buffer_size, split=(mode == "pretrain"),
                                          epochs=epochs)
 
     def plan(self):
@@ -94,17 +94,20 @@ class _Stream:
             valid[:] = True
             return
         pos = 0
-        for doc, take in plan:
-            shard, start = int(d.doc_shard[doc]), int(d.doc_start[doc])
+        for doc, first, end in plan:  # tokens first..end-1 of document doc
+            shard = int(d.doc_shard[doc])
+            start, take = int(d.doc_start[doc]) + first, end - first
             tokens[pos:pos + take] = d.tokens[shard][start:start + take]
+            if first == 0 and tokens[pos] != d.bos_id:
+                raise shards.ShardError(f"{d.path}: document {doc} does not start with BOS: "
+                                        f"the index does not match the tokens; prepare again")
             if self.mode == "sft":
                 valid[pos:pos + take] = d.masks[shard][start:start + take]
             else:
                 valid[pos:pos + take] = True
+            if first > 0:  # a continuation: its first token was the previous piece's target
+                valid[pos] = False
             pos += take
-        if tokens[0] != d.bos_id:
-            raise shards.ShardError(f"{d.path}: document {plan[0][0]} does not start with BOS: "
-                                    f"the index does not match the tokens; prepare again")
         tokens[pos:] = d.bos_id  # padding: any valid id, never a target
         valid[pos:] = False
 
@@ -118,10 +121,10 @@ class _Stream:
         p = self.planner
         out = {"epoch": round(p.progress, 6), "rows": p.rows}
         if isinstance(p, BestFitPacker):
-            seen = p.tokens + p.cropped
-            out.update(tokens=p.tokens, cropped=p.cropped, padded=p.padded,
-                       crop_fraction=p.cropped / seen if seen else 0.0,
-                       pad_fraction=p.padded / (p.rows * self.row_len) if p.rows else 0.0)
+            out.update(tokens=p.tokens, cropped=0, padded=p.padded, splits=p.splits,
+                       crop_fraction=0.0,
+                       pad_fraction=p.padded / (p.rows * self.row_len) if p.rows else 0.0,
+                       long_context_fraction=p.long_context / p.tokens if p.tokens else 0.0)
         return out
 
 
@@ -167,7 +170,8 @@ class Loader:
     """Endless iterator of ``(inputs, targets)``; see the module docstring."""
 
     def __init__(self, stream, *, batch_size: int, seq_len: int, rank: int = 0,
-                 world_size: int = 1, device="cpu", meta: dict | None = None):
+                 world_size: int = 1, device="cpu", meta: dict | None = None,
+                 max_rows: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if batch_size < 1 or seq_len < 1:
@@ -177,6 +181,8 @@ class Loader:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.meta = meta or {}
+        self.max_rows = max_rows  # global rows, then padding, then the end (validation)
+        self._pad_id = int(self.meta.get("bos_id", 0))
         self.batches = 0
         self.last_sources: list[int] | None = None  # mixture: the source of each row
         self._tokens = np.empty((batch_size, seq_len + 1), dtype=np.int64)
@@ -187,17 +193,27 @@ class Loader:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         B, r = self.B, self.rank
+        first = self.batches * B * self.world_size  # global index of this batch's first row
+        if self.max_rows is not None and first >= self.max_rows:
+            raise StopIteration
         plans = []
-        for _ in range(B * self.world_size):  # every rank plans every row of the global batch
-            plan = self.stream.plan()
-            if plan is None:
+        for g in range(first, first + B * self.world_size):  # every rank plans every row
+            plan = None if self.max_rows is not None and g >= self.max_rows \
+                else self.stream.plan()
+            if plan is None and self.max_rows is None:
                 raise StopIteration
             plans.append(plan)
+        if all(plan is None for plan in plans):
+            raise StopIteration
         mine = plans[r * B:(r + 1) * B]
         for b, plan in enumerate(mine):
-            self.stream.fill(plan, self._tokens[b], self._valid[b])
+            if plan is None:  # past the end of a finite (validation) stream: padding
+                self._tokens[b] = self._pad_id
+                self._valid[b] = False
+            else:
+                self.stream.fill(plan, self._tokens[b], self._valid[b])
         if isinstance(self.stream, _Mixture):
-            self.last_sources = [i for i, _ in mine]
+            self.last_sources = [None if p is None else p[0] for p in mine]
         self.batches += 1
         return self._to_device()
 
@@ -262,15 +278,20 @@ def _sources(prepared) -> tuple[list, list[float]]:
 def make_loader(prepared, split: str = "train", *, batch_size: int, seq_len: int,
                 rank: int = 0, world_size: int = 1, seed: int = 0, mode: str = "pretrain",
                 packing: str = "bos", device="cpu", buffer_size: int = 1000,
-                epochs: int | None = None, verify: bool = True) -> Loader:
+                epochs: int | None = None, verify: bool = True,
+                max_rows: int | None = None) -> Loader:
     """A :class:`Loader` over one prepared folder or a weighted mixture.
 
     ``prepared``: a prepared folder (from :func:`~.preparation.prepare`), or ``{folder: weight}``
     / ``[(folder, weight), ...]`` for a mixture. ``mode``: ``"pretrain"`` (loss on every
     token) or ``"sft"`` (chat data; loss on assistant tokens only, rows padded instead of
-    cropped). ``packing``: ``"bos"`` (best-fit, rows start at documents) or ``"windows"``
-    (random windows; pretrain only). ``epochs``: stop after this many passes (e.g. 1 for a
-    validation sweep); None repeats forever. ``verify`` checks shard checksums on open.
+    cropped). ``packing``: ``"bos"`` (whole documents packed best-fit, long ones continued
+    over rows; see :mod:`.packing`) or ``"windows"`` (random windows; pretrain only).
+    ``epochs``: stop after this many passes (e.g. 1 for a validation sweep); None repeats
+    forever. ``verify`` checks shard checksums on open. ``max_rows``: a finite stream of
+    this many *global* rows (the same rows whatever ``world_size``); a last batch that is
+    not full is padded (targets -1), then iteration stops. With ``epochs`` too, the stream
+    also ends (padded) when the data runs out.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -292,4 +313,5 @@ def make_loader(prepared, split: str = "train", *, batch_size: int, seq_len: int
         raise ValueError(f"a mixture must share one tokenizer, got {sorted(tokenizers)}")
     stream = streams[0] if len(streams) == 1 else _Mixture(streams, weights, seed)
     return Loader(stream, batch_size=batch_size, seq_len=seq_len, rank=rank,
-                  world_size=world_size, device=device, meta=streams[0].data.meta)
+                  world_size=world_size, device=device, meta=streams[0].data.meta,
+                  max_rows=max_rows)

@@ -1,4 +1,4 @@
-"""Deciding what goes in each row: BOS-aligned best-fit packing and random windows.
+"""Deciding what goes in each row: whole documents packed best-fit, long ones continued.
 
 Both planners produce one *global* stream of row plans that depends only on the data, the
 row length and the seed: never on the rank or the number of ranks. Loaders on every rank
@@ -6,15 +6,42 @@ compute the same plans and each materializes only its own rows, so ranks never s
 row, the whole state is a few integers (plus the packing buffer), and resuming with a
 different number of GPUs continues the same stream.
 
-**Best-fit packing.** A row of ``row_len = seq_len + 1`` tokens is filled from a buffer of
-whole documents (each starts with BOS): repeatedly take the *longest document that still
-fits*; when none fits, either crop the shortest one to fill the row (pretraining: the cut
-tail is dropped and counted as *cropped*) or pad the rest of the row (SFT: conversations
-are never cut unless one alone is longer than a row). Every row therefore starts at a
-document start, and no token is lost except the reported crop.
+**Document packing** (``packing="bos"``, the default). Documents are never cut by
+characters before tokenization (see :mod:`.sources`); here, after tokenization, a document
+of ``n`` tokens becomes *pieces* of at most ``row_len = seq_len + 1`` tokens starting at
+``0, seq_len, 2·seq_len, ...`` (consecutive pieces overlap by one token, so every token
+after the document's BOS is a target exactly once). A short document is one piece that
+starts with BOS; a long one is a run of full-row pieces, each a row of ``seq_len`` tokens
+of uninterrupted context, plus its remainder. Rows are then filled best-fit from a
+buffer of pieces (documents drawn in a seeded random order): repeatedly take the *longest
+piece that still fits* (ties broken by a seeded hash, so a long document's pieces land in
+different rows and batches). When no piece fits the space left:
 
-**Random windows.** The classic nanoGPT loader: the token stream cut into non-overlapping
-windows of ``row_len`` at a random offset, visited in a random order each epoch.
+- pretraining (``split=True``): the shortest piece is split: its head fills the row, its
+  tail goes back to the buffer as a new piece. Nothing is dropped and nothing is padded.
+- SFT (``split=False``): the row is padded (conversations are kept whole when they fit a
+  row; a longer one is continued over rows like a long document).
+
+A piece that does not start its document carries no loss on its first token (that token
+was already the last target of the previous piece). The packer counts tokens placed,
+padded, cropped (always 0 now), splits, and tokens that see at least ``context`` (1,024)
+earlier tokens of their own document in the row: the long-context share.
+
+Why this design (measured on the offline corpus, docs/QUALITY.md): the old pipeline cut
+documents into <= 2,000-character pieces (a median of ~800 tokens on code), so almost no
+token saw long context; best-fit over whole documents that *crops* instead drops the tails
+of long documents (most of the tokens of a code corpus); random windows keep everything
+but start most rows mid-document. Pieces keep every token and give long documents full
+rows of context.
+
+Packed documents share a row and, with plain causal attention (what the model does), a
+token *can* attend to the documents before it in the row. BOS tells the model a new
+document starts, and it learns to ignore what came before; a block-diagonal document mask
+would forbid it outright (lesson 07 shows both).
+
+**Random windows** (``packing="windows"``). The classic nanoGPT loader: the token stream
+cut into non-overlapping windows of ``row_len`` at a random offset, visited in a random
+order each epoch.
 """
 
 from __future__ import annotations
@@ -23,21 +50,23 @@ from bisect import bisect_right, insort
 
 import numpy as np
 
+CONTEXT = 1024  # the "long context" threshold of the statistics
 
-def choose(keys: list[tuple[int, int]], remaining: int) -> int | None:
-    """Index in sorted ``keys = [(length, doc), ...]`` of the longest doc that fits, or None."""
+
+def choose(keys: list[tuple], remaining: int) -> int | None:
+    """Index in sorted ``keys = [(length, ...), ...]`` of the longest that fits, or None."""
     i = bisect_right(keys, (remaining, float("inf"))) - 1
     return i if i >= 0 else None
 
 
 def best_fit_rows(lengths, row_len: int, *, crop: bool = True) -> list[list[tuple[int, int]]]:
-    """Pack documents ``0..n-1`` (all in the buffer at once) into rows of ``row_len`` tokens.
+    """The classic BOS best-fit (nanochat's loader): whole documents, tails cropped.
 
     Returns the rows, each a list of ``(doc, tokens_taken)``. With ``crop=True`` a row that
     no remaining document fits is completed by cropping the shortest one (its tail is
     dropped); with ``crop=False`` the row is left short (padded later). A document longer
-    than a whole row is cropped either way. The readable reference for the lesson; the
-    loaders use :class:`BestFitPacker`, which applies the same rule to a streaming buffer.
+    than a whole row is cropped either way. A readable reference for lesson 07: the
+    loaders use :class:`BestFitPacker`, which keeps the tails (see the module docstring).
     """
     keys = sorted((int(n), d) for d, n in enumerate(lengths))
     rows = []
@@ -57,25 +86,83 @@ def best_fit_rows(lengths, row_len: int, *, crop: bool = True) -> list[list[tupl
     return rows
 
 
+def piece_spans(n: int, row_len: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of a document of ``n`` tokens cut into row-length pieces.
+
+    Pieces start every ``row_len - 1`` tokens and overlap by one, so with
+    ``targets = row[1:]`` each token after the first is a target exactly once.
+    """
+    stride = max(1, row_len - 1)
+    spans = [(0, min(n, row_len))]
+    start = stride
+    while start < n - 1:
+        spans.append((start, min(n, start + row_len)))
+        start += stride
+    return spans
+
+
+def tiebreak(seed: int, doc: int, start: int) -> int:
+    """A seeded pseudo-random key that orders pieces of equal length (not the epoch: a
+    piece keeps its key across a resume)."""
+    x = (seed * 0x9E3779B1 + doc * 0x85EBCA77 + start * 0xC2B2AE3D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x2C1B3C6D) & 0xFFFFFFFF
+    return x ^ (x >> 12)
+
+
+def pack_rows(lengths, row_len: int, *, seed: int = 0,
+              split: bool = True) -> list[list[tuple[int, int, int]]]:
+    """The packing rule with every document in the buffer at once (the readable reference).
+
+    Returns rows of ``(doc, start, end)`` token ranges. :class:`BestFitPacker` applies the
+    same rule to a streaming buffer and gives the same rows when the buffer holds all.
+    """
+    keys = sorted((e - s, tiebreak(seed, d, s), d, s, e)
+                  for d, n in enumerate(lengths) for s, e in piece_spans(int(n), row_len))
+    rows = []
+    while keys:
+        row, remaining = [], row_len
+        while remaining > 0 and keys:
+            i = choose(keys, remaining)
+            if i is None:  # nothing fits: split the shortest piece, or pad (SFT)
+                if not split or remaining < 2:
+                    break
+                _, _, d, s, e = keys.pop(0)
+                row.append((d, s, s + remaining))
+                s = s + remaining - 1
+                insort(keys, (e - s, tiebreak(seed, d, s), d, s, e))
+                break
+            _, _, d, s, e = keys.pop(i)
+            row.append((d, s, e))
+            remaining -= e - s
+        rows.append(row)
+    return rows
+
+
 class BestFitPacker:
-    """Streaming best-fit over a shuffled document order; ``plan()`` returns one row.
+    """Streaming document packing (see the module docstring); ``plan()`` returns one row.
 
     ``doc_len``: int array [n_docs]. The document order of epoch ``e`` is a permutation
-    seeded by ``(seed, e)``. ``epochs``: stop after this many passes (None = forever).
+    seeded by ``(seed, e)``; a new epoch starts once the buffer is empty, so a document is
+    never in the buffer twice. ``buffer_size``: pieces kept to choose from. ``split``: fill
+    rows completely by splitting a piece (pretraining) or pad them (SFT). ``epochs``: stop
+    after this many passes (None = forever). ``context``: the long-context threshold of
+    the statistics.
     """
 
     def __init__(self, doc_len: np.ndarray, row_len: int, *, seed: int = 0,
-                 buffer_size: int = 1000, crop: bool = True, epochs: int | None = None):
+                 buffer_size: int = 1000, split: bool = True, epochs: int | None = None,
+                 context: int = CONTEXT):
         if len(doc_len) == 0:
             raise ValueError("no documents to pack")
+        if row_len < 2:
+            raise ValueError(f"row_len must be >= 2 (seq_len >= 1), got {row_len}")
         self.doc_len = np.asarray(doc_len, dtype=np.int64)
-        self.row_len, self.seed, self.crop, self.epochs = row_len, seed, crop, epochs
-        # never more than one epoch in the buffer, or a small dataset would hold several
-        # copies of the same document at once
-        self.buffer_size = max(1, min(buffer_size, len(self.doc_len)))
+        self.row_len, self.seed, self.split, self.epochs = row_len, seed, split, epochs
+        self.buffer_size, self.context = max(1, buffer_size), context
         self._order_epoch, self._order = -1, None
         self.load_state_dict({"epoch": 0, "cursor": 0, "buffer": [], "rows": 0,
-                              "tokens": 0, "cropped": 0, "padded": 0})
+                              "tokens": 0, "padded": 0, "splits": 0, "long_context": 0})
 
     def _order_for(self, epoch: int) -> np.ndarray:
         if self._order_epoch != epoch:
@@ -83,18 +170,22 @@ class BestFitPacker:
             self._order_epoch = epoch
         return self._order
 
+    def _insert(self, doc: int, start: int, end: int) -> None:
+        insort(self.keys, (end - start, tiebreak(self.seed, doc, start), doc, start, end))
+
     def _refill(self) -> None:
         while len(self.keys) < self.buffer_size:
             if self.cursor == len(self.doc_len):
-                if self.epochs is not None and self.epoch + 1 >= self.epochs:
-                    return
+                if self.keys or (self.epochs is not None and self.epoch + 1 >= self.epochs):
+                    return  # drain this epoch's pieces before starting the next one
                 self.epoch, self.cursor = self.epoch + 1, 0
             doc = int(self._order_for(self.epoch)[self.cursor])
             self.cursor += 1
-            insort(self.keys, (int(self.doc_len[doc]), doc))
+            for start, end in piece_spans(int(self.doc_len[doc]), self.row_len):
+                self._insert(doc, start, end)
 
-    def plan(self) -> list[tuple[int, int]] | None:
-        """The next row as ``[(doc, tokens_taken), ...]``; None once ``epochs`` are used up."""
+    def plan(self) -> list[tuple[int, int, int]] | None:
+        """The next row as ``[(doc, start, end), ...]``; None once ``epochs`` are used up."""
         row, remaining = [], self.row_len
         while remaining > 0:
             self._refill()
@@ -102,19 +193,25 @@ class BestFitPacker:
                 break
             i = choose(self.keys, remaining)
             if i is None:
-                if row and not self.crop:
+                if not self.split or remaining < 2 or not row:
                     break
-                i = 0
-            length, doc = self.keys.pop(i)
-            take = min(length, remaining)
-            row.append((doc, take))
-            remaining -= take
-            self.cropped += length - take
+                _, _, d, s, e = self.keys.pop(0)
+                row.append((d, s, s + remaining))
+                self._insert(d, s + remaining - 1, e)
+                self.splits += 1
+                remaining = 0
+                break
+            _, _, d, s, e = self.keys.pop(i)
+            row.append((d, s, e))
+            remaining -= e - s
         if not row:
             return None
         self.rows += 1
         self.tokens += self.row_len - remaining
         self.padded += remaining
+        # a piece that starts at document offset s gives its token j a context of s+j
+        # tokens of its own document only when s == 0; a continuation sees j (its row)
+        self.long_context += sum(max(0, e - s - self.context) for _, s, e in row)
         return row
 
     @property
@@ -123,15 +220,28 @@ class BestFitPacker:
         return self.epoch + self.cursor / len(self.doc_len)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "buffer": [d for _, d in self.keys],
-                "rows": self.rows, "tokens": self.tokens, "cropped": self.cropped,
-                "padded": self.padded}
+        return {"epoch": self.epoch, "cursor": self.cursor,
+                "buffer": [[d, s, e] for _, _, d, s, e in self.keys],
+                "rows": self.rows, "tokens": self.tokens, "padded": self.padded,
+                "splits": self.splits, "long_context": self.long_context}
 
     def load_state_dict(self, state: dict) -> None:
+        if state["buffer"] and not isinstance(state["buffer"][0], (list, tuple)):
+            raise ValueError("this loader position was saved by the old packer (whole "
+                             "documents, cropped tails); it cannot continue with the new one: "
+                             "start the data stream afresh (train from the weights with "
+                             "--checkpoint instead of --resume)")
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self.keys = sorted((int(self.doc_len[d]), int(d)) for d in state["buffer"])
+        self.keys = []
+        for d, s, e in state["buffer"]:
+            self._insert(int(d), int(s), int(e))
         self.rows, self.tokens = int(state["rows"]), int(state["tokens"])
-        self.cropped, self.padded = int(state["cropped"]), int(state["padded"])
+        self.padded = int(state["padded"])
+        self.splits = int(state.get("splits", 0))
+        self.long_context = int(state.get("long_context", 0))
+
+    # the old packer's counter: nothing is cropped any more
+    cropped = 0
 
 
 class WindowSampler:

@@ -6,6 +6,14 @@ and ``chat`` documents (a list of ``{"role", "content"}`` messages, for mid-trai
 SFT). Every source is deterministic: the same raw input gives the same documents in the
 same order, which is what lets preparation resume half-way.
 
+Documents are never cut by characters: a file (or a JSONL record, or a parquet row) is one
+document however long it is; the loaders continue long documents over several rows after
+tokenization (:mod:`.packing`), so long context is learned and no token is dropped. The
+train/validation split is per file (per record for JSONL and parquet); a source that is a
+single text file (tiny Shakespeare, one book) is split into a head (train) and one
+contiguous tail (val), cut at a paragraph break, so validation never interleaves with
+training text.
+
 Registered names (``python -m nanogpt_course.data prepare NAME``):
 
 - ``fineweb_edu``: FineWeb-Edu ``sample-10BT`` (the default pretraining set): its parquet
@@ -25,7 +33,6 @@ import glob as globlib
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,29 +74,24 @@ def hash_split(key: str, val_fraction: float) -> str:
     return "val" if value < val_fraction * 2**64 else "train"
 
 
-def chunk_text(text: str, max_chars: int) -> list[str]:
-    """Cut ``text`` into pieces of at most ``max_chars`` at blank lines (else at line ends).
+def split_tail(text: str, val_fraction: float) -> tuple[str, str]:
+    """``(head, tail)`` of one text: the tail is about the last ``val_fraction`` of it,
+    starting at the paragraph break (else line break) nearest that point.
 
-    Each piece ends at the last paragraph break that keeps it within ``max_chars`` (the
-    paragraphs are packed greedily), or at the last line break when a paragraph alone is
-    too long. Concatenating the pieces gives ``text`` back exactly. A single line longer
-    than ``max_chars`` stays whole. ``max_chars <= 0`` returns one piece per paragraph.
+    ``head + tail == text``. Used for sources that are a single file, whose validation
+    part must be one contiguous stretch, never pieces interleaved with training text.
     """
-    if max_chars <= 0:
-        return [p for p in re.split(r"(?<=\n\n)", text) if p]
-    pieces, pos, n = [], 0, len(text)
-    while n - pos > max_chars:
-        limit = pos + max_chars
-        cut = text.rfind("\n\n", pos, limit) + 2  # just after a blank line, within the limit
-        if cut < pos + 2:
-            cut = text.rfind("\n", pos, limit) + 1
-            if cut < pos + 1:  # one very long line: keep it whole
-                cut = text.find("\n", limit) + 1 or n
-        pieces.append(text[pos:cut])
-        pos = cut
-    if pos < n:
-        pieces.append(text[pos:])
-    return pieces
+    if val_fraction <= 0 or not text:
+        return text, ""
+    target = round(len(text) * (1 - val_fraction))
+    for sep in ("\n\n", "\n"):
+        before = text.rfind(sep, 0, target)
+        after = text.find(sep, target)
+        cuts = [c + len(sep) for c in (before, after) if c >= 0 and c + len(sep) < len(text)]
+        if cuts:
+            cut = min(cuts, key=lambda c: abs(c - target))
+            return text[:cut], text[cut:]
+    return text[:target], text[target:]
 
 
 def file_fingerprint(path: Path, *, hash_limit: int = 64 << 20) -> dict:
@@ -138,7 +140,7 @@ class Source:
 
 class TinyShakespeare(Source):
     name = "tinyshakespeare"
-    description = "karpathy's tiny Shakespeare (1 MB); one document per speech, last 10% val"
+    description = "karpathy's tiny Shakespeare (1 MB); one document, the last 10% is val"
     URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
     SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
     RAW = "tinyshakespeare/input.txt"
@@ -156,10 +158,10 @@ class TinyShakespeare(Source):
                          sha256=self.SHA256)
 
         def documents() -> Iterator[Document]:
-            speeches = chunk_text(path.read_text(encoding="utf-8"), 0)
-            first_val = round(len(speeches) * (1 - val_fraction))
-            for i, speech in enumerate(speeches):
-                yield Document(f"input.txt#{i}", "val" if i >= first_val else "train", speech)
+            head, tail = split_tail(path.read_text(encoding="utf-8"), val_fraction)
+            yield Document("input.txt", "train", head)
+            if tail:
+                yield Document("input.txt#tail", "val", tail)
 
         fingerprint = {"files": [file_fingerprint(path)], "val_fraction": val_fraction}
         return Resolved(self.name, "text", documents, fingerprint)
@@ -198,7 +200,7 @@ class TextFiles(Source):
         return "text"
 
     def resolve(self, *, download: bool = True, path: str | None = None,
-                val_fraction: float = 0.05, max_doc_chars: int = 2000, **options) -> Resolved:
+                val_fraction: float = 0.05, **options) -> Resolved:
         _no_options(self.name, options)
         if path is None:
             raise ValueError("the text dataset needs a path: prepare('notes/', tok) or "
@@ -210,24 +212,29 @@ class TextFiles(Source):
                              f"separate folders (chat data is prepared for SFT)")
         kind = kinds.pop()
         root = Path(os.path.commonpath([str(f.parent) for f in files]))
+        one_text_file = len(files) == 1 and files[0].suffix != ".jsonl"
 
         def documents() -> Iterator[Document]:
             for file in files:
                 rel = file.relative_to(root).as_posix()
                 if file.suffix == ".jsonl":
-                    yield from _jsonl_documents(file, rel, kind, val_fraction, max_doc_chars)
+                    yield from _jsonl_documents(file, rel, kind, val_fraction)
                     continue
-                for i, piece in enumerate(chunk_text(file.read_text(encoding="utf-8"),
-                                                     max_doc_chars)):
-                    key = f"{rel}#{i}"
-                    yield Document(key, hash_split(key, val_fraction), piece)
+                text = file.read_text(encoding="utf-8")
+                if one_text_file:  # one book: train on the head, validate on the tail
+                    head, tail = split_tail(text, val_fraction)
+                    yield Document(rel, "train", head)
+                    if tail:
+                        yield Document(f"{rel}#tail", "val", tail)
+                else:  # one document per file, the split decided per file
+                    yield Document(rel, hash_split(rel, val_fraction), text)
 
         fingerprint = {"files": [file_fingerprint(f) for f in files],
-                       "val_fraction": val_fraction, "max_doc_chars": max_doc_chars}
+                       "val_fraction": val_fraction, "documents": "whole files"}
         return Resolved(self.name, kind, documents, fingerprint)
 
 
-def _jsonl_documents(file, rel, kind, val_fraction, max_doc_chars) -> Iterator[Document]:
+def _jsonl_documents(file, rel, kind, val_fraction) -> Iterator[Document]:
     with open(file, encoding="utf-8") as f:
         for n, line in enumerate(f):
             if not line.strip():
@@ -244,8 +251,7 @@ def _jsonl_documents(file, rel, kind, val_fraction, max_doc_chars) -> Iterator[D
                 continue
             if not (isinstance(record, dict) and isinstance(record.get("text"), str)):
                 raise ValueError(f"{where}: expected {{\"text\": \"...\"}}")
-            for i, piece in enumerate(chunk_text(record["text"], max_doc_chars)):
-                yield Document(f"{key}#{i}", split, piece)
+            yield Document(key, split, record["text"])
 
 
 class Offline(Source):
@@ -253,20 +259,19 @@ class Offline(Source):
     description = "Python's and the installed packages' sources, docstrings and docs"
 
     def resolve(self, *, download: bool = True, max_bytes: int | None = None,
-                val_fraction: float = 0.02, max_doc_chars: int = 2000, **options) -> Resolved:
+                val_fraction: float = 0.02, **options) -> Resolved:
         _no_options(self.name, options)
         folder = offline.collect(max_bytes=max_bytes, val_fraction=val_fraction)
         manifest = offline.read_manifest(folder)
 
         def documents() -> Iterator[Document]:
-            for record in offline.iter_corpus(folder):
-                for i, piece in enumerate(chunk_text(record["text"], max_doc_chars)):
-                    yield Document(f"{record['key']}#{i}", record["split"], piece)
+            for record in offline.iter_corpus(folder):  # one document per file, split per file
+                yield Document(record["key"], record["split"], record["text"])
 
         fingerprint = {"corpus": str(folder), "content_sha256": manifest["content_sha256"],
                        "files": manifest["files"], "bytes": manifest["bytes"],
                        "max_bytes": max_bytes, "val_fraction": val_fraction,
-                       "max_doc_chars": max_doc_chars}
+                       "documents": "whole files"}
         return Resolved(self.name, "text", documents, fingerprint)
 
 
