@@ -1,7 +1,9 @@
 """DistMuonAdamW on 2 and 4 gloo ranks against single-process MuonAdamW.
 
 Each world is spawned once (module-scoped fixtures) and runs every scenario; the tests then
-compare what the ranks wrote with references computed here in the main process.
+compare what the ranks wrote with references computed here in the main process. The ranks
+accumulate ``ACCUM`` micro-batches per step, so W ranks x accumulation A are compared with
+1 process x accumulation A W (gradients are reduce-scattered in every micro-step's backward).
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from nanogpt_course.optim import (
 pytestmark = pytest.mark.distributed
 
 STEPS = 10
+ACCUM = 2  # micro-batches per step on every rank
 SAVE_AT = 5  # the resharding scenario saves after this many steps
 BATCH, SEQ = 8, 6
 SMALL = 64  # small_param_numel for the tiny model: its embeddings get sharded flat
 CONFIGS = {
     "plain": {},
     "clip": {"max_grad_norm": 0.3, "wd": 0.1, "cautious": True, "method": "polar_express"},
+    # today's path before ZeRO-2 (reduce-scatter inside step()): must give the same model
+    "step_only": {"grad_hooks": False},
 }
 
 
@@ -109,7 +114,8 @@ def train(model, opt, steps, *, start=0, rank=0, world=1, micro=1, record=None):
 # ----------------------------------------------------------------------------- the ranks
 def dist_optimizer(model, cfg, **kw):
     return DistMuonAdamW(groups_for(model, cfg), small_param_numel=SMALL,
-                         max_grad_norm=cfg.get("max_grad_norm"), track_grad_norm=True, **kw)
+                         max_grad_norm=cfg.get("max_grad_norm"), track_grad_norm=True,
+                         grad_hooks=cfg.get("grad_hooks", True), **kw)
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -120,13 +126,13 @@ def _run_rank(rank: int, world: int, load_from: str | None, configs: dict) -> di
     result = {}
     for name, cfg in configs.items():
         model = make_model()
-        comm = RecordingCollectives()
+        comm = RecordingCollectives(mark_grads=True)
         opt = dist_optimizer(model, cfg, collectives=comm)
         norms: list[float] = []
         logs = []
         for step in range(STEPS):
             comm.log = []
-            train(model, opt, 1, start=step, rank=rank, world=world, record=norms)
+            train(model, opt, 1, start=step, rank=rank, world=world, micro=ACCUM, record=norms)
             logs.append(comm.log)
             if step + 1 == SAVE_AT:
                 shard, layout = opt.shard_state_dict()
@@ -134,7 +140,9 @@ def _run_rank(rank: int, world: int, load_from: str | None, configs: dict) -> di
             if step == SAVE_AT:
                 after_next = snapshot(model)
         result[name] = {"final": snapshot(model), "norms": norms, "logs": logs, "shard": shard,
-                        "layout": layout, "at_save": at_save, "after_next": after_next}
+                        "layout": layout, "at_save": at_save, "after_next": after_next,
+                        "buckets": {f"{b.kind}{b.index}": b.members
+                                    for b in opt.sharder.buckets}}
         if load_from is not None:  # resume from another world size's shards
             saved = [torch.load(f, weights_only=False)[name]
                      for f in sorted(Path(load_from).glob("rank*.pt"))]
@@ -142,16 +150,29 @@ def _run_rank(rank: int, world: int, load_from: str | None, configs: dict) -> di
             model.load_state_dict(saved[0]["at_save"])
             opt = dist_optimizer(model, cfg)
             load_sharded(opt, [s["shard"] for s in saved], [s["layout"] for s in saved])
-            train(model, opt, 1, start=SAVE_AT, rank=rank, world=world)
+            train(model, opt, 1, start=SAVE_AT, rank=rank, world=world, micro=ACCUM)
             result[name]["resumed"] = snapshot(model)
+    result["memory"] = _measure_memory(rank, world)
+    return result
+
+
+def _measure_memory(rank: int, world: int) -> dict:
+    """Gradient bytes alive after each micro-step's backward (live tensors), the plan's
+    prediction, and the optimizer state after the step, on a larger TinyLM."""
     big = make_model(vocab=257, d=32, layers=8)
     opt = dist_optimizer(big, {})
     rows = BATCH // world
     idx, tgt = batch(0, vocab=257)
-    big(idx[rank * rows:(rank + 1) * rows], tgt[rank * rows:(rank + 1) * rows]).backward()
+    idx, tgt = idx[rank * rows:(rank + 1) * rows], tgt[rank * rows:(rank + 1) * rows]
+    after_backward = []
+    for i, j in zip(idx.chunk(ACCUM), tgt.chunk(ACCUM)):
+        (big(i, j) / ACCUM).backward()
+        assert all(p.grad is None for p in big.parameters())  # full gradients were freed
+        after_backward.append(opt.grad_bytes())
     opt.step()
-    result["state_bytes"] = opt.state_bytes()
-    return result
+    return {"after_backward": after_backward, "after_step": opt.grad_bytes(),
+            "predicted": opt.predicted_grad_bytes(), "state_bytes": opt.state_bytes(),
+            "full": sum(p.numel() * p.element_size() for p in big.parameters())}
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str, load_from: str | None,
@@ -208,12 +229,13 @@ def max_rel(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def references():
-    """``references[micro][config]``: one process, the batch in 1, 2 or 4 micro-batches."""
+    """``references[micro][config]``: one process, the batch in 1, 2 A or 4 A micro-batches."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: CPU matmul rounding depends on the split
     try:
-        return {micro: {name: reference_run(cfg, micro) for name, cfg in CONFIGS.items()}
-                for micro in (1, 2, 4)}
+        return {micro: {name: reference_run(cfg, micro) for name, cfg in CONFIGS.items()
+                    if name != "step_only"}
+                for micro in (1, 2 * ACCUM, 4 * ACCUM)}
     finally:
         torch.set_num_threads(threads)
 
@@ -240,10 +262,11 @@ TOL = 1e-6
 def _check_world(results, references):
     world = len(results)
     for name in CONFIGS:
-        # the same per-rank forward passes on one process: equal up to summation order
-        ref = references[world][name]
+        # the same per-rank forward passes on one process (accumulation A N): equal up to
+        # summation order
+        ref = references[world * ACCUM][name if name != "step_only" else "plain"]
         # the whole batch in one forward pass: equal up to float rounding of the loss
-        whole = references[1][name]
+        whole = references[1][name if name != "step_only" else "plain"]
         for rank, res in enumerate(results):
             err = max_rel(res[name]["final"], ref["final"])
             assert err <= TOL, f"{name}, rank {rank}: params differ from 1 process by {err:.2e}"
@@ -285,23 +308,64 @@ def test_state_bytes_per_rank_is_total_over_world(world2, world4):
     total = opt.state_bytes()
     replicated = 256  # >= Adam state of the small `gain` (8 floats x 2) + step counters
     for world, results in ((2, world2), (4, world4[0])):
-        per_rank = [r["state_bytes"] for r in results]
+        per_rank = [r["memory"]["state_bytes"] for r in results]
         for b in per_rank:
             assert abs(b - total / world) <= 0.02 * total / world + replicated, (per_rank, total)
         # and nothing is held twice except the replicated small tensors
         assert sum(per_rank) <= total + (world - 1) * replicated
 
 
-def test_reduce_scatters_all_launched_before_first_wait(world2, world4):
+def test_reduce_scatters_launched_during_backward_in_bucket_order(world2, world4):
+    """The recorded log of every step: each bucket's collective is launched as soon as its
+    last gradient is ready (while backward still runs), in the order buckets complete;
+    only buckets with a member that never gets a gradient wait for the end of backward."""
     for results in (world2, world4[0]):
         for res in results:
-            for name in CONFIGS:
+            for name in ("plain", "clip"):
+                members = res[name]["buckets"]
                 for log in res[name]["logs"]:
-                    first_wait = next(i for i, (what, _) in enumerate(log) if what == "wait")
-                    launches = [i for i, (what, op) in enumerate(log)
-                                if what == "launch" and op == "reduce_scatter"]
-                    assert len(launches) >= 5  # 3 muon buckets + 2 flat embeddings
-                    assert max(launches) < first_wait, log
+                    starts = [n for n, e in enumerate(log) if e[:2] == ("mark", "backward_start")]
+                    ends = [n for n, e in enumerate(log) if e[:2] == ("mark", "backward_end")]
+                    assert len(starts) == len(ends) == ACCUM  # one backward per micro-step
+                    for start, end in zip(starts, ends):
+                        _check_one_backward(log[start:end + 1], members)
+
+
+def _check_one_backward(log, members):
+    ready: list[int] = []  # parameter indices, in the order their gradients were ready
+    early = []
+    for event, op, tag, _ in log:
+        if (event, op) == ("mark", "grad_ready"):
+            ready.append(tag)
+        elif event == "launch" and op in ("reduce_scatter", "all_reduce"):
+            bucket = members[tag]
+            # launched right when its last member arrived: that member is the latest gradient
+            assert set(bucket) <= set(ready) and ready[-1] in bucket, (tag, bucket, ready)
+            early.append(tag)
+    assert len(early) >= 4, early  # most of the work overlaps backward (<= 2 flushed later)
+    assert log[-1][:2] == ("mark", "backward_end")
+    # the first reduce-scatter leaves before layer 0's first matrix (parameter 0) has its
+    # gradient: communication overlaps the rest of backward
+    first = next(n for n, e in enumerate(log) if e[:2] == ("launch", "reduce_scatter"))
+    assert first < log.index(next(e for e in log if e[:3] == ("mark", "grad_ready", 0)))
+
+
+def test_gradient_memory_is_sharded_after_backward(world2, world4):
+    """Live gradient bytes after each backward <= what the rank owns + the documented bound
+    (small bundle + flat padding), owned bytes over ranks sum to the sharded total, and
+    step() releases them."""
+    for results in (world2, world4[0]):
+        mem = [r["memory"] for r in results]
+        full = mem[0]["full"]
+        owned = [m["predicted"]["owned"] for m in mem]
+        replicated = mem[0]["predicted"]["bound"]  # rank 0: the small bundle, no padding
+        # every sharded gradient byte is owned by exactly one rank
+        assert sum(owned) + replicated == full
+        for m in mem:
+            for live in m["after_backward"]:
+                assert live <= m["predicted"]["owned"] + m["predicted"]["bound"], (live, m)
+                assert live < 0.75 * full  # not the whole gradient (the point of ZeRO-2)
+            assert m["after_step"] == 0
 
 
 def test_layout_is_the_same_on_every_rank(world2):
@@ -315,7 +379,8 @@ def test_save_on_2_resume_on_4(world2, world4, references):
     for name in CONFIGS:
         for res in results:
             assert max_rel(res[name]["resumed"], world2[0][name]["after_next"]) <= TOL
-            assert max_rel(res[name]["resumed"], references[2][name]["after_next"]) <= TOL
+            ref = references[2 * ACCUM][name if name != "step_only" else "plain"]
+            assert max_rel(res[name]["resumed"], ref["after_next"]) <= TOL
 
 
 @pytest.mark.parametrize("cls", [MuonAdamW, DistMuonAdamW])
@@ -325,9 +390,10 @@ def test_save_on_2_resume_on_1(world2, references, cls):
         model.load_state_dict(world2[0][name]["at_save"])
         opt = cls(groups_for(model, cfg), max_grad_norm=cfg.get("max_grad_norm"))
         load_sharded(opt, [r[name]["shard"] for r in world2], world2[0][name]["layout"])
-        train(model, opt, 1, start=SAVE_AT)
+        train(model, opt, 1, start=SAVE_AT, micro=2 * ACCUM)
         assert max_rel(snapshot(model), world2[0][name]["after_next"]) <= TOL
-        assert max_rel(snapshot(model), references[1][name]["after_next"]) <= TOL
+        ref = references[2 * ACCUM][name if name != "step_only" else "plain"]
+        assert max_rel(snapshot(model), ref["after_next"]) <= TOL
 
 
 def test_consolidated_state_equals_one_process_state(world2):

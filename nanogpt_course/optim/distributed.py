@@ -35,12 +35,14 @@ work handle whose ``wait()`` is all we use (gloo has no futures for it); NCCL wo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from . import sharding
+from .grad_shard import GradSharder, owned_grad_bytes
 from .hybrid import HybridOptimizer
 
 __all__ = ["DistMuonAdamW", "Collectives", "RecordingCollectives"]
@@ -75,21 +77,25 @@ class Collectives:
         self._rs = _pick("reduce_scatter_single", "reduce_scatter_tensor")
         self._ag = _pick("all_gather_single", "all_gather_into_tensor")
 
-    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor):
-        """``output`` (n, ...) <- sum over ranks of ``input[rank * n:(rank + 1) * n]``."""
+    def mark(self, event: str, tag="") -> None:
+        """A point in the program worth seeing next to the collectives (no-op here)."""
+
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, tag: str = ""):
+        """``output`` (n, ...) <- sum over ranks of ``input[rank * n:(rank + 1) * n]``.
+        ``tag`` names the bucket for recordings."""
         if not self.active:
             output.copy_(input)
             return _Done()
         return self._rs(output, input, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
 
-    def all_gather(self, output: torch.Tensor, input: torch.Tensor):
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor, tag: str = ""):
         """``output[r * n:(r + 1) * n]`` <- rank r's ``input`` (n, ...)."""
         if not self.active:
             output.copy_(input)
             return _Done()
         return self._ag(output, input, group=self.group, async_op=True)
 
-    def all_reduce(self, tensor: torch.Tensor):
+    def all_reduce(self, tensor: torch.Tensor, tag: str = ""):
         """``tensor`` <- sum over ranks, in place."""
         if not self.active:
             return _Done()
@@ -97,32 +103,45 @@ class Collectives:
 
 
 class RecordingCollectives(Collectives):
-    """:class:`Collectives` that record every launch and every wait, in order, in ``log``
-    as ``("launch" | "wait", name)`` pairs: how tests and lesson 06 see the overlap."""
+    """:class:`Collectives` that record every launch, every wait and every mark, in order,
+    in ``log`` as ``(event, op, tag, seconds)`` tuples: ``event`` is "launch" | "wait" |
+    "mark", ``op`` the collective (or the mark's name), ``tag`` its bucket, ``seconds``
+    since the recorder was made (``time.perf_counter``). How tests and lesson 06 see the
+    overlap with backward. ``grad_ready`` marks (one per parameter gradient) are only
+    logged with ``mark_grads=True``."""
 
-    def __init__(self, group=None):
+    def __init__(self, group=None, *, mark_grads: bool = False):
         super().__init__(group)
-        self.log: list[tuple[str, str]] = []
+        self.log: list[tuple[str, str, str, float]] = []
+        self.mark_grads = mark_grads
+        self._t0 = time.perf_counter()
 
-    def _recorded(self, name: str, work):
-        self.log.append(("launch", name))
-        log = self.log
+    def _add(self, event: str, op: str, tag: str) -> None:
+        self.log.append((event, op, tag, time.perf_counter() - self._t0))
+
+    def _recorded(self, name: str, tag: str, work):
+        self._add("launch", name, tag)
+        add = self._add
 
         class Handle:
             def wait(self, timeout=None):
-                log.append(("wait", name))
+                add("wait", name, tag)
                 return work.wait()
 
         return Handle()
 
-    def reduce_scatter(self, output, input):
-        return self._recorded("reduce_scatter", super().reduce_scatter(output, input))
+    def mark(self, event: str, tag="") -> None:
+        if self.mark_grads or event != "grad_ready":
+            self._add("mark", event, tag)
 
-    def all_gather(self, output, input):
-        return self._recorded("all_gather", super().all_gather(output, input))
+    def reduce_scatter(self, output, input, tag=""):
+        return self._recorded("reduce_scatter", tag, super().reduce_scatter(output, input))
 
-    def all_reduce(self, tensor):
-        return self._recorded("all_reduce", super().all_reduce(tensor))
+    def all_gather(self, output, input, tag=""):
+        return self._recorded("all_gather", tag, super().all_gather(output, input))
+
+    def all_reduce(self, tensor, tag=""):
+        return self._recorded("all_reduce", tag, super().all_reduce(tensor))
 
 
 @dataclass
@@ -154,16 +173,30 @@ class DistMuonAdamW(HybridOptimizer):
         small_param_numel: AdamW tensors with fewer elements are all-reduced and their
             state replicated (default 4096).
         collectives: a :class:`Collectives` to use instead (tests wrap it).
+        grad_hooks: shard gradients during backward (default). False: gradients stay whole
+            in ``p.grad`` until ``step()`` reduce-scatters them (ZeRO-1 memory; the path
+            benchmarks compare against).
+        max_in_flight: collectives in flight during backward before a launch waits for
+            the oldest (bounds the send buffers alive at once).
     """
 
     def __init__(self, param_groups, *, process_group=None,
                  small_param_numel: int = sharding.SMALL_PARAM_NUMEL,
-                 collectives: Collectives | None = None, **options):
+                 collectives: Collectives | None = None, grad_hooks: bool = True,
+                 max_in_flight: int = 4, **options):
         super().__init__(param_groups, **options)
         self.comm = collectives if collectives is not None else Collectives(process_group)
         self.world_size, self.rank = self.comm.world_size, self.comm.rank
         self.small_param_numel = small_param_numel
         self._units = self._plan()
+        self.sharder = GradSharder(self._all_params(), self.shard_layout()["params"],
+                                   self.comm, hooks=grad_hooks, max_in_flight=max_in_flight)
+
+    @property
+    def shards_grads_in_backward(self) -> bool:
+        """True while the backward hooks are registered (the trainer then compiles the
+        model block by block, so that they fire as backward goes)."""
+        return bool(self.sharder._handles)
 
     # ------------------------------------------------------------------ plan
     def _plan(self) -> list[_Unit]:
@@ -198,64 +231,75 @@ class DistMuonAdamW(HybridOptimizer):
         return [_Unit("small", idx) for idx in small.values()] + units
 
     # ------------------------------------------------------------------ step
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the sharded gradient accumulators (and any ``p.grad``)."""
+        super().zero_grad(set_to_none)
+        self.sharder.reset()
+
+    def remove_hooks(self) -> None:
+        """Stop sharding in backward (gradients then stay in ``p.grad`` until ``step()``)."""
+        self.sharder.remove_hooks()
+
+    def grad_bytes(self) -> int:
+        """Bytes of gradients alive on this rank now, measured from the tensors."""
+        return self.sharder.live_grad_bytes()
+
+    def predicted_grad_bytes(self) -> dict[str, int]:
+        """``{"owned", "bound"}`` for this rank after backward, from the plan (see
+        :func:`~nanogpt_course.optim.grad_shard.owned_grad_bytes`)."""
+        return owned_grad_bytes(self.shard_layout()["params"], self.world_size, self.rank)
+
     def _update(self) -> None:
         params = self._all_params()
-        units = [u for u in self._units if self._launch(u, params)]
+        self.sharder.collect()  # gradients set by hand; a no-op after a hooked backward
+        seen = self.sharder.seen
+        units = [u for u in self._units if any(i in seen for i in u.indices)]
+        for unit in units:
+            unit.recv = self._owned_grad(unit)
         coef = None
         if self._wants_norm():
             coef = self._clip_coef(self._global_norm(units))
         scale = 1.0 / self.world_size
-        for unit in units:
-            self._wait(unit)
-            factor = scale if coef is None else coef * scale
-            getattr(self, f"_update_{unit.kind}")(unit, params, factor)
-        for unit in units:
-            self._finish(unit, params)
+        try:
+            for unit in units:
+                factor = scale if coef is None else coef * scale
+                getattr(self, f"_update_{unit.kind}")(unit, params, factor)
+            for unit in units:
+                self._finish(unit, params)
+        finally:
+            self.sharder.reset()  # step() consumes the accumulated gradients
 
-    def _launch(self, unit: _Unit, params: list) -> bool:
-        """Start the unit's reduce-scatter (all-reduce for the small bundle); False if no
-        parameter in it has a gradient (then it takes no part in this step)."""
-        unit.active = [i for i in unit.indices if params[i].grad is not None]
-        unit.recv = unit.work = unit.gathered = unit.gather_work = None
-        if not unit.active:
-            return False
+    def _owned_grad(self, unit: _Unit) -> torch.Tensor | None:
+        """This rank's reduced (summed over ranks) gradient for ``unit``: muon ``(k, m, n)``
+        for its owned matrices with gradients, flat ``(stop - start,)``, small: the bundle."""
+        sh = self.sharder
         if unit.kind == "small":
-            unit.recv = torch.cat([params[i].grad.reshape(-1) for i in unit.active])
-            unit.work = self.comm.all_reduce(unit.recv)
-        elif unit.kind == "flat":
-            grad = params[unit.indices[0]].grad.reshape(-1)
-            total = unit.per_rank * self.world_size
-            send = grad if total == grad.numel() else torch.nn.functional.pad(
-                grad, (0, total - grad.numel()))
-            unit.recv = grad.new_empty(unit.per_rank)
-            unit.work = self.comm.reduce_scatter(unit.recv, send)
-        else:
-            some = params[unit.active[0]].grad
-            padded = len(unit.active) < unit.per_rank * self.world_size
-            zero = some.new_zeros(some.shape) if padded else None
-            slots = [zero] * (unit.per_rank * self.world_size)
-            for i, pos in zip(unit.indices, unit.positions):
-                slots[pos] = params[i].grad if params[i].grad is not None else zero
-            send = torch.stack(slots)
-            unit.recv = send.new_empty(unit.per_rank, *some.shape)
-            unit.work = self.comm.reduce_scatter(unit.recv, send)
-        return True
-
-    def _wait(self, unit: _Unit) -> None:
-        if unit.work is not None:
-            unit.work.wait()
-            unit.work = None
+            index = sh.bucket_of[unit.indices[0]].index
+            if index not in sh.small:
+                return None
+            unit.active, bundle = sh.small[index]
+            return bundle
+        if unit.kind == "flat":
+            i = unit.indices[0]
+            if i not in sh.owned:
+                return None
+            start, stop = sharding.chunk_bounds(self._all_params()[i].numel(),
+                                                self.world_size, self.rank)
+            return sh.owned[i][: stop - start]
+        live = [i for _, i in self._mine(unit) if i in sh.seen]
+        if not live:
+            return None
+        return torch.stack([sh.owned[i] for i in live])
 
     def _global_norm(self, units: list[_Unit]) -> torch.Tensor:
         """The norm of the rank-averaged gradient over all parameters (same on every rank)."""
         parts = []
         for unit in units:
-            self._wait(unit)
-            if unit.kind != "small" or self.rank == 0:  # small grads are on every rank
-                parts.append(unit.recv.float().pow(2).sum())
+            if unit.recv is not None and (unit.kind != "small" or self.rank == 0):
+                parts.append(unit.recv.float().pow(2).sum())  # small grads: on every rank
         device = self._all_params()[0].device
         total = torch.stack(parts).sum() if parts else torch.zeros((), device=device)
-        self.comm.all_reduce(total).wait()
+        self.comm.all_reduce(total, tag="grad-norm").wait()
         return total.sqrt() / self.world_size
 
     def _mine(self, unit: _Unit) -> list[tuple[int, int]]:
@@ -270,18 +314,18 @@ class DistMuonAdamW(HybridOptimizer):
         stacked = first.new_zeros(unit.per_rank, *first.shape)
         for slot, i in mine:
             stacked[slot].copy_(params[i])
-        live = [(slot, i) for slot, i in mine if params[i].grad is not None]
+        live = [(slot, i) for slot, i in mine if i in self.sharder.seen]
         if live:
             slots = [slot for slot, _ in live]
             contiguous = slots == list(range(len(slots)))
-            grads = unit.recv[: len(slots)] if contiguous else unit.recv[slots]
+            grads = unit.recv  # (len(live), m, n), in slot order
             target = stacked[: len(slots)] if contiguous else stacked[slots]
             self._muon_update_(self.param_groups[unit.group], tuple(unit.indices),
                                [params[i] for _, i in live], grads, target, grad_scale=factor)
             if not contiguous:
                 stacked[slots] = target
         unit.gathered = stacked.new_empty(unit.per_rank * self.world_size, *first.shape)
-        unit.gather_work = self.comm.all_gather(unit.gathered, stacked)
+        unit.gather_work = self.comm.all_gather(unit.gathered, stacked, tag="muon")
 
     def _update_flat(self, unit: _Unit, params: list, factor) -> None:
         p = params[unit.indices[0]]
@@ -289,13 +333,13 @@ class DistMuonAdamW(HybridOptimizer):
         start, stop = sharding.chunk_bounds(flat.numel(), self.world_size, self.rank)
         chunk = flat.new_zeros(unit.per_rank)
         chunk[: stop - start].copy_(flat[start:stop])
-        if stop > start:
+        if stop > start and unit.recv is not None:
             grad = unit.recv[: stop - start].mul_(factor)
             self._adamw_update_(self.param_groups[unit.group], [p], [grad],
                                 targets=[chunk[: stop - start]])
         exact = unit.per_rank * self.world_size == flat.numel()
         unit.gathered = flat if exact else flat.new_empty(unit.per_rank * self.world_size)
-        unit.gather_work = self.comm.all_gather(unit.gathered, chunk)
+        unit.gather_work = self.comm.all_gather(unit.gathered, chunk, tag="flat")
 
     def _update_small(self, unit: _Unit, params: list, factor) -> None:
         unit.recv.mul_(factor)
@@ -321,7 +365,7 @@ class DistMuonAdamW(HybridOptimizer):
             if unit.gathered.data_ptr() != flat.data_ptr():
                 flat.copy_(unit.gathered[: flat.numel()])
         else:
-            live = [i for i in unit.indices if params[i].grad is not None]
+            live = [i for i in unit.indices if i in self.sharder.seen]
             pos = dict(zip(unit.indices, unit.positions))
             torch._foreach_copy_([params[i] for i in live],
                                  [unit.gathered[pos[i]] for i in live])
