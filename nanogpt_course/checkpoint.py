@@ -9,7 +9,8 @@ Layout (DESIGN.md)::
                                        file's JSON header, so nothing is pickled
         optimizer.json                 the shard layout: world size + the optimizer's own plan
         tokenizer.json                 the tokenizer (its name is also in meta.json)
-        meta.json                      written LAST: format, kind, step, model config, ...
+        meta.json                      written LAST: format, kind, step, model config,
+                                       the sha256 of every other file, ...
 
 Atomicity: a save fills a hidden ``<run>/.step_000500.partial/`` folder, writes
 ``meta.json`` in it last, then renames the folder to ``step_000500``. A process killed at
@@ -19,6 +20,12 @@ ignored anyway. "Latest" is the highest complete step.
 
 Everything that takes a checkpoint takes a step folder or a run folder (its latest).
 The optimizer module owns how state is sharded in memory; this module owns the files.
+
+Broken checkpoints (missing or truncated files, corrupt headers, weights that do not fit the
+config, a foreign tokenizer, flipped bits) are caught by :func:`validate` before anything is
+allocated (see :mod:`.checkpoint_verify`); from the shell::
+
+    python -m nanogpt_course.checkpoint verify runs/pretraining-d12
 """
 
 from __future__ import annotations
@@ -292,6 +299,9 @@ def save(run_dir: Path | str, step: int, *, meta: dict, rank: int = 0, world_siz
                      "has_optimizer": optimizer_state is not None}
         if tokenizer is not None:
             full_meta["tokenizer"] = tokenizer.identity
+        from .checkpoint_verify import file_sums
+
+        full_meta["sha256"] = file_sums(partial)  # every rank's files are written (barrier)
         write_json(partial / META, full_meta)  # last: marks the folder complete
         _fsync_dir(partial)
         _replace_dir(partial, final)
@@ -342,7 +352,10 @@ def optimizer_world_size(path: Path | str) -> int:
     if not file.is_file():
         raise CheckpointError(f"{folder} has no optimizer state ({OPTIMIZER_LAYOUT} missing); "
                               "it can start a new run (--checkpoint) but not be resumed")
-    return int(json.loads(file.read_text(encoding="utf-8"))["world_size"])
+    try:
+        return int(json.loads(file.read_text(encoding="utf-8"))["world_size"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{file} is corrupt ({type(err).__name__}: {err})") from err
 
 
 def read_optimizer_layout(path: Path | str) -> dict | None:
@@ -420,10 +433,11 @@ def load(path: Path | str, *, device: str | torch.device | None = None,
 
     Returns a :class:`Checkpoint` with ``.model`` (a ``GPT`` in eval mode on ``device``,
     default: the library's device choice), ``.tokenizer`` and ``.meta``. Reads only
-    safetensors and JSON; refuses pickles and unknown formats with a :class:`CheckpointError`.
+    safetensors and JSON; refuses pickles, unknown formats and broken checkpoints (see
+    :func:`validate`; the sha256 sums are checked by ``verify``) with a :class:`CheckpointError`.
     """
     folder = resolve(path)
-    meta = read_meta(folder)
+    meta = validate(folder, hashes=False) if model else read_meta(folder)
     if device is None:
         from .device import pick_device
 
@@ -435,3 +449,19 @@ def load(path: Path | str, *, device: str | torch.device | None = None,
     if tokenizer:
         ckpt.tokenizer = read_tokenizer(folder)
     return ckpt
+
+
+def validate(path: Path | str, *, hashes: bool = True, optimizer: bool = False) -> dict:
+    """Check a checkpoint without loading its tensors; returns its meta. See
+    :func:`.checkpoint_verify.validate`."""
+    from .checkpoint_verify import validate as _validate
+
+    return _validate(path, hashes=hashes, optimizer=optimizer)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from nanogpt_course.checkpoint_verify import main
+
+    sys.exit(main())

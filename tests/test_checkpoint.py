@@ -177,3 +177,173 @@ def test_rng_state_roundtrip():
     a, b = torch.rand(4), pyrandom.random()
     ck.set_rng_state(state)
     assert torch.equal(torch.rand(4), a) and pyrandom.random() == b
+
+
+# ------------------------------------------------------------------------- broken checkpoints
+def _real_checkpoint(run, *, optimizer: bool = True):
+    """A real (tiny) GPT + tokenizer checkpoint, saved the way the trainer saves one."""
+    from nanogpt_course.model import GPT, GPTConfig
+    from nanogpt_course.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_ranks([bytes([b]) for b in range(256)], r"\S+|\s+")
+    config = GPTConfig.from_depth(1, vocab_size=tok.vocab_size, sequence_len=16,
+                                  aspect_ratio=32, head_dim=32)
+    torch.manual_seed(0)
+    model = GPT(config)
+    model.init_weights()
+    opt = {"state": {0: {"exp_avg": torch.ones(3)}}} if optimizer else None
+    return ck.save(run, 3, meta={"kind": "base", "model_config": config.to_dict()},
+                   model_state=model.state_dict(), optimizer_state=opt,
+                   optimizer_layout={"params": []} if optimizer else None, tokenizer=tok)
+
+
+def _break(folder, case):
+    """Damage a checkpoint in one of the ways the issue lists."""
+    model = folder / "model.safetensors"
+    if case == "missing model file":
+        model.unlink()
+    elif case == "missing optimizer shard":
+        (folder / "optimizer_rank0.safetensors").unlink()
+    elif case == "truncated":  # shorter than its header says
+        data = model.read_bytes()
+        model.write_bytes(data[: len(data) - 100])
+    elif case == "corrupt header":
+        data = bytearray(model.read_bytes())
+        data[8:12] = b"\xff\xfe{{"
+        model.write_bytes(bytes(data))
+    elif case == "corrupt meta.json":
+        (folder / "meta.json").write_text('{"format": "nanogpt_course.checkpoint", "vers')
+    elif case == "model_config not a model":
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["model_config"] = {"n_layers_typo": 3}
+        (folder / "meta.json").write_text(json.dumps(meta))
+    elif case in ("shape mismatch", "dtype mismatch"):
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(model))
+        if case == "shape mismatch":  # meta.json now says 2 layers' worth of width
+            meta = json.loads((folder / "meta.json").read_text())
+            meta["model_config"]["n_embd"] *= 2
+            meta["model_config"]["n_head"] *= 2
+            meta["model_config"]["n_kv_head"] = meta["model_config"]["n_head"]
+            (folder / "meta.json").write_text(json.dumps(meta))
+        else:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            save_file(state, str(model))
+    elif case == "tokenizer vocab mismatch":
+        from nanogpt_course.tokenizer import Tokenizer
+
+        other = Tokenizer.from_ranks([bytes([b]) for b in range(256)] + [b"ab"], r"\S+|\s+")
+        other.save(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["tokenizer"] = other.identity  # consistent name, wrong size
+        (folder / "meta.json").write_text(json.dumps(meta))
+    elif case == "flipped bit":
+        data = bytearray(model.read_bytes())
+        data[-5] ^= 0x10  # inside a weight: the file still parses
+        model.write_bytes(bytes(data))
+    else:
+        raise AssertionError(case)
+
+
+BROKEN = {
+    "missing model file": "model.safetensors is missing",
+    "missing optimizer shard": "optimizer_rank0.safetensors is missing",
+    "truncated": "is truncated",
+    "corrupt header": "corrupt header",
+    "corrupt meta.json": "meta.json is corrupt",
+    "model_config not a model": "does not describe a model",
+    "shape mismatch": "needs float32",
+    "dtype mismatch": "is float16",
+    "tokenizer vocab mismatch": "tokenizer has 260 ids but the model",
+    "flipped bit": "sha256 differs",
+}
+
+
+def test_good_checkpoint_validates_and_records_sums(tmp_path):
+    folder = _real_checkpoint(tmp_path / "run")
+    meta = ck.validate(folder, optimizer=True)
+    assert set(meta["sha256"]) == {"model.safetensors", "optimizer_rank0.safetensors",
+                                   "optimizer.json", "tokenizer.json"}
+    from nanogpt_course.checkpoint_verify import sha256_file
+
+    assert meta["sha256"]["model.safetensors"] == sha256_file(folder / "model.safetensors")
+    lines = []
+    assert ck_verify().verify(tmp_path / "run", out=lines.append) == 4
+    assert lines[-1].startswith("checkpoint OK") and all(" corrupt" not in x for x in lines)
+    assert ck.load(folder, device="cpu").model is not None
+
+
+def ck_verify():
+    from nanogpt_course import checkpoint_verify
+
+    return checkpoint_verify
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_checkpoint_is_named(tmp_path, case):
+    folder = _real_checkpoint(tmp_path / "run")
+    _break(folder, case)
+    with pytest.raises(ck.CheckpointError, match=BROKEN[case]):
+        ck.validate(folder, optimizer=True)
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_trainer_rejects_broken_checkpoint_early(tmp_path, case, capsys, monkeypatch):
+    """One error: line, exit code 2, before the data is prepared or weights allocated, and no
+    run folder left behind — from --checkpoint (fine-tuning) and from --resume."""
+    from nanogpt_course.train import __main__ as cli
+    from nanogpt_course.train import build, modes
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data preparation started for a broken checkpoint")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights allocated for a broken checkpoint")
+
+    monkeypatch.setattr(modes, "_default_loaders", no_data)
+    monkeypatch.setattr(build, "build_model", no_weights)
+    folder = _real_checkpoint(tmp_path / "run")
+    _break(folder, case)
+    out = tmp_path / "finetune"
+    if case != "missing optimizer shard":  # (fine-tuning reads no optimizer state)
+        code = cli.main(["--mode", "mid-training", "--checkpoint", str(tmp_path / "run"),
+                         "--out", str(out), "--max-steps", "1", "--device", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2
+        assert len(err) == 1 and err[0].startswith("error: ") and BROKEN[case] in err[0], err
+        assert not out.exists()
+    if "meta.json" in case:
+        return  # (a run without a readable meta.json has no complete step to resume)
+    code = cli.main(["--resume", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and BROKEN[case] in err[0], err
+
+
+def test_truncated_checkpoint_from_the_cli(tmp_path):
+    """The real command: a missing folder and a truncated file each give one error: line."""
+    env = {**os.environ, "NANOGPT_COURSE_RUNS": str(tmp_path / "runs")}
+    _break(_real_checkpoint(tmp_path / "run"), "truncated")
+    for ckpt in ("nope", "run"):
+        out = subprocess.run([sys.executable, "-m", "nanogpt_course.train", "--mode",
+                              "mid-training", "--checkpoint", str(tmp_path / ckpt), "--out",
+                              str(tmp_path / "o")], capture_output=True, text=True, env=env,
+                             timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert str(tmp_path / ckpt) in lines[0]
+        assert not (tmp_path / "o").exists() and not (tmp_path / "runs").exists()
+    assert "is truncated" in lines[0]
+
+
+def test_verify_cli(tmp_path):
+    folder = _real_checkpoint(tmp_path / "run", optimizer=False)
+    run = [sys.executable, "-m", "nanogpt_course.checkpoint", "verify", str(tmp_path / "run")]
+    good = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stderr
+    assert "ok       model.safetensors" in good.stdout and "checkpoint OK" in good.stdout
+    _break(folder, "flipped bit")
+    bad = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
+    assert "sha256 differs" in bad.stderr

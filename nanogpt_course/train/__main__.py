@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from ..checkpoint import CheckpointError
 from .config import ConfigError, parse_args
 from .loop import TrainingDiverged, TrainingOOM
 from .modes import train
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()  # CPU training: no page-fault storm every step
     try:
         result = train(cfg)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:  # bad settings or a broken checkpoint
         return _fail(True, str(err), 2)
     except TrainingDiverged as err:
         return _fail(True, str(err), 3)

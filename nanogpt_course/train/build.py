@@ -196,7 +196,10 @@ def _from_checkpoint(cfg: TrainConfig, folder: Path, *, resume: bool):
     """Tokenizer and model config of a checkpoint, checked against the flags."""
     from ..model import GPTConfig
 
-    meta = ck.read_meta(folder)
+    try:  # a broken checkpoint fails here, before any data or weights: one error: line
+        meta = ck.validate(folder, hashes=True, optimizer=resume)
+    except ck.CheckpointError as err:
+        raise ConfigError(str(err)) from err
     tokenizer = ck.read_tokenizer(folder)
     model_config = GPTConfig.from_dict(meta["model_config"])
     if cfg.tokenizer is not None and not resume:
