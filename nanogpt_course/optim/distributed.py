@@ -1,36 +1,71 @@
-"""DistMuonAdamW: MuonAdamW with its state sharded over ranks (ZeRO-2), no DDP wrapper.
+"""DistMuonAdamW: MuonAdamW sharded over ranks (ZeRO-2: gradients and optimizer state), no
+DDP wrapper.
 
-Every rank runs the same model on its own micro-batch and calls ``loss.backward()`` then
-``opt.step()``. Inside ``step()``:
+Every rank runs the same model on its own micro-batches and calls ``loss.backward()`` (once
+per micro-step) then ``opt.step()``; the caller's code is the single-GPU code.
 
-1. **Reduce-scatter** every gradient, all launched asynchronously up front: each rank
-   receives the *sum* over ranks of only the part it owns (its muon matrices; its flat
-   chunk of each large AdamW tensor). AdamW tensors smaller than ``small_param_numel``
-   (default 4096 elements, see :mod:`~nanogpt_course.optim.sharding`) are concatenated and
-   all-reduced in one collective instead.
-2. (Only with clipping / ``track_grad_norm``) wait for all of them and all-reduce the
-   squared norm of the owned parts: the global norm, identical on every rank.
-3. Per unit, in launch order: wait for its gradient (later ones are still in flight, so
-   communication overlaps this compute), divide by the world size, update the owned part
-   with Muon or AdamW (state exists only on the owner), and launch an async **all-gather**
-   of the updated values.
-4. Wait for the all-gathers and write the gathered values into every rank's parameters.
+Ownership (the plan in :mod:`~nanogpt_course.optim.sharding`, the same on every rank):
+Muon needs whole matrices for Newton-Schulz, so each Muon matrix is **owned** whole by one
+rank (round-robin within each (group, shape, dtype)). AdamW is elementwise, so an AdamW
+tensor with ``numel >= small_param_numel`` (4096) is cut **flat** into ``W`` chunks of
+``c = ceil(numel / W)`` elements, rank ``r`` owning ``[r c, (r + 1) c)``. Smaller AdamW
+tensors are **replicated** (every rank keeps and updates them).
 
-Muon needs whole matrices, so muon parameters are owned whole: same-shape matrices are
-stacked, ``(W * per_rank, m, n)``, in owner order, and one reduce-scatter hands each rank its
-``(per_rank, m, n)`` slab, which it orthogonalizes in one batched call. AdamW is
-elementwise, so large AdamW tensors are split flat into ``W`` equal chunks (zero padded
-when ``numel`` does not divide). Shapes that do not divide the world size, parameters
-without gradients (skipped, as in MuonAdamW: they must lack gradients on every rank) and
-world size 1 (no process group at all) all work.
+Who holds what during one step on rank ``r`` of ``W`` (``P`` = all parameter elements,
+``b`` = bytes per element of the parameters and gradients, fp32 here: 4; ``P_r`` = the
+elements rank ``r`` owns, ~``P / W``; ``S`` = the small replicated tensors, a few KiB):
 
-Memory: what is sharded is everything the optimizer keeps (momentum and Adam moments, on
-their owner only) and the reduced gradients. The backward pass still fills every local
-``p.grad`` in full, as DDP does; the trainer frees them with ``zero_grad(set_to_none=True)``.
+=====================  ===========================================  ========================
+point                  gradients on rank r                          on the wire (per rank)
+=====================  ===========================================  ========================
+forward                the owned accumulators of earlier micro-     nothing
+                       steps (``P_r b``; none on the first)
+backward, as each      that parameter's full ``p.grad`` (autograd   slab: ``(W, m, n)`` sent,
+gradient completes     made it), moved into its bucket and          ``(m, n)`` received;
+(post-accumulate-      ``p.grad = None``; a bucket launches when    flat: ``W c`` sent, ``c``
+grad hook)             full; at most ``max_in_flight`` (4) launched received; small: ``S``
+                       buckets' send + receive buffers alive, plus  all-reduced
+                       partly filled slabs (< ``W`` matrices each)
+end of backward        ``P_r b`` owned accumulators (+ ``S b``,     the buckets that waited
+(engine callback)      + flat zero padding < ``W`` elements per     for absent gradients
+                       tensor); no ``p.grad``, nothing in flight
+``step()``             the same, consumed: Muon on owned matrices   all-gather: ``P_r`` sent,
+                       (a ``(k, m, n)`` stack of them), AdamW on    ``P`` received (updated
+                       owned chunks; then freed                     parameters)
+=====================  ===========================================  ========================
 
-The collectives go through :class:`Collectives` (one object per optimizer), which tests
-wrap to record the order of launches and waits. On gloo (CPU) ``reduce_scatter`` returns a
-work handle whose ``wait()`` is all we use (gloo has no futures for it); NCCL works the same.
+Parameters: every rank holds all ``P b`` (stage 2 does not shard them). Optimizer state:
+Muon momentum (``m n`` per owned matrix) and Adam moments (``2 c`` per owned chunk, ``2 n``
+per small tensor) on the owner only: ~``state / W`` per rank. Traffic per step is one
+reduce-scatter of the gradients per micro-step plus one all-gather of the parameters: for
+accumulation 1, the bytes of DDP's all-reduce (a ring all-reduce *is* a reduce-scatter then
+an all-gather); slabs add the zero-padding of a last, partly filled slab per shape.
+
+Gradient accumulation: every micro-step's backward reduce-scatters, and the owned part is
+added into the accumulator (DeepSpeed's choice: memory stays ``P_r b`` at the price of one
+reduce-scatter per micro-step; see :mod:`~nanogpt_course.optim.grad_shard`), so ``N`` ranks
+x accumulation ``A`` sum exactly the gradients of 1 rank x ``A N``. ``step()`` divides by
+``W`` (the trainer already divided the loss by ``A``).
+
+``step()``: (only with clipping / ``track_grad_norm``) all-reduce the squared norm of the
+owned parts, the global norm; then per unit (a Muon shape, a flat tensor, the small bundle)
+update what this rank owns and launch an async **all-gather** of the result; then wait for
+them and write the gathered values into every rank's parameters. Parameters that get no
+gradient on any rank are skipped (they must lack it on every rank); gradients assigned by
+hand (``p.grad = ...``) are sharded at ``step()`` time. World size 1 (no process group)
+works: the collectives become copies.
+
+Hooks fire when autograd accumulates a parameter's gradient, so a model compiled as *one*
+graph produces every gradient at the end of its compiled backward: nothing would overlap
+and the peak would hold every full gradient. The trainer compiles block by block instead
+(:mod:`nanogpt_course.train.compiling`). ``grad_hooks=False`` gives the older path (full
+gradients until ``step()``, which reduce-scatters them all at once) for comparisons.
+
+The collectives go through :class:`Collectives` (one object per optimizer), which tests and
+lesson 06 wrap (:class:`RecordingCollectives`) to record launches, waits and the marks
+``backward_start`` / ``grad_ready`` / ``backward_end``. On gloo (CPU) ``reduce_scatter``
+returns a work handle whose ``wait()`` is all we use (gloo has no futures for it); NCCL
+works the same.
 """
 
 from __future__ import annotations

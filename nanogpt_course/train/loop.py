@@ -28,6 +28,7 @@ import torch
 
 from .. import checkpoint as ck
 from .build import RunPlan, build_model, build_optimizer, load_optimizer_state
+from .compiling import compile_for_training
 from .metrics import MetricsLogger, StepTimer, device_peak_flops, mfu, peak_memory_bytes
 from .schedule import apply as apply_schedule
 from .validation import evaluate_bpb, run_eval_hook, sample_texts
@@ -111,8 +112,8 @@ class Trainer:
         if run.resume_from is not None:
             self._restore(run.resume_from, run.resume_meta)
         self.forward = self.model
-        if self.cfg.compile:
-            self.forward = torch.compile(self.model, dynamic=False)
+        if self.cfg.compile:  # block by block when DistMuonAdamW shards grads in backward
+            self.forward = compile_for_training(self.model, self.optimizer)
         self.peak = device_peak_flops(rt.device)
         self.timer = StepTimer()
 

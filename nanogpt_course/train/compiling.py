@@ -1,0 +1,66 @@
+"""``--compile``: the model as one graph, or block by block when gradients shard in backward.
+
+``torch.compile(model)`` turns the whole forward into one graph and the whole backward into
+one autograd node: every parameter's gradient appears when that node finishes, at the very
+end of backward. DistMuonAdamW's ZeRO-2 hooks (``register_post_accumulate_grad_hook``) then
+fire all at once: nothing overlaps the backward and the peak holds every full gradient.
+
+:class:`BlockwiseCompiled` compiles each transformer block, and the head + loss, as separate
+graphs (what ``nn.Module.compile`` does per block; torchtitan compiles per block too): the
+backward becomes one node per block, so block ``i``'s gradients are complete, and their
+hooks fire and their reduce-scatters leave, while block ``i - 1`` is still differentiating.
+Blocks of the same shape reuse one compiled graph (dynamo inlines ``nn.Module``s and guards
+on the parameters' shapes, not their identity). The compiled calls are switched on only for
+the training forward, so evaluation and sampling (KV cache) use the plain model.
+
+:func:`compile_for_training` picks: block by block when the optimizer shards gradients in
+backward, the whole model otherwise (one GPU: MuonAdamW, the faster single graph).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BlockwiseCompiled", "compile_for_training"]
+
+
+def _head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy of ``GPT.forward(idx, targets)`` from hidden states (B, T, C)."""
+    logits = model.head(h)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+
+class BlockwiseCompiled:
+    """``loss = BlockwiseCompiled(model)(idx, targets)``: the GPT's training loss with each
+    block and the head + loss compiled separately (``compile_kwargs`` go to torch.compile).
+
+    ``block_calls[i]`` is block ``i``'s compiled call (tests wrap them to mark where each
+    block's backward starts).
+    """
+
+    def __init__(self, model, **compile_kwargs):
+        self.model = model
+        self.block_calls = [torch.compile(b._call_impl, **compile_kwargs)
+                            for b in model.blocks]
+        self.head_loss = torch.compile(_head_loss, **compile_kwargs)
+
+    def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        blocks = self.model.blocks
+        for block, call in zip(blocks, self.block_calls):
+            # nn.Module.__call__ runs _compiled_call_impl when set (what Module.compile sets)
+            block._compiled_call_impl = call
+        try:
+            h = self.model.hidden(idx)
+        finally:
+            for block in blocks:
+                block._compiled_call_impl = None
+        return self.head_loss(self.model, h, targets)
+
+
+def compile_for_training(model, optimizer, **compile_kwargs):
+    """The callable ``(idx, targets) -> loss`` the trainer runs under ``--compile``."""
+    compile_kwargs.setdefault("dynamic", False)
+    if getattr(optimizer, "shards_grads_in_backward", False) and hasattr(model, "blocks"):
+        return BlockwiseCompiled(model, **compile_kwargs)
+    return torch.compile(model, **compile_kwargs)
