@@ -242,3 +242,41 @@ def summary(fit: ScalingFit, *, source: str = "") -> str:
     for s in fit.skipped:
         lines.append(f"  skipped budget {s}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- synthetic data
+def chinchilla_loss(n, d, *, e: float = 1.69, a: float = 406.4, b: float = 410.7,
+                    alpha: float = 0.34, beta: float = 0.28):
+    """Hoffmann et al.'s parametric loss ``E + A/N^α + B/D^β`` (their fitted constants by
+    default). With ``C = 6ND`` its compute-optimal size grows as ``C^(β/(α+β))``."""
+    n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    return e + a / n ** alpha + b / d ** beta
+
+
+def synthetic_sweep(budgets=(1e18, 3e18, 1e19, 3e19), *, points: int = 7,
+                    span_decades: float = 1.0, noise: float = 0.01, seed: int = 0,
+                    **law) -> list[dict]:
+    """Rows like a sweep's (``budget_flops``, ``params_scaling``, ``tokens``, ``flops``,
+    ``val_bpb``, ``depth``) drawn from :func:`chinchilla_loss` with ``C = 6ND`` and Gaussian
+    noise of ``noise`` on the loss: ``points`` model sizes per budget, spread over
+    ``span_decades`` around the true optimum. For testing the fits against known answers."""
+    alpha, beta = law.get("alpha", 0.34), law.get("beta", 0.28)
+    a, b = law.get("a", 406.4), law.get("b", 410.7)
+    rng = np.random.default_rng(seed)
+    # the exact optimum of E + A/N^α + B/(C/6N)^β over N
+    g = (alpha * a / (beta * b)) ** (1 / (alpha + beta))
+    rows = []
+    for c in budgets:
+        n_opt = g * (c / 6) ** (beta / (alpha + beta))
+        for i, x in enumerate(np.linspace(-span_decades / 2, span_decades / 2, points)):
+            n = n_opt * 10 ** x
+            d = c / (6 * n)
+            loss = float(chinchilla_loss(n, d, **law) + rng.normal(0, noise))
+            rows.append({"budget_flops": c, "params_scaling": n, "tokens": d, "flops": c,
+                         "val_bpb": loss, "depth": i + 1, "status": "ok"})
+    return rows
+
+
+def true_exponents(alpha: float = 0.34, beta: float = 0.28) -> tuple[float, float]:
+    """``(a, b)`` of ``N_opt ∝ C^a``, ``D_opt ∝ C^b`` for :func:`chinchilla_loss`."""
+    return beta / (alpha + beta), alpha / (alpha + beta)
