@@ -22,7 +22,7 @@ RDZV = $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(
 truthy = $(filter 1 true yes on,$(1))
 
 .PHONY: help setup test test-fast lab sync lint format env gpu-status kill-gpu \
-        quickstart ddp-train chat-server run-scaling-law clean
+        quickstart ddp-train chat-server chat run-scaling-law clean
 
 help: ## list every target
 	@echo "nanogpt-course: make <target>"
@@ -73,8 +73,12 @@ ddp-train: setup ## torchrun on NGPUS GPUs: MODE DEPTH DATA TARGET_FLOPS MAX_STE
 	  $(if $(call truthy,$(CHATCORE_EVALS)),--chatcore-every $(CHATCORE_EVERY)) \
 	  $(if $(OUT),--out $(OUT)) $(ARGS)
 
-chat-server: ## web chat on http://localhost:8003 (arrives with the chat issue)
-	@echo "make chat-server is not built yet: it arrives with the chat issue. See README, 'Status'." >&2; exit 2
+chat-server: ## web chat on http://localhost:8003: CHECKPOINT (default: the shipped chat model) PORT HOST ARGS
+	$(PY) -m nanogpt_course.chat.server $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+	  --port $(or $(PORT),8003) $(if $(HOST),--host $(HOST)) $(ARGS)
+
+chat: ## chat in the terminal: CHECKPOINT (default: the shipped chat model) ARGS (e.g. --temperature 0.5)
+	$(PY) -m nanogpt_course.chat $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(ARGS)
 
 run-scaling-law: ## depth x FLOPs sweep for isoFLOP curves (arrives with the scaling-laws issue)
 	@echo "make run-scaling-law is not built yet: it arrives with the scaling-laws issue. See README, 'Status'." >&2; exit 2
