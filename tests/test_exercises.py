@@ -74,3 +74,105 @@ def test_every_stub_in_a_lesson_is_a_registered_exercise(lesson):
     stubs = {n for n, fn in _functions(REPO / "lessons" / f"{lesson}.py").items() if _is_stub(fn)}
     registered = {k.split(".", 1)[1] for k in exercises.names(lesson)}
     assert stubs == registered
+
+
+# ---------------------------------------------------------------------------- checkers that teach
+@pytest.fixture
+def tensor_exercise():
+    """A registered exercise on tensors, small and large, with tiered hints."""
+    import torch
+
+    key = "98_teach.double"
+
+    def cases():
+        return [exercises.Case("small", (torch.tensor([1.0, 2.0, 3.0]),)),
+                exercises.Case("large", (torch.arange(600.0).reshape(20, 30),)),
+                exercises.Case("empty list", ([],))]
+
+    def reference(x):
+        return x * 2 if hasattr(x, "shape") else []
+
+    exercises.exercise(key, reference, cases,
+                       hints=("each entry is twice its input", "multiply by a number",
+                              "return x * 2"))
+    yield key
+    exercises._REGISTRY.pop(key)
+    exercises._HINTS_SHOWN.pop(key, None)
+
+
+def test_right_answer_prints_the_table_once(tensor_exercise, capsys):
+    mine = lambda x: x + x if hasattr(x, "shape") else []
+    assert exercises.check(tensor_exercise, mine) is mine
+    out = capsys.readouterr().out
+    assert out.count("max diff") == 1 and "all 3 cases pass" in out
+    assert "tensor([2.0, 4.0, 6.0], float32)" in out  # small tensors by value
+
+
+def test_wrong_tensor_answer_shows_values_and_first_differences(tensor_exercise, capsys):
+    import torch
+
+    def wrong(x):
+        if not hasattr(x, "shape"):
+            return []
+        y = x * 2
+        if y.numel() > 3:
+            y = y.clone()
+            y[1, 2] += 1  # one wrong entry in the large case
+            y[4, 0] -= 7
+        else:
+            y = y + torch.tensor([0.0, 0.5, 0.0])
+        return y
+
+    with pytest.raises(exercises.ExerciseFailed) as info:
+        exercises.check(tensor_exercise, wrong)
+    assert capsys.readouterr().out == ""  # nothing printed: the table appears once, in the error
+    text = str(info.value)
+    assert text.count("max diff") == 1
+    assert "2 of 3 cases differ" in text
+    assert "expected tensor([2.0, 4.0, 6.0], float32)" in text  # small: by value
+    assert "got      tensor([2.0, 4.5, 6.0], float32)" in text
+    assert "2 of 600 entries differ; first: [1, 2] expected 64 got 65; [4, 0] expected 240 got 233" in text
+    assert "Hint 1 of 3: each entry is twice its input." in text  # the idea, not the code
+    assert "return x * 2" not in text
+    assert "exercises.hint('98_teach.double')" in text
+
+
+def test_raising_answer_is_reported_per_case(tensor_exercise):
+    def raises_on_large(x):
+        if hasattr(x, "shape") and x.ndim == 2:
+            return x[100]  # IndexError on the large case only
+        return x * 2 if hasattr(x, "shape") else []
+
+    with pytest.raises(exercises.ExerciseFailed) as info:
+        exercises.check(tensor_exercise, raises_on_large, verbose=False)
+    text = str(info.value)
+    assert "1 of 3 cases differ" in text and "RAISED" in text
+    assert "large: raised IndexError: index 100 is out of bounds" in text
+    assert "raises_on_large() (return x[100]" in text  # the learner's line
+    assert isinstance(info.value, IndexError)  # still catchable as the learner's error
+    assert isinstance(info.value.__cause__, IndexError)
+    report = exercises.run(tensor_exercise, raises_on_large)
+    assert [ok for *_, ok in report.rows] == [True, False, True]  # the other cases still ran
+
+
+def test_hints_come_in_tiers(tensor_exercise, capsys):
+    assert exercises.hint(tensor_exercise).startswith("hint 1 of 3: each entry")
+    assert exercises.hint(tensor_exercise).startswith("hint 2 of 3: multiply")
+    assert "return x * 2 (last hint)" in exercises.hint(tensor_exercise)
+    assert "return x * 2 (last hint)" in exercises.hint(tensor_exercise)  # stays at the last
+    assert exercises.hint(tensor_exercise, level=1).startswith("hint 1 of 3")
+    assert capsys.readouterr().out.count("hint ") == 5
+
+
+def test_single_hint_exercises_still_work(tensor_exercise):
+    ex = exercises.get("01_tokenizer.decode")
+    assert ex.tiers and all(isinstance(t, str) for t in ex.tiers)
+    old_style = exercises.Exercise(key="x.y", reference=abs, cases=list, hint="one hint")
+    assert old_style.tiers == ["one hint"]
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if k.startswith("01_")])
+def test_lesson01_hints_do_not_give_the_solution_first(key):
+    tiers = exercises.get(key).tiers
+    assert len(tiers) >= 2, f"{key}: give the idea first, code-like help last"
+    assert not any(code in tiers[0] for code in ("(", "[", "=", "zip", "join")), tiers[0]

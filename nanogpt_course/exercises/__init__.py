@@ -8,10 +8,19 @@ with :func:`exercise`. In the lesson, a stub is followed by a checker cell::
 
     count_pairs = exercises.check("01_tokenizer.count_pairs", count_pairs)
 
-:func:`check` runs every case, prints a small table (case / expected / got / max diff), and
-returns the function to use from then on: the learner's when it passes, the library's
-reference when the stub is still unattempted (so the rest of the notebook runs). A wrong
-answer raises :class:`ExerciseFailed` with the table, so mistakes are never silent.
+:func:`check` runs every case and returns the function to use from then on: the learner's
+when it passes (after printing the table of case / expected / got / max diff once), the
+library's reference when the stub is still unattempted (so the rest of the notebook runs).
+A wrong answer raises :class:`ExerciseFailed`, so mistakes are never silent; its message
+is written to teach:
+
+- the table, then for each wrong case what differs: small tensors and lists by value, large
+  ones as their first differing entries (index, expected, got);
+- an exception raised by the learner's function is caught per case and reported with the
+  case name and the line of the learner's code it came from (the other cases still run);
+- a hint in tiers: the idea first; ``exercises.hint(key)`` reveals the next tier, the last
+  one closest to code. Exercises register tiers with ``hints=(...)`` (a single ``hint=``
+  string still works).
 """
 
 from __future__ import annotations
@@ -19,11 +28,13 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Case", "Exercise", "ExerciseFailed", "exercise", "check", "run", "names", "get"]
+__all__ = ["Case", "Exercise", "ExerciseFailed", "exercise", "check", "run", "names", "get",
+           "hint"]
 
 
 @dataclass
@@ -44,14 +55,25 @@ class Exercise:
     cases: Callable[[], Sequence[Case]]  # built lazily: cases may need data or a model
     tol: float = 1e-5
     compare: Callable[[Any, Any], float] | None = None  # returns a "max diff"; 0 = equal
-    hint: str = ""
+    hint: str = ""  # one hint (older exercises); prefer ``hints``
+    hints: Sequence[str] = ()  # tiers: the idea first, the last closest to code
+
+    @property
+    def tiers(self) -> list[str]:
+        """Every hint tier in order (``hints``, else the single ``hint``)."""
+        return [h for h in (list(self.hints) or [self.hint]) if h]
 
 
 class ExerciseFailed(AssertionError):
-    """The learner's function returned something other than the reference on some case."""
+    """The learner's function returned something other than the reference on some case.
+
+    When the learner's function *raised* (and nothing else was wrong), the exception is also
+    an instance of that error's type (a ``TypeError`` stays catchable as ``TypeError``) and
+    is chained to it, so the original traceback is one scroll away."""
 
 
 _REGISTRY: dict[str, Exercise] = {}
+_HINTS_SHOWN: dict[str, int] = {}  # key -> how many tiers the learner has seen
 
 
 def exercise(key: str, reference: Callable, cases: Callable[[], Sequence[Case]], **options) -> Exercise:
@@ -119,29 +141,119 @@ def max_diff(got: Any, expected: Any) -> float:
     return 0.0 if got == expected else math.inf
 
 
-def _short(value: Any, width: int = 38) -> str:
-    shape = getattr(value, "shape", None)
-    text = f"tensor{tuple(shape)}" if shape is not None and len(shape) > 1 else repr(value)
+def _fmt_number(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else repr(x)
+
+
+SMALL = 16  # tensors and sequences up to this many entries are shown by value
+
+
+def _value(value: Any, width: int | None = None) -> str:
+    """A readable rendering: small tensors by value (rounded), large ones by shape."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        torch = None
+    if torch is not None and isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).removeprefix("torch.")
+        if value.numel() <= SMALL:
+            data = value.detach().cpu()
+            if data.is_floating_point():
+                data = data.double().round(decimals=4)
+            text = f"tensor({data.tolist()}, {dtype})"
+        else:
+            text = f"tensor{tuple(value.shape)} {dtype}"
+    else:
+        text = repr(value)
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+    if width is not None and len(text) > width:
+        text = text[: width - 3] + "..."
+    return text
+
+
+def _short(value: Any, width: int = 38) -> str:
+    return _value(value, width)
+
+
+def _first_differences(got: Any, expected: Any, tol: float, limit: int = 4) -> str:
+    """Where two outputs differ, in words: the first differing entries for tensors and
+    sequences, missing/extra keys for dicts, else both values."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        torch = None
+    if torch is not None and isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor):
+        if got.shape != expected.shape:
+            return (f"shape {tuple(got.shape)} but expected {tuple(expected.shape)}"
+                    + ("" if got.dtype == expected.dtype else
+                       f" (dtype {str(got.dtype)[6:]}, expected {str(expected.dtype)[6:]})"))
+        if expected.numel() <= SMALL:
+            return f"expected {_value(expected)}\n      got      {_value(got)}"
+        g, e = got.detach().cpu().double(), expected.detach().cpu().double()
+        bad = ((g - e).abs() > tol) | (g.isnan() != e.isnan())
+        where = bad.nonzero().tolist()[:limit]
+        parts = [f"[{', '.join(map(str, i))}] expected {e[tuple(i)].item():.6g} got "
+                 f"{g[tuple(i)].item():.6g}" for i in where]
+        n = int(bad.sum())
+        return (f"{n:,} of {bad.numel():,} entries differ; first: " + "; ".join(parts)
+                if parts else f"dtype {got.dtype} but expected {expected.dtype}")
+    if isinstance(got, dict) and isinstance(expected, dict):
+        missing, extra = sorted(map(repr, expected.keys() - got.keys())), sorted(
+            map(repr, got.keys() - expected.keys()))
+        if missing or extra:
+            return (f"missing keys {', '.join(missing[:limit]) or '-'}; "
+                    f"unexpected keys {', '.join(extra[:limit]) or '-'}")
+        wrong = [k for k in expected if max_diff(got[k], expected[k]) > tol][:limit]
+        return "; ".join(f"[{k!r}] expected {_value(expected[k], 40)} got {_value(got[k], 40)}"
+                         for k in wrong)
+    if isinstance(got, (list, tuple)) and isinstance(expected, (list, tuple)):
+        if len(got) <= SMALL and len(expected) <= SMALL:
+            prefix = (f"length {len(got)}, expected {len(expected)}; "
+                      if len(got) != len(expected) else "")
+            return f"{prefix}expected {_value(expected)}\n      got      {_value(got)}"
+        if len(got) != len(expected):
+            return f"length {len(got)} but expected {len(expected)}"
+        wrong = [i for i, (g, e) in enumerate(zip(got, expected)) if max_diff(g, e) > tol]
+        return f"{len(wrong)} of {len(expected)} items differ; first: " + "; ".join(
+            f"[{i}] expected {_value(expected[i], 40)} got {_value(got[i], 40)}"
+            for i in wrong[:limit])
+    return f"expected {_value(expected, 200)}\n      got      {_value(got, 200)}"
+
+
+def _where(err: BaseException) -> str:
+    """The innermost frame of the learner's code (not this module's) that raised."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename != __file__]
+    if not frames:
+        return ""
+    f = frames[-1]
+    line = f" ({f.line.strip()})" if f.line else ""
+    return f" at line {f.lineno} of {f.name}(){line}"
 
 
 @dataclass
 class Report:
-    """What :func:`run` found: one row per case, and whether all passed."""
+    """What :func:`run` found: one row per case ``(name, expected, got, max diff, ok)``, the
+    per-case explanations of wrong cases, and the exceptions the learner's code raised."""
 
     key: str
     rows: list[tuple[str, str, str, float, bool]]
-    error: BaseException | None = None
+    error: BaseException | None = None  # NotImplementedError: the stub is unattempted
+    details: list[tuple[str, str]] = field(default_factory=list)  # (case, what differs)
+    raised: dict[str, BaseException] = field(default_factory=dict)  # case -> exception
 
     @property
     def passed(self) -> bool:
-        return self.error is None and all(ok for *_, ok in self.rows)
+        return self.error is None and not self.raised and all(ok for *_, ok in self.rows)
+
+    @property
+    def n_wrong(self) -> int:
+        return sum(not ok for *_, ok in self.rows)
 
     def table(self) -> str:
         head = ("case", "expected", "got", "max diff", "")
         rows = [head] + [
-            (name, exp, got, "-" if math.isinf(d) else f"{d:.2e}", "ok" if ok else "WRONG")
+            (name, exp, got, "-" if math.isinf(d) else f"{d:.2e}",
+             "ok" if ok else ("RAISED" if name in self.raised else "WRONG"))
             for name, exp, got, d, ok in self.rows
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -149,29 +261,96 @@ class Report:
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
+    def explain(self) -> str:
+        """The table, then what differs in each wrong case."""
+        parts = [self.table()]
+        if self.details:
+            parts.append("what differs:")
+            parts += [f"  {name}: {text}" for name, text in self.details]
+        return "\n".join(parts)
+
 
 def run(key: str, fn: Callable) -> Report:
-    """Run ``fn`` on every case of exercise ``key``; exceptions propagate except
-    NotImplementedError, which is recorded in ``Report.error``."""
+    """Run ``fn`` on every case of exercise ``key``. An exception from ``fn`` is recorded
+    for its case (the other cases still run); NotImplementedError (an unattempted stub) stops
+    the run and is recorded in ``Report.error``. Errors in the reference itself propagate."""
     ex = get(key)
-    rows = []
+    rows, details, raised = [], [], {}
     for case in ex.cases():
         expected = ex.reference(*case.args, **case.kwargs)
         try:
             got = fn(*case.args, **case.kwargs)
         except NotImplementedError as err:
             return Report(key, rows, error=err)
-        diff = (ex.compare or max_diff)(got, expected)
-        rows.append((case.name, _short(expected), _short(got), diff, diff <= ex.tol))
-    return Report(key, rows)
+        except Exception as err:  # the learner's bug: report it with the case, keep going
+            raised[case.name] = err
+            rows.append((case.name, _short(expected), f"raised {type(err).__name__}",
+                         math.inf, False))
+            details.append((case.name, f"raised {type(err).__name__}: {err}{_where(err)}"))
+            continue
+        try:
+            diff = (ex.compare or max_diff)(got, expected)
+        except Exception as err:  # e.g. an output of a type the comparison cannot read
+            diff = math.inf
+            details.append((case.name, f"cannot compare the output ({type(err).__name__}: "
+                                       f"{err}); expected {_value(expected, 80)}"))
+        ok = diff <= ex.tol
+        rows.append((case.name, _short(expected), _short(got), diff, ok))
+        if not ok and not (details and details[-1][0] == case.name):
+            details.append((case.name, _first_differences(got, expected, ex.tol)))
+    return Report(key, rows, details=details, raised=raised)
+
+
+def hint(key: str, level: int | None = None) -> str:
+    """The next hint tier of an exercise (or tier ``level``, counted from 1), printed and
+    returned. Tiers go from the idea to something close to code."""
+    tiers = get(key).tiers
+    if not tiers:
+        text = f"[{key}] has no hints; compare your output with the 'expected' column."
+    else:
+        shown = _HINTS_SHOWN.get(key, 0)
+        n = level if level is not None else min(shown + 1, len(tiers))
+        n = max(1, min(n, len(tiers)))
+        _HINTS_SHOWN[key] = max(shown, n)
+        more = (f" (next: exercises.hint({key!r}))" if n < len(tiers) else " (last hint)")
+        text = f"hint {n} of {len(tiers)}: {tiers[n - 1]}{more}"
+    print(text)
+    return text
+
+
+def _failure(key: str, ex: Exercise, report: Report) -> ExerciseFailed:
+    tiers = ex.tiers
+    shown = max(_HINTS_SHOWN.get(key, 0), 1)
+    _HINTS_SHOWN[key] = shown
+    lines = [f"{key}: {report.n_wrong} of {len(report.rows)} cases differ from the reference "
+             f"(tolerance {ex.tol:g}).", report.explain()]
+    if tiers:
+        more = (f" More: exercises.hint({key!r})" if shown < len(tiers) else "")
+        tier = tiers[shown - 1].rstrip()
+        stop = "" if tier.endswith((".", "!", "?")) else "."
+        lines.append(f"Hint {shown} of {len(tiers)}: {tier}{stop}{more}")
+    message = "\n".join(lines)
+    only_raised = report.raised and all(name in report.raised for name, *_ , ok in report.rows
+                                        if not ok)
+    if only_raised:  # also catchable as the learner's own error type
+        first = next(iter(report.raised.values()))
+        try:
+            kind = type(f"ExerciseFailed_{type(first).__name__}", (ExerciseFailed, type(first)), {})
+            failed = kind(message)
+        except TypeError:  # incompatible exception layouts: a plain ExerciseFailed
+            failed = ExerciseFailed(message)
+        failed.__cause__ = first
+        return failed
+    return ExerciseFailed(message)
 
 
 def check(key: str, fn: Callable, *, verbose: bool = True) -> Callable:
     """Check a learner's ``fn`` and return the function the notebook should use next.
 
     - stub still raises NotImplementedError → says so, returns the library's reference;
-    - every case matches → prints the table, returns ``fn``;
-    - some case differs → raises :class:`ExerciseFailed` with the table.
+    - every case matches → prints the table once, returns ``fn``;
+    - some case differs or raises → raises :class:`ExerciseFailed` whose message holds the
+      table, what differs per case and the first hint tier (printed once, by the error).
     """
     report = run(key, fn)
     ex = get(key)
@@ -180,14 +359,9 @@ def check(key: str, fn: Callable, *, verbose: bool = True) -> Callable:
             print(f"[{key}] not attempted yet (NotImplementedError): using the library's "
                   f"version so the rest of the notebook runs. Fill in the stub and rerun.")
         return ex.reference
+    if not report.passed:
+        raise _failure(key, ex, report)
     if verbose:
         print(f"[{key}]\n{report.table()}")
-    if not report.passed:
-        raise ExerciseFailed(
-            f"{key}: {sum(not ok for *_, ok in report.rows)} of {len(report.rows)} cases differ "
-            f"from the reference (tolerance {ex.tol:g}).\n{report.table()}"
-            + (f"\nHint: {ex.hint}" if ex.hint else "")
-        )
-    if verbose:
         print(f"[{key}] all {len(report.rows)} cases pass.")
     return fn

@@ -76,12 +76,32 @@ def _decode_cases() -> list[Case]:
     ]
 
 
-exercise("01_tokenizer.count_pairs", bpe.count_pairs, _pair_cases,
-         hint="zip(ids, ids[1:]) walks the adjacent pairs; overlapping pairs each count")
-exercise("01_tokenizer.merge", bpe.merge, _merge_cases,
-         hint="scan left to right; after replacing a pair, skip both of its ids")
-exercise("01_tokenizer.encode", bpe.encode, _encode_cases,
-         hint="start from single bytes; each round join the adjacent pair whose bytes have "
-              "the lowest id in ranks (leftmost on a tie); stop when no pair is in ranks")
-exercise("01_tokenizer.decode", bpe.decode, _decode_cases,
-         hint="b''.join(vocab[i] for i in ids).decode('utf-8', errors='replace')")
+exercise("01_tokenizer.count_pairs", bpe.count_pairs, _pair_cases, hints=(
+    "every id except the last forms a pair with the id right after it; count each pair "
+    "once per position, so overlapping pairs in a run like 5 5 5 each count",
+    "walk the positions 0 .. len(ids) - 2 and add 1 to the count of the tuple made of the id "
+    "there and the next one; a dict with .get(pair, 0) keeps the counts",
+    "zip(ids, ids[1:]) yields exactly those adjacent tuples",
+))
+exercise("01_tokenizer.merge", bpe.merge, _merge_cases, hints=(
+    "scan from left to right, building a new list; where the pair starts, write the new id",
+    "after writing the new id, jump past *both* ids of the pair, so 5 5 5 with the pair "
+    "(5, 5) becomes new 5, not new new; elsewhere copy one id and move on by one",
+    "use an index i and a while loop: check i + 1 < len(ids) before looking at ids[i + 1]",
+))
+exercise("01_tokenizer.encode", bpe.encode, _encode_cases, hints=(
+    "start from the text's UTF-8 bytes as ids; merges learned earlier have lower ids and "
+    "must be applied first",
+    "each round, look at every adjacent pair whose joined bytes are a token in ranks and "
+    "join the one with the lowest id (the leftmost one on a tie); stop when no pair is a token",
+    "keep a list of byte strings; the candidate for position i is ranks.get(parts[i] + "
+    "parts[i + 1]); replace parts[i:i + 2] by the joined bytes; finally map each part "
+    "through ranks",
+))
+exercise("01_tokenizer.decode", bpe.decode, _decode_cases, hints=(
+    "an id stands for a byte string: concatenate the bytes of all ids first, then turn the "
+    "bytes into text once: one character may be split across two tokens",
+    "bytes that are not valid UTF-8 (half an emoji) must not raise: ask the decoder to "
+    "replace them with U+FFFD",
+    "look each id up in vocab, join with b''.join, and decode with errors='replace'",
+))
