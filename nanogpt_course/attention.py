@@ -95,6 +95,37 @@ def masked_attention(q, k, v, *, q_offset: int = 0, window: int | None = None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def prefix_attention(q, k, v, *, q_offset: int, window: int | None = None,
+                     backend: str = "auto"):
+    """T new queries at positions ``q_offset ..`` over keys 0 .. q_offset+T-1 (a KV cache).
+
+    A prompt that starts at position 0 is ordinary causal attention (flash/Flex kernels);
+    later chunks and single decode tokens use the explicit mask. q: (B, H, T, D); k, v:
+    (B, Hkv, q_offset+T, D).
+    """
+    if q_offset == 0 and backend != "mask":
+        return causal_attention(q, k, v, window=window, backend=backend)
+    return masked_attention(q, k, v, q_offset=q_offset, window=window)
+
+
+def cached_attention(q, k, v, mask):
+    """Queries against a whole preallocated cache, ``mask`` saying which slots they see.
+
+    q: (B, H, Tq, D); k, v: (B, Hkv, Tmax, D); mask: (Tq, Tmax) booleans (every query sees
+    at least one key). Returns (B, H, Tq, D). Grouped-query heads are handled by folding each
+    group's queries into one matrix instead of copying the cache ``H // Hkv`` times. Written
+    out (two batched matmuls and an fp32 softmax) so that ``torch.compile`` fuses it and CUDA
+    graphs can replay it: shapes never depend on how many slots are filled.
+    """
+    B, H, Tq, D = q.shape
+    Hkv = k.shape[1]
+    g = q.reshape(B, Hkv, (H // Hkv) * Tq, D)  # (B, Hkv, G*Tq, D), group-major like q's heads
+    scores = (g @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(D))  # (B, Hkv, G*Tq, Tmax)
+    scores = scores.view(B, Hkv, H // Hkv, Tq, -1).masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype).view(B, Hkv, (H // Hkv) * Tq, -1)
+    return (probs @ v).view(B, H, Tq, D)
+
+
 def _window_blocks(seq_len: int, window: int, block: int, device):
     """Block-level layout of a causal sliding window, from block indices only.
 
@@ -149,21 +180,34 @@ def sliding_window_block_mask(seq_len: int, window: int | None, device=None,
                                     mask_mod=mask_mod, **extra)
 
 
-_compiled_flex = None
+# How the stand-alone FlexAttention kernel is compiled (outside a compiled model):
+# "dynamic" (default) compiles once with symbolic batch and sequence sizes; "static"
+# specializes on every shape, as before: dynamo then recompiled for every new sequence
+# length (every prefill, every evaluation length) until its recompile limit (8) made it
+# fall back to the eager kernel, which materializes the full score matrix.
+FLEX_SHAPES = "dynamic"
+_compiled_flex: dict = {}
+
+
+def _compiled_flex_fn(mode: str):
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    if mode not in _compiled_flex:
+        if mode not in ("dynamic", "static"):
+            raise ValueError(f"FLEX_SHAPES must be 'dynamic' or 'static', got {mode!r}")
+        _compiled_flex[mode] = torch.compile(flex, dynamic=mode == "dynamic")
+    return _compiled_flex[mode]
 
 
 def flex_attention(q, k, v, block_mask):
     """FlexAttention, compiled once when called outside ``torch.compile`` (the eager kernel
-    materializes the full score matrix and is only fit for tests)."""
-    global _compiled_flex
+    materializes the full score matrix and is only fit for tests). q: (B, H, T, D)."""
     from torch.nn.attention.flex_attention import flex_attention as flex
 
     gqa = q.shape[1] != k.shape[1]
     if q.device.type != "cuda" or torch.compiler.is_compiling():
         return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    return _compiled_flex_fn(FLEX_SHAPES)(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 
 
 def causal_attention(q, k, v, *, window: int | None = None, backend: str = "auto",

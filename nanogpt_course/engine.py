@@ -18,9 +18,13 @@ reading the sampled token(s) back, and the next step is queued on the GPU before
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 
 import torch
+
+from . import fast_decode
+from .attention import prefix_attention
 
 __all__ = ["KVCache", "sample_next_token", "top_k_filter", "top_p_filter", "generate",
            "stream_text"]
@@ -79,6 +83,14 @@ class KVCache:
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+               window: int | None = None, backend: str = "auto") -> torch.Tensor:
+        """Store the new keys/values (B, Hkv, T, D) of ``layer`` and attend the T queries
+        (B, H, T, D) over every position so far (the model's attention calls this)."""
+        offset = self.pos
+        k, v = self.update(layer, k, v)
+        return prefix_attention(q, k, v, q_offset=offset, window=window, backend=backend)
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (the model calls this after its last layer)."""
@@ -185,6 +197,9 @@ class _Decoder:
         self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
         return self._run(self.tokens)
 
+    def close(self) -> None:
+        pass
+
 
 def _prompt_tensor(model, ids) -> torch.Tensor:
     ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
@@ -223,15 +238,23 @@ def generate(model, ids, max_new_tokens: int, *, temperature: float = 1.0,
     generator = None
     if seed is not None:
         generator = torch.Generator(device=prompt.device).manual_seed(seed)
-    decoder = _Decoder(model, prompt, num_samples, steps, use_cache)
-    pinned = prompt.device.type == "cuda"
+    decoder = _open_decoder(model, prompt, num_samples, steps, use_cache)
+    try:
+        yield from _decode(decoder, steps, num_samples, stop, generator,
+                           dict(temperature=temperature, top_k=top_k, top_p=top_p))
+    finally:
+        decoder.close()  # frees the fast path's buffers for the next generation
+
+
+def _decode(decoder, steps, num_samples, stop, generator, sampling):
+    """The token loop of :func:`generate`: sample on the device, read the tokens once."""
+    pinned = decoder.device.type == "cuda"
     host = torch.empty(num_samples, dtype=torch.long, pin_memory=pinned)
     finished: list[int | None] = [None] * num_samples  # the stop token that ended each row
     logits = decoder.start()
     for step in range(steps):
         with torch.inference_mode():
-            token = sample_next_token(logits, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, generator=generator)
+            token = sample_next_token(logits, generator=generator, **sampling)
             host.copy_(token, non_blocking=pinned)
             ready = torch.cuda.Event() if pinned else None
             if ready is not None:
@@ -246,6 +269,28 @@ def generate(model, ids, max_new_tokens: int, *, temperature: float = 1.0,
         yield row[0] if num_samples == 1 else row
         if all(f is not None for f in finished):
             return
+
+
+# Which decoder generate() uses (environment variable NANOGPT_COURSE_DECODE):
+# "auto"   compiled step replayed as a CUDA graph on CUDA (fast_decode), eager elsewhere;
+# "graph"  CUDA graph of the uncompiled step (no compile time; slower steps);
+# "static" fast_decode's static cache and cast weights, no compile, no graph (any device);
+# "eager"  the readable decoder below everywhere.
+DECODE_MODE = os.environ.get("NANOGPT_COURSE_DECODE", "auto")
+DECODE_MODES = ("auto", "graph", "static", "eager")
+
+
+def _open_decoder(model, prompt, n, steps, use_cache):
+    mode = DECODE_MODE
+    if mode not in DECODE_MODES:
+        raise ValueError(f"NANOGPT_COURSE_DECODE={mode!r}: choose one of {DECODE_MODES}")
+    cuda = prompt.device.type == "cuda"
+    if use_cache and (mode == "static" or (cuda and mode in ("auto", "graph"))):
+        fast = fast_decode.open_decoder(model, prompt, n, compile=mode == "auto",
+                                        graph=mode != "static")
+        if fast is not None:
+            return fast
+    return _Decoder(model, prompt, n, steps, use_cache)
 
 
 def stream_text(model, tokenizer, ids, max_new_tokens: int = 256, **kwargs) -> Iterator[str]:

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import BACKENDS, causal_attention, masked_attention, sliding_window_block_mask
+from .attention import BACKENDS, causal_attention, sliding_window_block_mask
 from .rope import apply_rope, rope_cos_sin
 
 VOCAB_PAD_MULTIPLE = 128
@@ -194,13 +194,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2).to(v.dtype) for t in (q, k, v))
         if kv_cache is None:
             y = causal_attention(q, k, v, window=window, backend=backend, block_mask=block_mask)
-        else:
-            offset = kv_cache.pos
-            k, v = kv_cache.update(self.layer, k, v)
-            if offset == 0 and backend != "mask":
-                y = causal_attention(q, k, v, window=window, backend=backend)
-            else:
-                y = masked_attention(q, k, v, q_offset=offset, window=window)
+        else:  # the cache stores k/v and attends (engine.KVCache, or the decode-graph cache)
+            y = kv_cache.attend(self.layer, q, k, v, window=window, backend=backend)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -299,12 +294,14 @@ class GPT(nn.Module):
 
         With a ``kv_cache`` the tokens continue the cached sequence (positions
         ``kv_cache.pos ..``), their keys/values are appended and the cache advances by T.
+        A cache whose position lives on the device (a CUDA-graphed decode step) has
+        ``pos = None``; it hands out the RoPE rows itself and its driver checks the room.
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.pos
-        if start + T > self.config.sequence_len:
+        if start is not None and start + T > self.config.sequence_len:
             where = f"positions {start}..{start + T - 1}" if start else f"{T} tokens"
             raise ValueError(f"{where} exceed the model's context of sequence_len="
                              f"{self.config.sequence_len} tokens: crop the input to the last "
@@ -312,7 +309,10 @@ class GPT(nn.Module):
         backend = self.attention_backend
         if backend not in BACKENDS:
             raise ValueError(f"attention_backend {backend!r} not in {BACKENDS}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if start is not None:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        else:
+            cos, sin = kv_cache.rope(self.rope_cos, self.rope_sin, T)
         masks = self._block_masks(T, idx.device, backend, kv_cache)
         x = x0 = norm(self.wte(idx))
         for i, block in enumerate(self.blocks):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanogpt_course import engine
+from nanogpt_course import engine, fast_decode
 from nanogpt_course.engine import KVCache, generate, sample_next_token, stream_text
 from nanogpt_course.model import GPT, GPTConfig
 
@@ -254,3 +254,87 @@ def test_stream_text_with_a_real_model():
     assert "".join(pieces) == tok.decode(tokens) or len(tokens) >= 8
     with pytest.raises(ValueError, match="num_samples"):
         list(stream_text(model, tok, [1], max_new_tokens=3, num_samples=2))
+
+
+# -- the fast decoder (static cache, cast weights) against the readable one ----------------
+@pytest.fixture
+def decode_mode(monkeypatch):
+    def use(mode):
+        monkeypatch.setattr(engine, "DECODE_MODE", mode)
+    yield use
+    fast_decode.release()
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(window_pattern="SSSL", short_window=7),
+                                       dict(value_embeds=False, residual_scalars=False,
+                                            n_kv_head=1)])
+def test_static_decoder_matches_readable_decoder(overrides, decode_mode):
+    """The device-position cache (masked attention over the whole buffer, index_copy_ writes,
+    RoPE rows gathered on the device) gives the readable decoder's tokens, prompt after
+    prompt through one reused step (the CUDA graph's situation), with several samples."""
+    model = make_model(**overrides)
+    cases = [([3, 1, 4, 1, 5], dict(temperature=0)), ([7, 7], dict(seed=3, top_k=50, top_p=0.9)),
+             (list(range(20)), dict(seed=4, num_samples=3)), ([9], dict(temperature=0))]
+    for prompt, kw in cases:
+        decode_mode("eager")
+        expected = list(generate(model, prompt, 40, **kw))
+        decode_mode("static")
+        assert list(generate(model, prompt, 40, **kw)) == expected, (prompt, kw)
+    runner = next(iter(fast_decode._RUNNERS[model].values()))
+    assert sorted(runner.steps) == [1, 3] and runner.weights.rebuilt == 1
+
+
+def test_static_decoder_logits_match_full_forward(decode_mode):
+    """Step by step, the fast decoder's logits equal the full forward's last position."""
+    model = make_model(window_pattern="SL", short_window=5)
+    seq = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(5))
+    dec = fast_decode.open_decoder(model, seq[:, :6], 1, compile=False)
+    try:
+        logits = [dec.start()]
+        logits += [dec.step(seq[0, t:t + 1]).clone() for t in range(6, 29)]
+    finally:
+        dec.close()
+    with torch.no_grad():
+        full = model(seq)[0, 5:29]
+    torch.testing.assert_close(torch.cat(logits), full, atol=1e-5, rtol=0)
+
+
+def test_fast_decoder_follows_weight_updates(decode_mode):
+    """Cast weights are refreshed in place when the model's parameters change (training),
+    and rebuilt when a parameter is replaced."""
+    decode_mode("static")
+    model = make_model()
+    greedy = lambda: list(generate(model, [1, 2, 3], 12, temperature=0))
+    before = greedy()
+    runner = next(iter(fast_decode._RUNNERS[model].values()))
+    with torch.no_grad():
+        model.blocks[0].mlp.c_fc.weight.mul_(-3.0)  # an in-place update, like an optimizer
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    after = greedy()
+    assert after != before and runner.weights.rebuilt == 1
+    decode_mode("eager")
+    assert greedy() == after
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    decode_mode("static")
+    replaced = greedy()
+    decode_mode("eager")
+    assert greedy() == replaced and runner.weights.rebuilt == 2
+
+
+def test_interleaved_generations_fall_back_to_the_readable_decoder(decode_mode):
+    """Two live generations of one batch size cannot share the static buffers: the second
+    decodes eagerly, and both give the tokens they would give alone."""
+    decode_mode("static")
+    model = make_model()
+    alone = [list(generate(model, p, 15, temperature=0)) for p in ([1, 2], [5, 6, 7])]
+    g1, g2 = generate(model, [1, 2], 15, temperature=0), generate(model, [5, 6, 7], 15,
+                                                                 temperature=0)
+    pairs = list(zip(g1, g2))
+    assert [a for a, _ in pairs] == alone[0] and [b for _, b in pairs] == alone[1]
+    assert list(generate(model, [1, 2], 15, temperature=0)) == alone[0]  # lock released
+
+
+def test_unknown_decode_mode(decode_mode):
+    decode_mode("turbo")
+    with pytest.raises(ValueError, match="NANOGPT_COURSE_DECODE"):
+        list(generate(make_model(), [1], 2))

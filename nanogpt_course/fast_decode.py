@@ -1,0 +1,315 @@
+"""Fast decoding: weights cast once, a static KV cache, and a decode step replayed as a graph.
+
+The readable decoder in :mod:`nanogpt_course.engine` runs the model eagerly: on a GPU every
+one of the ~600 kernels of a d12 decode step is launched from Python (tens of ms per token
+whatever the batch), and bf16 autocast re-casts every fp32 weight on every step. This module
+keeps the same model code (``GPT.hidden`` / ``GPT.head``) and removes those costs:
+
+- :class:`InferenceWeights` builds a *shadow* of the model whose linear weights are cast to
+  bf16 once; embeddings and scalars alias the model's own tensors. The shadow follows the
+  model: when a parameter changes in place (an optimizer step, ``load_state_dict``) its
+  version counter moves and the cast weights are re-copied, into the same memory.
+- :class:`StaticKVCache` holds every layer's keys and values for the model's whole context.
+  It has two modes. *Host* mode is the prefill: an int position, flash/Flex attention, the
+  same kernels as :class:`engine.KVCache`. *Device* mode is decoding: the position lives in a
+  GPU tensor, new keys are written with ``index_copy_`` and queries attend over the whole
+  buffer through a mask (:func:`attention.cached_attention`), so one step's shapes never
+  change and one captured graph serves every position and every prompt.
+- :class:`DecodeStep` compiles the one-token step (``torch.compile``, fused kernels) and
+  captures it as a CUDA graph; a step is then one ``replay()``. One per batch size, made on
+  first use (compile: tens of seconds once per process) and kept with the model.
+- :class:`FastDecoder` is what :func:`engine.generate` drives: ``start()`` prefills (eager,
+  so no recompilation for a new prompt length) and returns the first logits, ``step(token)``
+  replays the graph. Sampling stays in the engine (on the GPU, one host read per token).
+
+Prefill writes row 0 only; the prompt's keys are then copied to the other rows (several
+samples of one prompt). Slots past the current position may hold keys of an earlier
+generation: the mask hides them.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+
+import torch
+import torch.nn as nn
+
+from .attention import cached_attention, prefix_attention, visible
+
+__all__ = ["InferenceWeights", "StaticKVCache", "DecodeStep", "FastDecoder", "open_decoder",
+           "release"]
+
+
+class InferenceWeights:
+    """A shadow of ``model`` whose ``nn.Linear`` weights are ``dtype`` copies, cast once.
+
+    Every other tensor (embeddings, residual scalars) is the model's own, shared. Call
+    :meth:`sync` before use: it re-copies cast weights whose source changed (cheap check of
+    the parameters' version counters) and rebuilds everything if a parameter moved.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+        self.shadow = None
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._where = self._versions = None
+        self.rebuilt = 0  # how many times the shadow was built (a rebuild drops the graphs)
+
+    def _signature(self):
+        params = list(self.model.parameters())
+        return [p.data_ptr() for p in params], [p._version for p in params]
+
+    def sync(self) -> bool:
+        """Bring the shadow up to date; True when it was rebuilt (new tensors)."""
+        where, versions = self._signature()
+        if self.shadow is None or where != self._where:
+            self._build()
+            self._where, self._versions = where, versions
+            return True
+        if versions != self._versions:
+            with torch.no_grad():
+                for src, dst in self.pairs:
+                    dst.copy_(src)
+            self._versions = versions
+        self.shadow.attention_backend = self.model.attention_backend
+        return False
+
+    def _build(self):
+        model, dtype = self.model, self.dtype
+        linear = {f"{name}.weight" for name, m in model.named_modules()
+                  if isinstance(m, nn.Linear)}
+        state, pairs = {}, []
+        with torch.no_grad():
+            for name, t in model.state_dict(keep_vars=True).items():
+                t = t.detach()
+                if name in linear and t.dtype != dtype:
+                    low = t.to(dtype)
+                    pairs.append((t, low))
+                    t = low
+                state[name] = t
+        with torch.device("meta"):
+            shadow = type(model)(model.config)
+        shadow.load_state_dict(state, assign=True)  # its load hook rebuilds the RoPE tables
+        shadow.attention_backend = model.attention_backend
+        self.shadow = shadow.eval().requires_grad_(False)
+        self.pairs = pairs
+        self.rebuilt += 1
+
+
+class StaticKVCache:
+    """Keys and values of ``n_layer`` layers: per layer (batch, n_kv_head, max_len, head_dim).
+
+    Host mode (``pos`` an int): prefill of the first rows, like :class:`engine.KVCache`.
+    Device mode (after :meth:`to_device_mode`; ``pos`` is None): the position is ``pos_t``,
+    a GPU scalar that the step itself advances, so a captured graph can replay any step.
+    """
+
+    def __init__(self, batch_size: int, n_layer: int, n_kv_head: int, head_dim: int,
+                 max_len: int, *, device, dtype: torch.dtype):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.batch_size, self.max_len = batch_size, max_len
+        self.slots = torch.arange(max_len, device=device)  # absolute position of each slot
+        self.pos_t = torch.zeros((), dtype=torch.long, device=device)
+        self.on_device = False
+        self._pos = 0
+
+    @property
+    def pos(self) -> int | None:
+        """Filled positions in host mode; None in device mode (the count is ``pos_t``)."""
+        return None if self.on_device else self._pos
+
+    def reset(self) -> None:
+        self._pos, self.on_device = 0, False
+
+    def rope(self, cos: torch.Tensor, sin: torch.Tensor, T: int):
+        """Device mode: the RoPE rows (T, D/2) of positions ``pos_t .. pos_t+T-1``."""
+        at = self.pos_t + self.slots[:T]
+        return cos[at], sin[at]
+
+    def attend(self, layer: int, q, k, v, *, window: int | None = None, backend: str = "auto"):
+        """Store k/v (B, Hkv, T, D) at the current positions; attend q (B, H, T, D) over
+        every filled position (host mode: the first B rows only)."""
+        T = k.shape[2]
+        if self.on_device:
+            at = self.pos_t + self.slots[:T]
+            kc, vc = self.k[layer], self.v[layer]
+            kc.index_copy_(2, at, k.to(kc.dtype))
+            vc.index_copy_(2, at, v.to(vc.dtype))
+            return cached_attention(q, kc, vc, visible(at, self.slots, window))
+        B, end = k.shape[0], self._pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
+        kc, vc = self.k[layer][:B], self.v[layer][:B]
+        kc[:, :, self._pos:end] = k
+        vc[:, :, self._pos:end] = v
+        return prefix_attention(q, kc[:, :, :end], vc[:, :, :end], q_offset=self._pos,
+                                window=window, backend=backend)
+
+    def advance(self, n: int) -> None:
+        if self.on_device:
+            self.pos_t.add_(n)
+        else:
+            self._pos += n
+
+    def to_device_mode(self, rows_filled: int = 1) -> None:
+        """After a prefill of the first ``rows_filled`` rows: copy row 0's prompt to every
+        other row (several samples of one prompt) and move the position to the device."""
+        n = self._pos
+        if rows_filled == 1 and self.batch_size > 1 and n:
+            for buf in self.k + self.v:
+                buf[1:, :, :n] = buf[:1, :, :n]
+        self.pos_t.fill_(n)
+        self.on_device = True
+
+
+class DecodeStep:
+    """One decode step for ``batch`` rows, optionally compiled and captured as a CUDA graph.
+
+    Inputs and outputs are static buffers: write the tokens (batch,) into :attr:`tokens`,
+    call :meth:`run`, read :attr:`logits` (batch, vocab_size) fp32. The step advances the
+    cache's device position by one.
+    """
+
+    def __init__(self, weights: InferenceWeights, batch: int, *, compile: bool, graph: bool):
+        shadow = weights.shadow
+        cfg = shadow.config
+        device = shadow.wte.weight.device
+        self.low_precision = weights.dtype != torch.float32
+        self.cache = StaticKVCache(batch, cfg.n_layer, cfg.n_kv_head, cfg.head_dim,
+                                   cfg.sequence_len, device=device, dtype=weights.dtype)
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
+        self.logits = torch.zeros(batch, cfg.vocab_size, dtype=torch.float32, device=device)
+        self.lock = threading.Lock()  # one generation at a time owns the buffers
+        cache, tokens, logits = self.cache, self.tokens, self.logits
+        autocast = device.type == "cuda" and self.low_precision
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                h = shadow.hidden(tokens[:, None], cache)
+                logits.copy_(shadow.head(h[:, -1]))
+
+        fn = torch.compile(step, fullgraph=True, dynamic=False) if compile else step
+        self.graph = None
+        cache.to_device_mode()
+        with torch.no_grad():
+            if graph:
+                # warm up (compiles) on a side stream, as CUDA graph capture requires
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        fn()
+                torch.cuda.current_stream(device).wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    fn()
+            else:
+                fn()  # compile now, not in the middle of the first generation
+        self._fn = fn
+        cache.pos_t.zero_()  # warm-up wrote junk at slots 0-1: the prefill overwrites them
+        cache.reset()
+
+    def run(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            with torch.no_grad():
+                self._fn()
+
+
+class _Runner:
+    """What fast decoding keeps per model: the cast weights and one step per batch size."""
+
+    def __init__(self, model, dtype, compile, graph):
+        self.weights = InferenceWeights(model, dtype)
+        self.compile, self.graph = compile, graph
+        self.steps: dict[int, DecodeStep] = {}
+        self.failed: dict[int, str] = {}
+
+    def step_for(self, batch: int) -> DecodeStep | None:
+        if self.weights.sync():
+            self.steps.clear()  # new tensors: graphs captured on the old ones are stale
+        if batch in self.failed:
+            return None
+        if batch not in self.steps:
+            try:
+                self.steps[batch] = DecodeStep(self.weights, batch, compile=self.compile,
+                                               graph=self.graph)
+            except Exception as err:  # a broken fast path must not break generation
+                self.failed[batch] = f"{type(err).__name__}: {err}"
+                warnings.warn(f"fast decoding unavailable ({self.failed[batch]}); using the "
+                              f"eager decoder", RuntimeWarning, stacklevel=3)
+                return None
+        return self.steps[batch]
+
+
+_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _runner(model, *, dtype, compile, graph) -> _Runner:
+    key = (dtype, compile, graph)
+    per_model = _RUNNERS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = _Runner(model, dtype, compile, graph)
+    return per_model[key]
+
+
+def release(model=None) -> None:
+    """Free the cast weights, caches and graphs kept for ``model`` (every model if None)."""
+    if model is None:
+        _RUNNERS.clear()
+    else:
+        _RUNNERS.pop(getattr(model, "_orig_mod", model), None)
+
+
+class FastDecoder:
+    """The engine's decoder interface (``start``, ``step``, ``close``) on a static step."""
+
+    def __init__(self, weights: InferenceWeights, step: DecodeStep, prompt: torch.Tensor,
+                 n: int):
+        self.weights, self.decode, self.prompt, self.n = weights, step, prompt, n
+        self.device = prompt.device
+
+    def start(self) -> torch.Tensor:
+        """Prefill the prompt (1, T) into row 0; the first logits, (n, vocab_size)."""
+        shadow, cache = self.weights.shadow, self.decode.cache
+        cache.reset()
+        dev = self.prompt.device
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                             enabled=self.decode.low_precision
+                                             and dev.type == "cuda"):
+            h = shadow.hidden(self.prompt, cache)
+            logits = shadow.head(h[:, -1])
+        cache.to_device_mode(rows_filled=1)
+        return logits.expand(self.n, -1)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Feed the sampled tokens (n,); the next logits (a static buffer, n × vocab)."""
+        self.decode.tokens.copy_(token)
+        self.decode.run()
+        return self.decode.logits
+
+    def close(self) -> None:
+        if self.decode.lock.locked():
+            self.decode.lock.release()
+
+
+def open_decoder(model, prompt: torch.Tensor, n: int, *, dtype: torch.dtype | None = None,
+                 compile: bool = True, graph: bool = True) -> FastDecoder | None:
+    """A :class:`FastDecoder` for ``n`` samples of ``prompt`` (1, T), or None when the fast
+    path cannot serve this call (its step failed to build, or another generation holds it);
+    the caller then decodes eagerly. ``dtype`` defaults to bf16 on CUDA, fp32 elsewhere."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    device = prompt.device
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    graph = graph and device.type == "cuda"
+    runner = _runner(model, dtype=dtype, compile=compile, graph=graph)
+    step = runner.step_for(n)
+    if step is None or not step.lock.acquire(blocking=False):
+        return None
+    return FastDecoder(runner.weights, step, prompt, n)
