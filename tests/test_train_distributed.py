@@ -1,5 +1,6 @@
-"""Several gloo ranks on CPU: 2 ranks x accumulation 2 = 1 rank x accumulation 4, and a run
-saved on 2 ranks resumes on 1 (the optimizer state is resharded)."""
+"""Several gloo ranks on CPU: 2 ranks x accumulation 2 = 1 rank x accumulation 4 (gradients
+sharded during backward, ZeRO-2), and a run saved on 2 ranks resumes on 1 and on 4 (the
+optimizer state is resharded) with the same continuation."""
 
 from __future__ import annotations
 
@@ -85,6 +86,18 @@ def test_two_ranks_equal_one_rank_with_accumulation_and_resume_elsewhere(tmp_pat
     l3 = {r["step"]: r["loss"] for r in read_metrics(moved) if "loss" in r}
     assert [l3[s] for s in (3, 4)] == pytest.approx(l2[2:], rel=1e-6)
     assert torch.isfinite(torch.cat([v.flatten() for v in w2.values()])).all()
+
+    # and on 4 ranks (accumulation 1): the 2 shards are consolidated and cut in 4
+    moved4 = tmp_path / "moved4"
+    moved4.mkdir()
+    shutil.copytree(two / "step_000002", moved4 / "step_000002")
+    resume4 = {k: v for k, v in common.items() if k not in ("checkpoint", "mode")}
+    proc = torchrun(4, cli_args(tiny_cfg(moved4, resume=True, **resume4)))
+    assert "1 micro-step(s) of 2 x 32 tokens per rank x 4 rank(s) = 256 tokens" in proc.stdout
+    assert rel_diff(w2, ck.read_model_state(moved4)) <= 1e-5
+    l4 = {r["step"]: r["loss"] for r in read_metrics(moved4) if "loss" in r}
+    assert [l4[s] for s in (3, 4)] == pytest.approx(l2[2:], rel=1e-6)
+    assert len(list(ck.latest(moved4).glob("optimizer_rank*"))) == 4
 
 
 def test_sigterm_to_torchrun_saves_every_rank(tmp_path):

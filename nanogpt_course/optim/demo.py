@@ -13,8 +13,10 @@ picks MuonAdamW on one process and DistMuonAdamW on several. The data is a rando
 successors, so the best loss is ln 3 ~ 1.10): learnable, deterministic and free.
 
 ``--out`` receives ``params.safetensors`` (rank 0), ``optimizer_rank<R>.safetensors`` (each
-rank's shard), ``optimizer_layout.json`` and ``report.json`` (losses, world size, measured
-optimizer-state bytes per rank).
+rank's shard), ``optimizer_layout.json`` and ``report.json`` (losses, world size, and per rank,
+measured from the live tensors: optimizer-state bytes after the last step and gradient bytes
+after its last backward, next to the sharding plan's prediction). ``--no-grad-hooks`` keeps
+full gradients until ``step()`` (the pre-ZeRO-2 path) for comparison.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def _parse(argv):
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
     ap.add_argument("--small-param-numel", type=int, default=None,
                     help="AdamW tensors below this are all-reduced (default: the library's)")
+    ap.add_argument("--no-grad-hooks", action="store_true",
+                    help="DistMuonAdamW: shard gradients in step(), not during backward")
     ap.add_argument("--out", type=Path, default=None)
     return ap.parse_args(argv)
 
@@ -89,6 +93,8 @@ def main(argv=None) -> dict:
     model = GPT(demo_config(seq=args.seq, depth=args.depth, width=args.width)).to(info.device)
     extra = {} if args.small_param_numel is None else {"small_param_numel": args.small_param_numel}
     opt = build_optimizer(model, max_grad_norm=args.max_grad_norm, **extra)
+    if args.no_grad_hooks and hasattr(opt, "remove_hooks"):
+        opt.remove_hooks()
     rows = args.batch // world
     losses, started = [], time.time()
     for step in range(args.steps):
@@ -100,6 +106,7 @@ def main(argv=None) -> dict:
             micro = model(xs.to(info.device), ys.to(info.device)) / accum
             micro.backward()
             loss += micro.detach()
+        grad_bytes = _live_grad_bytes(model, opt)  # after this step's last backward
         opt.step()
         if world > 1:  # the global mean loss, for the log only
             dist.all_reduce(loss)
@@ -108,14 +115,23 @@ def main(argv=None) -> dict:
         if rank == 0:
             print(f"step {step:3d}  loss {losses[-1]:.4f}  grad norm {opt.grad_norm.item():.3f}"
                   f"  ({type(opt).__name__}, {world} rank{'s' if world > 1 else ''})", flush=True)
-    state_bytes = torch.tensor([opt.state_bytes()], dtype=torch.long)
+    full = sum(p.numel() * p.element_size() for p in model.parameters())
+    predicted = opt.predicted_grad_bytes() if hasattr(opt, "predicted_grad_bytes") \
+        else {"owned": full, "bound": 0}
+    mine = [opt.state_bytes(), grad_bytes, predicted["owned"], predicted["bound"]]
+    per_rank = torch.tensor([mine], dtype=torch.long)
     if world > 1:
-        gathered = [torch.zeros_like(state_bytes) for _ in range(world)]
-        dist.all_gather(gathered, state_bytes)
-        state_bytes = torch.cat(gathered)
+        gathered = [torch.zeros_like(per_rank) for _ in range(world)]
+        dist.all_gather(gathered, per_rank)
+        per_rank = torch.cat(gathered)
+    columns = per_rank.T.tolist()
     report = {"world_size": world, "optimizer": type(opt).__name__, "losses": losses,
-              "state_bytes_per_rank": state_bytes.tolist(), "seconds": time.time() - started,
-              "num_params": model.num_params()}
+              "state_bytes_per_rank": columns[0], "seconds": time.time() - started,
+              "num_params": model.num_params(), "param_bytes": full,
+              "grad_hooks": bool(getattr(opt, "shards_grads_in_backward", False)),
+              "grad_bytes_after_backward_per_rank": columns[1],
+              "predicted_owned_grad_bytes_per_rank": columns[2],
+              "predicted_bound_grad_bytes_per_rank": columns[3]}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         shard, layout = opt.shard_state_dict()
@@ -131,6 +147,16 @@ def main(argv=None) -> dict:
     if rank == 0:
         print(f"optimizer state bytes per rank: {report['state_bytes_per_rank']}")
     return report
+
+
+def _live_grad_bytes(model, opt) -> int:
+    """Gradient bytes alive now: DistMuonAdamW's accumulators (+ any ``p.grad``), or the
+    ``p.grad`` storages of a one-process optimizer."""
+    if hasattr(opt, "grad_bytes"):
+        return opt.grad_bytes()
+    storages = {p.grad.untyped_storage().data_ptr(): p.grad.untyped_storage().nbytes()
+                for p in model.parameters() if p.grad is not None}
+    return sum(storages.values())
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["GradSharder", "Bucket"]
+__all__ = ["GradSharder", "Bucket", "owned_grad_bytes", "rank_memory"]
 
 
 @dataclass
@@ -299,6 +299,29 @@ def owned_grad_bytes(placed: list[dict], world: int, rank: int) -> dict[str, int
         else:
             bound += numel * size
     return {"owned": owned, "bound": bound}
+
+
+def rank_memory(placed: list[dict], world: int, rank: int) -> dict[str, int]:
+    """Predicted bytes of rank ``rank`` from the plan: ``params`` (all of them, stage 2 keeps
+    the model whole), ``grads`` after backward (owned + bound, see :func:`owned_grad_bytes`),
+    ``grads_unsharded`` (every full ``p.grad``: DDP / ZeRO-1) and ``state`` (Muon momentum
+    of owned matrices, Adam's two moments of owned chunks and of the replicated tensors).
+    Activations are not included (they depend on the batch, not on the optimizer)."""
+    params = state = 0
+    for e in placed:
+        size = _dtype_bytes(e["dtype"])
+        numel = math.prod(e["shape"])
+        params += numel * size
+        if e["mode"] == "owned":
+            state += numel * size if e["owner"] == rank else 0
+        elif e["mode"] == "flat":
+            start = min(rank * e["chunk"], numel)
+            state += 2 * (min(start + e["chunk"], numel) - start) * size
+        else:
+            state += 2 * numel * size
+    grads = owned_grad_bytes(placed, world, rank)
+    return {"params": params, "grads": grads["owned"] + grads["bound"],
+            "grads_unsharded": params, "state": state}
 
 
 def _dtype_bytes(name: str) -> int:
