@@ -76,7 +76,20 @@ def test_explicit_flags_override_rules():
 def test_tokens_per_param_changes_horizon_only_through_the_rules():
     p12, p20 = scaling.plan(12, NANOCHAT), scaling.plan(12, NANOCHAT, tokens_per_param=20)
     assert p20.target_tokens == pytest.approx(p12.target_tokens * 20 / 12)
-    assert p20.weight_decay == pytest.approx(0.28 * p20.lr_scale * 12 / 20)
+    # rule 4 holds the EMA timescale for the model's compute-optimal horizon (12 tokens per
+    # scaling parameter), not the trained one: only the batch (through √(B/B_ref)) moves λ
+    assert p20.weight_decay == pytest.approx(0.28 * p20.lr_scale)
+
+
+def test_weight_decay_does_not_follow_a_short_flop_budget():
+    """d6 at 2.49e16 FLOPs (4 tokens per parameter): nanochat's λ 0.817, not 3x that."""
+    short = scaling.plan(6, NANOCHAT, target_flops=2.49e16)
+    assert short.target_tokens / short.scaling_params < 6
+    optimal = scaling.plan(6, NANOCHAT)
+    expected = 0.28 * short.lr_scale * short.ref_tokens / (12 * short.scaling_params)
+    assert short.weight_decay == pytest.approx(expected, rel=1e-12)
+    assert short.weight_decay == pytest.approx(
+        optimal.weight_decay * short.lr_scale / optimal.lr_scale, rel=1e-12)
 
 
 def test_bad_values_raise():

@@ -19,8 +19,12 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, *, runtime
                  max_batches: int | None = None) -> float:
     """Bits per byte of ``model`` on ``(inputs, targets)`` batches ((B, T) int64 each).
 
-    With a ``runtime`` (see :mod:`.runtime`) the sums are reduced over ranks, so every rank
-    returns the same number. ``token_bytes``: (vocab_size,) bytes of each id, 0 for specials.
+    With a ``runtime`` (see :mod:`nanogpt_course.train.runtime`) the sums are reduced over
+    ranks, so every rank returns the same number. ``token_bytes``: (vocab_size,) bytes of
+    each id, 0 for specials. The sums stay on the device: the host waits once, at the end,
+    not after every batch. Which tokens are scored is the caller's choice; the trainer's
+    validation stream is a fixed set of rows whatever the number of ranks
+    (:func:`nanogpt_course.train.data.val_row_count`).
     """
     was_training = model.training
     model.eval()
@@ -33,13 +37,12 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, *, runtime
     for i, (x, y) in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
             losses = model(x, y, reduction="none")  # (B, T), 0 where y == -1
-        valid = y >= 0
-        counted = torch.where(valid, token_bytes[y.clamp(min=0)], 0)
-        keep = counted > 0
-        nats += losses.double()[keep].sum()
+        counted = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)  # (B, T) bytes
+        # masks, not boolean indexing: indexing would wait for the GPU on every batch
+        nats += torch.where(counted > 0, losses.double(), 0.0).sum()
         nbytes += counted.double().sum()
     if was_training:
         model.train()

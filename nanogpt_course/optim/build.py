@@ -1,13 +1,24 @@
-"""``build_optimizer(model)``: the standard grouping of a GPT's parameters.
+"""``build_optimizer(model)``: a GPT's parameters grouped by role, one table of settings.
 
-=============  ===================================  ======  ====================================
-kind           what                                 update  learning rate
-=============  ===================================  ======  ====================================
-matrix         2-D weights inside the blocks        Muon    ``matrix_lr`` (shape rule inside)
-embedding      token + value embeddings             AdamW   ``embedding_lr * s``
-unembedding    ``lm_head``                          AdamW   ``unembedding_lr * s``
-scalar         per-layer scalars, gates, norms      AdamW   ``scalar_lr``
-=============  ===================================  ======  ====================================
+Each role is one optimizer group. The table (:data:`ROLES`) is the whole recipe:
+
+================  =====  ================  =====  ===========  =====  =========================
+role              update  learning rate    × lr   betas        decay  what
+================  =====  ================  =====  ===========  =====  =========================
+matrix            Muon   ``matrix_lr``     1      --           λ      2-D weights in the blocks
+gate              AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      value-embedding gates
+residual          AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      ``resid_lambdas``
+x0                AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      ``x0_lambdas``
+embedding         AdamW  ``embedding_lr``  1 · s  (0.8, 0.95)  0      token embedding
+value_embedding   AdamW  ``embedding_lr``  1 · s  (0.8, 0.95)  0      value embeddings
+unembedding       AdamW  ``unembedding_lr`` 1 · s (0.8, 0.95)  0      ``lm_head``
+scalar            AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      any other vector/scalar
+================  =====  ================  =====  ===========  =====  =========================
+
+So ``--scalar-lr`` sets the gates, the residual and the x0 scalars (each × its factor),
+``--embedding-lr`` the token and value embeddings, ``--unembedding-lr`` the head, and
+``--matrix-lr`` / ``--weight-decay`` (λ, scheduled by the trainer) the Muon matrices. The
+AdamW weight decays in the table are constants (decoupled, ``lr · wd``).
 
 Width scaling of AdamW LRs: ``s = (d_model / 768) ** -0.5``. The default LRs were tuned at
 ``d_model = 768`` (a d12 model); an Adam step moves every entry by about ``lr``, and a wider
@@ -17,11 +28,23 @@ with width and keep their LR. Muon's LR is not width-scaled: its update has spec
 ~1 whatever the width, and :func:`~nanogpt_course.optim.muon.shape_lr_scale` (
 ``sqrt(max(1, fan_out / fan_in))``) handles the aspect ratio.
 
-``weight_decay`` applies to the Muon matrices only (decoupled, ``lr * wd``); AdamW groups
-use ``adamw_weight_decay`` (0 by default: embeddings and scalars are not decayed).
+**The first step of the residual and x0 scalars is skipped** (``skip_first_step``): at
+initialization every block is the identity and the final RMSNorm is scale invariant, so
+their gradient is exactly zero in exact arithmetic; in floats it is rounding noise, which
+Adam (normalizing by ``sqrt(v) + eps``, eps 1e-10) would turn into a full-size step in a
+random direction. From step 2 on the gradients are real.
+
+What the table does *not* (yet) do, and why: nanochat 92d63d4 trains the gates with Muon,
+the residual scalars at 0.01× with weight decay 0.05, the x0 scalars with betas (0.96, 0.95),
+the embeddings with betas (0.8, 0.995) and small decays, the value embeddings at 0.5× and
+the head with betas (0.8, 0.96) (:data:`NANOCHAT_ROLES`). Each change is kept here only
+when an A/B at equal FLOPs gains at least 0.003 bits per byte (seed noise is about
+±0.002); the measurements are in docs/QUALITY.md.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -30,10 +53,40 @@ from .distributed import DistMuonAdamW
 from .hybrid import HybridOptimizer, MuonAdamW
 from .sharding import SMALL_PARAM_NUMEL
 
-__all__ = ["build_optimizer", "infer_parameter_kinds", "KINDS", "REFERENCE_WIDTH"]
+__all__ = ["build_optimizer", "infer_parameter_kinds", "parameter_roles", "KINDS", "ROLES",
+           "NANOCHAT_ROLES", "REFERENCE_WIDTH"]
 
 KINDS = ("matrix", "embedding", "unembedding", "scalar")
 REFERENCE_WIDTH = 768
+_ADAM = {"kind": "adamw", "betas": (0.8, 0.95), "weight_decay": 0.0}
+
+# role -> kind, which LR argument, its factor, whether it is width-scaled, betas, decay
+ROLES: dict[str, dict] = {
+    "matrix": {"kind": "muon", "lr": "matrix_lr", "factor": 1.0},
+    "gate": {**_ADAM, "lr": "scalar_lr", "factor": 1.0},
+    "residual": {**_ADAM, "lr": "scalar_lr", "factor": 1.0, "skip_first_step": True},
+    "x0": {**_ADAM, "lr": "scalar_lr", "factor": 1.0, "skip_first_step": True},
+    "embedding": {**_ADAM, "lr": "embedding_lr", "factor": 1.0, "width_scaled": True},
+    "value_embedding": {**_ADAM, "lr": "embedding_lr", "factor": 1.0, "width_scaled": True},
+    "unembedding": {**_ADAM, "lr": "unembedding_lr", "factor": 1.0, "width_scaled": True},
+    "scalar": {**_ADAM, "lr": "scalar_lr", "factor": 1.0},
+}
+
+# nanochat 92d63d4's groups (nanochat/gpt.py, setup_optimizer), for A/B comparisons
+NANOCHAT_ROLES: dict[str, dict] = {
+    **copy.deepcopy(ROLES),
+    "gate": {"kind": "muon", "lr": "matrix_lr", "factor": 1.0},
+    "residual": {**_ADAM, "lr": "scalar_lr", "factor": 0.01, "weight_decay": 0.05,
+                 "skip_first_step": True},
+    "x0": {**_ADAM, "lr": "scalar_lr", "factor": 1.0, "betas": (0.96, 0.95),
+           "skip_first_step": True},
+    "embedding": {**_ADAM, "lr": "embedding_lr", "factor": 1.0, "width_scaled": True,
+                  "betas": (0.8, 0.995), "weight_decay": 0.001},
+    "value_embedding": {**_ADAM, "lr": "embedding_lr", "factor": 0.5, "width_scaled": True,
+                        "betas": (0.8, 0.995), "weight_decay": 0.01},
+    "unembedding": {**_ADAM, "lr": "unembedding_lr", "factor": 1.0, "width_scaled": True,
+                    "betas": (0.8, 0.96), "weight_decay": 0.01},
+}
 
 
 def infer_parameter_kinds(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -77,6 +130,34 @@ def _check_kinds(model: nn.Module, kinds: dict) -> None:
         raise ValueError(f"parameter_kinds() lists parameters not in the model: {foreign}")
 
 
+def parameter_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's parameters by role (the keys of :data:`ROLES`); each appears once.
+
+    Starts from ``model.parameter_kinds()`` (or :func:`infer_parameter_kinds`) and refines
+    it by name: ``resid_lambdas`` / ``x0_lambdas`` are the residual / x0 scalars, parameters
+    named ``*ve_gate*`` the gates, ``value_embeds.*`` the value embeddings.
+    """
+    kinds = model.parameter_kinds() if hasattr(model, "parameter_kinds") \
+        else infer_parameter_kinds(model)
+    _check_kinds(model, kinds)
+    names = {id(p): n for n, p in model.named_parameters()}
+    roles: dict[str, list[nn.Parameter]] = {r: [] for r in ROLES}
+    for kind in KINDS:
+        for p in kinds.get(kind, []):
+            name = names[id(p)]
+            leaf = name.split(".")[-1]
+            if leaf in ("resid_lambdas", "x0_lambdas"):
+                role = "residual" if leaf == "resid_lambdas" else "x0"
+            elif "ve_gate" in name:
+                role = "gate"
+            elif kind == "embedding" and name.startswith("value_embeds."):
+                role = "value_embedding"
+            else:
+                role = kind
+            roles[role].append(p)
+    return roles
+
+
 def _width(model: nn.Module, kinds: dict) -> int:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "n_embd"):
@@ -95,38 +176,45 @@ def _is_distributed() -> bool:
 def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
                     matrix_lr: float = 0.02, embedding_lr: float = 0.2,
                     unembedding_lr: float = 0.004, scalar_lr: float = 0.5,
-                    weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.8, 0.95),
-                    adam_eps: float = 1e-10, adamw_weight_decay: float = 0.0,
+                    weight_decay: float = 0.0, adam_betas: tuple[float, float] | None = None,
+                    adam_eps: float = 1e-10, adamw_weight_decay: float | None = None,
                     muon_momentum: float = 0.95, ns_steps: int = 5,
                     orthogonalizer: str = "newton_schulz", cautious_weight_decay: bool = False,
                     max_grad_norm: float | None = None, track_grad_norm: bool = False,
                     reference_width: int = REFERENCE_WIDTH, process_group=None,
-                    small_param_numel: int = SMALL_PARAM_NUMEL,
+                    small_param_numel: int = SMALL_PARAM_NUMEL, roles: dict | None = None,
                     verbose: bool = False) -> HybridOptimizer:
     """MuonAdamW (one process) or DistMuonAdamW (``distributed``; default: when
-    torch.distributed is initialized with world size > 1) over the model's four kinds.
+    torch.distributed is initialized with world size > 1), one group per role.
 
-    ``model.parameter_kinds()`` (``{"matrix" | "embedding" | "unembedding" | "scalar":
-    [params]}``, every parameter once) gives the grouping; models without it get
-    :func:`infer_parameter_kinds`. Groups carry ``name`` (the kind) and ``initial_lr``.
+    ``roles``: the settings table (default :data:`ROLES`); ``adam_betas`` /
+    ``adamw_weight_decay``, when given, replace the table's betas / decays of every AdamW
+    group. Groups carry ``name`` (the role), ``kind`` and ``initial_lr``; empty roles are
+    left out.
     """
-    kinds = model.parameter_kinds() if hasattr(model, "parameter_kinds") \
-        else infer_parameter_kinds(model)
-    _check_kinds(model, kinds)
-    scale = (_width(model, kinds) / reference_width) ** -0.5
-    adam = {"kind": "adamw", "betas": tuple(adam_betas), "eps": adam_eps,
-            "weight_decay": adamw_weight_decay}
-    groups = [
-        {"name": "matrix", "kind": "muon", "params": kinds.get("matrix", []), "lr": matrix_lr,
-         "momentum": muon_momentum, "weight_decay": weight_decay, "ns_steps": ns_steps,
-         "orthogonalizer": orthogonalizer, "cautious_weight_decay": cautious_weight_decay},
-        {**adam, "name": "embedding", "params": kinds.get("embedding", []),
-         "lr": embedding_lr * scale},
-        {**adam, "name": "unembedding", "params": kinds.get("unembedding", []),
-         "lr": unembedding_lr * scale},
-        {**adam, "name": "scalar", "params": kinds.get("scalar", []), "lr": scalar_lr},
-    ]
-    groups = [g for g in groups if g["params"]]
+    table = ROLES if roles is None else roles
+    params = parameter_roles(model)
+    scale = (_width(model, params) / reference_width) ** -0.5
+    lrs = {"matrix_lr": matrix_lr, "embedding_lr": embedding_lr,
+           "unembedding_lr": unembedding_lr, "scalar_lr": scalar_lr}
+    groups = []
+    for role, spec in table.items():
+        if not params.get(role):
+            continue
+        lr = lrs[spec["lr"]] * spec["factor"] * (scale if spec.get("width_scaled") else 1.0)
+        group = {"name": role, "kind": spec["kind"], "params": params[role], "lr": lr}
+        if spec["kind"] == "muon":
+            group.update(momentum=muon_momentum, weight_decay=weight_decay, ns_steps=ns_steps,
+                         orthogonalizer=orthogonalizer,
+                         cautious_weight_decay=cautious_weight_decay)
+        else:
+            group.update(betas=tuple(adam_betas if adam_betas is not None else spec["betas"]),
+                         eps=adam_eps,
+                         weight_decay=(adamw_weight_decay if adamw_weight_decay is not None
+                                       else spec["weight_decay"]))
+            if spec.get("skip_first_step"):
+                group["skip_first_step"] = True
+        groups.append(group)
     if distributed is None:
         distributed = _is_distributed()
     options = {"max_grad_norm": max_grad_norm, "track_grad_norm": track_grad_norm}
@@ -138,6 +226,6 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
     if verbose:
         for g in opt.param_groups:
             n = sum(p.numel() for p in g["params"])
-            print(f"  {g['name']:<12} {g['kind']:<6} lr {g['lr']:.5g}  "
+            print(f"  {g['name']:<16} {g['kind']:<6} lr {g['lr']:.5g}  "
                   f"{len(g['params'])} tensors, {n:,} params")
     return opt

@@ -198,6 +198,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(t)
                 state["exp_avg_sq"] = torch.zeros_like(t)
+                if group.get("skip_first_step"):  # a gradient of pure rounding noise
+                    continue
             state["step"] += 1
             by_step.setdefault(int(state["step"].item()), []).append(j)
         beta1, beta2 = group["betas"]
@@ -277,6 +279,13 @@ class HybridOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _check_same_params(layout: dict, mine: dict) -> None:
         strip = lambda entries: [(e["group"], e["kind"], e["shape"]) for e in entries]
+        names = lambda lay: [g.get("name") for g in lay.get("groups", [])]
+        if strip(layout["params"]) != strip(mine["params"]) and names(layout) != names(mine):
+            raise ValueError(f"the optimizer state was saved with the groups {names(layout)} "
+                             f"and this optimizer has {names(mine)} (build_optimizer now groups "
+                             "parameters by role): the optimizer state cannot be reused. The "
+                             "weights still load: start from them with --checkpoint (a fresh "
+                             "optimizer) instead of --resume")
         if strip(layout["params"]) != strip(mine["params"]):
             raise ValueError("the optimizer state was saved for different parameters (groups, "
                              "kinds or shapes differ): is this checkpoint from another model "
@@ -309,7 +318,8 @@ class MuonAdamW(HybridOptimizer):
             ``weight_decay`` (0), ``ns_steps`` (5), ``orthogonalizer``
             ("newton_schulz" | "polar_express"), ``cautious_weight_decay`` (False).
             adamw keys: ``lr`` (1e-3), ``betas`` ((0.8, 0.95)), ``eps`` (1e-10),
-            ``weight_decay`` (0).
+            ``weight_decay`` (0), ``skip_first_step`` (False: when True a parameter's first
+            update is skipped, for gradients that are zero in exact arithmetic at init).
         max_grad_norm: clip the global gradient norm to this before the update (None: off).
         track_grad_norm: compute ``grad_norm`` even without clipping.
         batch_same_shape: orthogonalize same-shape matrices in one batched call (True) or

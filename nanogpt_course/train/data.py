@@ -6,7 +6,8 @@ The trainer asks a *loaders* object for three things:
   rank, with ``state_dict()`` (JSON-able, the same on every rank: a *global* position) and
   ``load_state_dict(state)`` for exact resume, also on another number of ranks;
 - ``val(run, runtime)``: a fresh iterator over validation batches (the same every time);
-- ``val_batches(run, runtime)``: how many validation batches one evaluation takes;
+- ``val_batches(run, runtime)``: how many validation batches one evaluation takes on
+  each rank;
 - optionally ``epoch_tokens``: tokens in one pass over the training split (fine-tuning
   runs default to one pass).
 
@@ -17,6 +18,11 @@ in-memory token tensor (lessons, tests).
 Both number micro-batches *globally*: micro-batch ``g`` of the run is the same rows however
 many ranks share the work, and rank ``r`` of ``W`` takes ``g = i·W + r``. So a step of 4
 micro-batches is the same data on 1 rank with accumulation 4 and on 2 ranks with 2.
+
+Validation scores a fixed set of rows whatever the number of ranks: the first
+:func:`val_row_count` global rows of the validation stream (``--eval-tokens / seq_len``,
+default 10 micro-batches of one rank). The ranks split them; rows past the set in the last
+batch are padding (targets -1), so 1 GPU and 8 GPUs score exactly the same tokens.
 """
 
 from __future__ import annotations
@@ -28,23 +34,31 @@ from .config import ConfigError
 DEFAULT_VAL_BATCHES = 10
 
 
-def val_batch_count(run, runtime) -> int:
-    """Validation batches per rank: ``--eval-tokens`` worth (default: 10 batches)."""
+def val_row_count(run) -> int:
+    """Validation rows (global, independent of the world size): ``--eval-tokens`` worth, or
+    by default ``DEFAULT_VAL_BATCHES`` micro-batches of one rank."""
     cfg = run.cfg
     if cfg.eval_tokens is None:
-        return DEFAULT_VAL_BATCHES
-    per_batch = cfg.device_batch_size * cfg.seq_len * runtime.world_size
-    return max(1, cfg.eval_tokens // per_batch)
+        return DEFAULT_VAL_BATCHES * cfg.device_batch_size
+    return max(1, cfg.eval_tokens // cfg.seq_len)
+
+
+def val_batch_count(run, runtime) -> int:
+    """Validation batches per rank: enough for :func:`val_row_count` rows over all ranks."""
+    per_batch = run.cfg.device_batch_size * runtime.world_size
+    return -(-val_row_count(run) // per_batch)
 
 
 # ---------------------------------------------------------------------------- in memory
 class TokenBatches:
     """Random windows of a 1-D token tensor: micro-batch ``g`` takes ``batch_size`` windows
     of ``seq_len + 1`` tokens at offsets drawn from a generator seeded with ``(seed, g)``
-    (or consecutive windows with ``sequential=True``, for validation)."""
+    (or consecutive windows with ``sequential=True``, for validation). ``max_rows``: global
+    rows ``>= max_rows`` are padding (targets -1), a fixed validation set on any world size."""
 
     def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, *, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, sequential: bool = False):
+                 world_size: int = 1, seed: int = 0, sequential: bool = False,
+                 max_rows: int | None = None):
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
         if tokens.numel() < seq_len + 2:
@@ -52,7 +66,7 @@ class TokenBatches:
         self.tokens = tokens.long()
         self.batch_size, self.seq_len = batch_size, seq_len
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.sequential = sequential
+        self.sequential, self.max_rows = sequential, max_rows
         self.local = 0  # micro-batches this rank has taken
 
     def batch(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +79,10 @@ class TokenBatches:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + g)
             starts = torch.randint(0, span + 1, (B,), generator=gen)
         rows = torch.stack([self.tokens[s:s + T + 1] for s in starts.tolist()])
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        if self.max_rows is not None:
+            y[torch.arange(B) + g * B >= self.max_rows] = -1
+        return x, y
 
     def __iter__(self):
         return self
@@ -102,7 +119,8 @@ class MemoryLoaders:
     def val(self, run, runtime) -> TokenBatches:
         cfg = run.cfg
         return TokenBatches(self.val_tokens, cfg.device_batch_size, cfg.seq_len,
-                            rank=runtime.rank, world_size=runtime.world_size, sequential=True)
+                            rank=runtime.rank, world_size=runtime.world_size, sequential=True,
+                            max_rows=val_row_count(run))
 
     def val_batches(self, run, runtime) -> int:
         return val_batch_count(run, runtime)
@@ -167,20 +185,22 @@ class DatasetLoaders:
             raise ConfigError(error)
         return folders
 
-    def _loader(self, run, runtime, split: str, seed: int):
+    def _loader(self, run, runtime, split: str, seed: int, **kw):
         from .. import data
 
         cfg = run.cfg
         return data.make_loader(self.prepared, split, batch_size=cfg.device_batch_size,
                                 seq_len=cfg.seq_len, rank=runtime.rank,
                                 world_size=runtime.world_size, seed=seed, mode=self.mode,
-                                device=runtime.device, verify=False)
+                                device=runtime.device, verify=False, **kw)
 
     def train(self, run, runtime):
         return self._loader(run, runtime, "train", run.cfg.seed)
 
     def val(self, run, runtime):
-        return self._loader(run, runtime, "val", 0)  # fixed: every evaluation sees the same rows
+        """The first :func:`val_row_count` global rows of the validation split (seed 0, at
+        most one pass): every evaluation, on any number of ranks, scores the same tokens."""
+        return self._loader(run, runtime, "val", 0, epochs=1, max_rows=val_row_count(run))
 
     def val_batches(self, run, runtime) -> int:
         return val_batch_count(run, runtime)
