@@ -8,6 +8,14 @@ tokenizer keep data and tokenization out of the measurement (as in DESIGN.md's t
     python bench/bench_train.py --depth 12 --compile                     # one GPU
     torchrun --nproc_per_node=8 bench/bench_train.py --depth 20 --compile  # several
     python bench/bench_train.py --dry-run                                # CPU, seconds
+    python bench/bench_train.py --depth 12 --compile --optimizer zero2     # ZeRO-2 hooks, 1 GPU
+
+``--optimizer``: ``auto`` (the trainer's choice: MuonAdamW on one GPU, DistMuonAdamW with
+gradients sharded in backward on several), ``zero2`` (DistMuonAdamW, gradients sharded in
+backward by hooks; ``--compile`` then compiles block by block) or ``zero1`` (DistMuonAdamW,
+gradients reduce-scattered in ``step()``, whole-model compile). On one GPU the two
+DistMuonAdamW choices run on a one-rank NCCL group, so the collectives are real calls: the
+hooks' overhead against today's path.
 
 Prints one JSON object (and writes it to ``--json`` when given).
 """
@@ -21,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -63,6 +72,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
+    p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     if args.dry_run:
@@ -88,6 +98,8 @@ def main(argv=None) -> dict:
                   grad_accum=check_batch(total, args.device_batch_size, args.seq_len,
                                          rt.world_size),
                   world_size=rt.world_size, loaders=loaders)
+    if args.optimizer != "auto":
+        _force_dist_optimizer(args.optimizer, rt)
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
     start = time.perf_counter()
@@ -106,6 +118,7 @@ def main(argv=None) -> dict:
             "depth": args.depth, "width": config.n_embd, "vocab": args.vocab,
             "seq_len": args.seq_len, "device_batch_size": args.device_batch_size,
             "grad_accum": run.grad_accum, "compile": args.compile,
+            "optimizer": args.optimizer,
             "params": plan.num_params, "scaling_params": plan.scaling_params,
             "flops_per_token": plan.flops_per_token, "steps": args.steps,
             "tok_per_sec": tok_s, "tok_per_sec_per_gpu": tok_s / rt.world_size,
@@ -123,6 +136,28 @@ def main(argv=None) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     rt.close()
     return report
+
+
+def _force_dist_optimizer(kind: str, rt) -> None:
+    """Make the trainer build DistMuonAdamW (``zero2``: hooks; ``zero1``: no hooks), on a
+    one-rank process group when not launched on several."""
+    import torch.distributed as dist
+
+    from nanogpt_course.train import build as train_build
+    from nanogpt_course.train import loop
+
+    if not dist.is_initialized():
+        store = dist.FileStore(tempfile.mktemp(prefix="bench_train_store"), 1)
+        dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo", store=store,
+                                rank=0, world_size=1)
+
+    def build(run, model, runtime):
+        opt = train_build.build_optimizer(run, model, SimpleNamespace(distributed=True))
+        if kind == "zero1":
+            opt.remove_hooks()
+        return opt
+
+    loop.build_optimizer = build
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def tables(measured: list[dict], predicted: list[dict]) -> str:
     lines = []
     if measured:
         lines += ["| ranks | gradients sharded | grad bytes after backward, per rank | "
-                  "predicted (owned + bound) | optimizer state per rank |",
+                  "ZeRO-2 plan: owned + bound | optimizer state per rank |",
                   "|---|---|---|---|---|"]
         for r in measured:
             pred = [o + b for o, b in zip(r["predicted_owned"], r["predicted_bound"])]
