@@ -29,15 +29,24 @@ def say(text: str) -> None:
     print(f"[shipped] {text}", flush=True)
 
 
-def build_tokenizer(folder: Path, corpus: Path, vocab: int):
+def build_tokenizer(folder: Path, corpus: Path, vocab: int, max_chars: int):
     from nanogpt_course.tokenizer import Tokenizer
     from nanogpt_course.tokenizer.fast import train_fast
 
     if (folder / "tokenizer.json").is_file():
         return Tokenizer.load(folder)
     start = time.perf_counter()
-    texts = (json.loads(line)["text"] for line in open(corpus / "corpus.jsonl", encoding="utf-8"))
-    tok = train_fast(texts, vocab)
+    def texts():  # the first max_chars characters of the corpus: plenty for a small vocabulary
+        seen = 0
+        with open(corpus / "corpus.jsonl", encoding="utf-8") as f:
+            for line in f:
+                text = json.loads(line)["text"]
+                yield text
+                seen += len(text)
+                if seen >= max_chars:
+                    return
+
+    tok = train_fast(texts(), vocab)
     tok.save(folder)
     say(f"tokenizer: {vocab} ids in {time.perf_counter() - start:.0f} s")
     return tok
@@ -70,16 +79,18 @@ def main(argv=None) -> int:
     p.add_argument("--aspect-ratio", type=int, default=48)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--pretrain-tokens", type=float, default=60e6)
-    p.add_argument("--total-batch-size", type=int, default=131072)
+    p.add_argument("--tokenizer-mb", type=float, default=100, help="text the BPE is trained on")
+    p.add_argument("--tokens-per-param", type=float, default=35,
+                   help="pretraining horizon (a small model to ship: trained well past 12)")
+    p.add_argument("--total-batch-size", type=int, help="default: the depth rule")
     p.add_argument("--device-batch-size", type=int, default=64)
-    p.add_argument("--mid-epochs", type=float, default=2.0)
+    p.add_argument("--mid-epochs", type=float, default=3.0)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--tiny", action="store_true", help="seconds on a CPU: checks the stages")
     args = p.parse_args(argv)
     if args.tiny:
         args.corpus_mb, args.vocab, args.depth, args.seq_len = 2, 512, 2, 128
-        args.pretrain_tokens, args.total_batch_size, args.device_batch_size = 2e5, 4096, 8
+        args.tokens_per_param, args.total_batch_size, args.device_batch_size = 0.5, 4096, 8
         args.mid_epochs = 0.02
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -94,7 +105,7 @@ def main(argv=None) -> int:
     manifest = offline.read_manifest(corpus)
     say(f"corpus: {manifest['files']:,} files, {manifest['bytes'] / 1e6:.1f} MB, "
         f"sha256 {manifest.get('content_sha256', manifest.get('listing_sha256'))}")
-    tok = build_tokenizer(root / "tokenizer", corpus, args.vocab)
+    tok = build_tokenizer(root / "tokenizer", corpus, args.vocab, int(args.tokenizer_mb * 1e6))
     prepared = data.prepare("offline", tok, max_bytes=int(args.corpus_mb * 1e6))
     say(f"data ready after {time.perf_counter() - t0:.0f} s")
 
@@ -103,23 +114,22 @@ def main(argv=None) -> int:
                  device_batch_size=args.device_batch_size, compile=args.compile, seed=0)
     base, chat = root / "base", root / "chat"
     if not (ck.latest(base) and ck.read_meta(base).get("finished")):
-        steps = max(1, int(args.pretrain_tokens // args.total_batch_size))
         train(TrainConfig(mode="pretraining", data=str(prepared), tokenizer=str(root / "tokenizer"),
-                          out=str(base), max_steps=steps, eval_every=max(1, steps // 10),
-                          sample_every=-1, log_every=max(1, steps // 40),
+                          out=str(base), tokens_per_param=args.tokens_per_param, eval_every=50,
+                          sample_every=-1, log_every=10,
                           resume=ck.latest(base) is not None, **model))
     say(f"base model done after {time.perf_counter() - t0:.0f} s")
     if not (ck.latest(chat) and ck.read_meta(chat).get("finished")):
         mix = data.prepare("task_mixture", tok, online=False)
         tokens = data.read_meta(mix)["splits"]["train"]["tokens"]
-        steps = max(1, int(args.mid_epochs * tokens // args.total_batch_size))
+        batch = args.total_batch_size or ck.read_meta(base)["plan"]["total_batch_size"]
+        steps = max(1, int(args.mid_epochs * tokens // batch))
         resume = ck.latest(chat) is not None
         train(TrainConfig(mode="mid-training", data=str(mix), out=str(chat), max_steps=steps,
                           checkpoint=None if resume else str(base), resume=resume,
                           eval_every=max(1, steps // 5), sample_every=-1,
                           log_every=max(1, steps // 40), seq_len=args.seq_len,
-                          total_batch_size=args.total_batch_size,
-                          device_batch_size=args.device_batch_size, compile=args.compile, seed=0))
+                          total_batch_size=batch, device_batch_size=args.device_batch_size, compile=args.compile, seed=0))
     say(f"chat model done after {time.perf_counter() - t0:.0f} s")
     if args.export:
         for name, run in (("base", base), ("chat", chat)):
