@@ -18,15 +18,26 @@
 # %% [markdown]
 # # 03 · The GPT model
 #
-# Lesson 02 built attention. Here we assemble the whole model and make it talk:
+# Lesson 02 built attention out of plain functions. Here you turn those functions into a
+# model you own: `MLP`, `CausalSelfAttention`, `Block` and `GPTModel`, each an `nn.Module`,
+# written skeleton first and then filled in. Your model loads the library's weights and
+# gives the same logits as `nanogpt_course.model.GPT`, so from then on the two are
+# interchangeable: you train *your* model, then generate with the library's fast engine.
 #
 # 1. the **depth knob**: one number sizes the model;
-# 2. the pieces of a block: **RMSNorm**, the **ReLU² MLP**, residual connections;
-# 3. the **whole forward pass from scratch**, checked against `nanogpt_course.model.GPT`;
-# 4. the **logit softcap** and the **loss**;
-# 5. **counting parameters and FLOPs**;
-# 6. **sampling**: temperature, top-k, top-p, streaming text;
-# 7. the **KV cache**, and how much faster it makes generation.
+# 2. the **residual stream**, drawn: where each part reads and writes;
+# 3. a **skeleton** GPT that runs end to end with empty blocks;
+# 4. the parts: **RMSNorm**, the **ReLU² MLP**, **attention** with value embeddings, the **block**;
+# 5. the **whole model**, checked against the library's on the same `state_dict`;
+# 6. the **logit softcap** and the **loss**;
+# 7. **counting parameters and FLOPs**;
+# 8. **training** your model, then **sampling** (temperature, top-k, top-p, streaming text);
+# 9. the **KV cache**, and how much faster it makes generation.
+#
+# **Run time**, measured on a shared 2-core CPU (load average about 1): `smoke` 6 s,
+# `laptop` 15 s (up to twice that on a busier machine). `full` (a 6-layer, 256-wide byte
+# model) is an estimate: about 2 minutes on a CPU, seconds on a GPU. The one longer cell,
+# training, prints progress.
 
 # %%
 import math
@@ -35,6 +46,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from nanogpt_course import attention, exercises, presets, rope
@@ -50,7 +62,7 @@ PRESET = presets.validate(PRESET)
 N_LAYER = presets.choose(PRESET, smoke=2, laptop=4, full=6)
 N_EMBD = presets.choose(PRESET, smoke=64, laptop=128, full=256)
 SEQ_LEN = presets.choose(PRESET, smoke=64, laptop=256, full=512)
-TRAIN_STEPS = presets.choose(PRESET, smoke=40, laptop=150, full=600)
+TRAIN_STEPS = presets.choose(PRESET, smoke=40, laptop=200, full=1000)
 torch.manual_seed(SEED)
 print(f"preset {PRESET!r}: {N_LAYER} layers x {N_EMBD} wide, context {SEQ_LEN}, "
       f"{TRAIN_STEPS} training steps")
@@ -67,11 +79,11 @@ print(f"preset {PRESET!r}: {N_LAYER} layers x {N_EMBD} wide, context {SEQ_LEN}, 
 VOCAB_GPT2 = 50259  # GPT-2's 50257 tokens + the two chat tokens <|im_start|>, <|im_end|>
 print(f"{'depth':>5} {'width':>6} {'heads':>5} {'params':>9} {'no value emb.':>14} {'GFLOP/token':>12}")
 for depth in (6, 12, 20):
-    cfg = GPTConfig.from_depth(depth, vocab_size=VOCAB_GPT2, sequence_len=2048)
+    big_cfg = GPTConfig.from_depth(depth, vocab_size=VOCAB_GPT2, sequence_len=2048)
     with torch.device("meta"):
-        big = GPT(cfg)
+        big = GPT(big_cfg)
     counts = big.param_counts()
-    print(f"{depth:>5} {cfg.n_embd:>6} {cfg.n_head:>5} {counts['total'] / 1e6:>8.0f}M "
+    print(f"{depth:>5} {big_cfg.n_embd:>6} {big_cfg.n_head:>5} {counts['total'] / 1e6:>8.0f}M "
           f"{(counts['total'] - counts['value_embeds']) / 1e6:>13.0f}M "
           f"{big.estimate_flops() / 1e9:>12.2f}")
 
@@ -81,35 +93,119 @@ for depth in (6, 12, 20):
 # are cut back to the real vocabulary, so the padding never shows.
 #
 # For this lesson we use a small byte-level model (vocabulary 256: one token per byte) so
-# everything runs on a laptop CPU:
+# everything runs on a laptop CPU. It alternates a short sliding window (`S`) with full
+# context (`L`), so your attention module has to handle both:
 
 # %%
 cfg = GPTConfig(sequence_len=SEQ_LEN, vocab_size=256, n_layer=N_LAYER, n_head=N_EMBD // 32,
-                n_kv_head=N_EMBD // 32, n_embd=N_EMBD, window_pattern="SL")
-model = GPT(cfg)
+                n_kv_head=N_EMBD // 64, n_embd=N_EMBD, window_pattern="SL",
+                short_window=SEQ_LEN // 4)
 print(cfg)
-print(f"windows per layer: {model.windows}")
-print({k: f"{v:,}" for k, v in model.param_counts().items()})
+print(f"head_dim {cfg.head_dim}, {cfg.n_head} query heads sharing {cfg.n_kv_head} kv heads; "
+      f"windows per layer {cfg.window_sizes()}; value embeddings on layers "
+      f"{[i for i in range(cfg.n_layer) if cfg.has_value_embed(i)]}")
 
 # %% [markdown]
-# ## 2. RMSNorm
+# ## 2. The residual stream
 #
-# Before each attention and MLP layer, and before the output head, the model rescales each
-# token's vector to unit root-mean-square: $x / \sqrt{\mathrm{mean}(x^2) + \epsilon}$.
-# Unlike LayerNorm it does not subtract the mean, and here it has no learned gain either:
+# A GPT is a vertical **stream** of vectors, one per position, that every layer reads from
+# and adds to. The embedding starts it; each block reads a normed copy, computes something
+# and *adds* it back; the head reads the end. Two side paths of modern small models feed
+# every block as well:
+#
+# - **x0**: the normed embedding is kept aside, and before each block the stream becomes
+#   $\lambda_i x + \mu_i x_0$ (two learned scalars per layer), so every layer can reach
+#   back to the raw tokens;
+# - **value embeddings**: every other layer (ending with the last) looks the tokens up in
+#   a second table and adds that vector to its attention *values*, scaled by a learned
+#   per-head gate $2\,\sigma(W_g\, x_{[:32]})$.
 
 # %%
-def rms_norm(x, eps=None):
-    eps = torch.finfo(x.dtype).eps if eps is None else eps  # what F.rms_norm uses by default
+def draw_residual_stream(ax):
+    """Boxes and arrows for one block of the stream, with the x0 and value-embedding paths."""
+    box = dict(boxstyle="round,pad=0.35", fc="#eef3fb", ec="#4a6fa5")
+    side = dict(boxstyle="round,pad=0.35", fc="#fdf1e3", ec="#c77d2a")
+    arrow = dict(arrowstyle="->", color="#333333", lw=1.2)
+    texts = {  # name: (x, y, label, style)
+        "tok": (0.5, 0.02, "token ids (B, T)", box), "wte": (0.5, 0.12, "wte → RMSNorm", box),
+        "mix": (0.5, 0.27, "x ← λᵢ·x + μᵢ·x0", box), "attn": (0.5, 0.42, "RMSNorm → attention", box),
+        "mlp": (0.5, 0.60, "RMSNorm → ReLU² MLP", box), "head": (0.5, 0.80, "RMSNorm → lm_head → softcap", box),
+        "out": (0.5, 0.93, "logits (B, T, V)", box), "x0": (0.08, 0.27, "x0", side),
+        "ve": (0.92, 0.42, "value embedding\nveᵢ[ids] · gate", side)}
+    for x, y, label, style in texts.values():
+        ax.text(x, y, label, ha="center", va="center", bbox=style, fontsize=9)
+    for a, b in [("tok", "wte"), ("wte", "mix"), ("mix", "attn"), ("attn", "mlp"), ("mlp", "head"),
+                 ("head", "out"), ("x0", "mix"), ("ve", "attn")]:
+        (xa, ya, *_), (xb, yb, *_) = texts[a], texts[b]
+        ax.annotate("", xy=(xb + (0.18 if a == "ve" else -0.12 if a == "x0" else 0), yb),
+                    xytext=(xa, ya + 0.03 if ya < yb else ya), arrowprops=arrow)
+    ax.annotate("", xy=(0.08, 0.25), xytext=(0.33, 0.12), arrowprops=dict(arrow, ls="--"))
+    for y0, y1, label in [(0.27, 0.46, "+ (residual add)"), (0.46, 0.64, "+ (residual add)")]:
+        ax.annotate("", xy=(0.78, y1), xytext=(0.78, y0), arrowprops=dict(arrow, color="#4a6fa5"))
+        ax.text(0.80, (y0 + y1) / 2 + 0.02, label, fontsize=8, color="#4a6fa5")
+    ax.add_patch(plt.Rectangle((0.2, 0.21), 0.6, 0.46, fill=False, ls=":", ec="grey"))
+    ax.text(0.21, 0.69, "block i (repeated n_layer times)", fontsize=8, color="grey")
+    ax.set_xlim(0, 1.05), ax.set_ylim(-0.03, 1), ax.axis("off")
+
+
+fig, ax = plt.subplots(figsize=(7, 6))
+draw_residual_stream(ax)
+ax.set_title("the residual stream of one block, with its two side paths")
+plt.show()
+
+# %% [markdown]
+# ## 3. A skeleton first
+#
+# Before writing any part, write the model's outline and make it run: an embedding table,
+# a stack of blocks that do nothing yet, a final norm and the output head. Every shape is
+# then already right, and each part we fill in can be tested in place.
+
+# %%
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(mean(x²) + eps) over the last dimension; (..., C) → (..., C), no learned gain."""
+    eps = torch.finfo(x.dtype).eps  # what F.rms_norm uses by default
     return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
-xs = torch.randn(3, 5, N_EMBD) * 7
-torch.testing.assert_close(rms_norm(xs), F.rms_norm(xs, (N_EMBD,)))
-print("RMS of each normed vector:", rms_norm(xs).pow(2).mean(-1).sqrt()[0].tolist())
+class DummyBlock(nn.Module):
+    """A placeholder block: returns the stream unchanged."""
+
+    def forward(self, x):
+        return x
+
+
+class SkeletonGPT(nn.Module):
+    """Embedding → n_layer empty blocks → norm → head. idx (B, T) → logits (B, T, vocab)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(DummyBlock() for _ in range(config.n_layer))
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+
+    def forward(self, idx):
+        x = rms_norm(self.wte(idx))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(rms_norm(x))[..., : self.config.vocab_size]  # (B, T, vocab)
+
+
+skeleton = SkeletonGPT(cfg)
+idx = torch.randint(0, 256, (2, SEQ_LEN))
+print(f"skeleton: ids {tuple(idx.shape)} → logits {tuple(skeleton(idx).shape)}")
 
 # %% [markdown]
-# ## 3. The MLP: ReLU squared
+# `rms_norm` above is the model's only normalization. Unlike LayerNorm it does not
+# subtract the mean, and here it has no learned gain either. It matches PyTorch's:
+
+# %%
+xs = torch.randn(3, 5, N_EMBD) * 7
+torch.testing.assert_close(rms_norm(xs), F.rms_norm(xs, (N_EMBD,)))
+print("RMS of each normed vector:", [round(v, 4) for v in rms_norm(xs).pow(2).mean(-1).sqrt()[0].tolist()])
+
+# %% [markdown]
+# ## 4. The MLP: ReLU squared
 #
 # After attention mixes information *between* positions, the MLP transforms each position
 # on its own: widen 4×, apply a nonlinearity, project back. The nonlinearity is
@@ -140,75 +236,187 @@ def mlp_relu2(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torc
 # %%
 mlp_relu2 = exercises.check("03_gpt_model.mlp_relu2", mlp_relu2)
 
+# %% [markdown]
+# Now the module: two `nn.Linear` layers without bias hold the weights, and `forward`
+# calls your function. The attribute names (`c_fc`, `c_proj`) are the library's, so the
+# two models' `state_dict`s will have the same keys.
+
 # %%
-block_mlp = model.blocks[0].mlp
-with torch.no_grad():
-    torch.testing.assert_close(mlp_relu2(xs, block_mlp.c_fc.weight, block_mlp.c_proj.weight),
-                               block_mlp(xs))
-print("mlp_relu2 == the model's MLP")
+class MLP(nn.Module):
+    """(B, T, C) → (B, T, C): widen mlp_ratio×, relu², project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return mlp_relu2(x, self.c_fc.weight, self.c_proj.weight)
+
 
 # %% [markdown]
-# ## 4. The whole forward pass, from scratch
+# ## 5. Attention, as a module
 #
-# A block is `x = x + attn(norm(x))` then `x = x + mlp(norm(x))`: each layer *adds* its
-# output to a running sum, the **residual stream**. Two extras of modern small models:
-#
-# - **residual scalars**: before each block, $x \leftarrow \lambda_i x + \mu_i x_0$, where
-#   $x_0$ is the normed embedding (so every layer can reach back to the raw tokens);
-# - **value embeddings**: every other layer adds a learned per-token vector to its attention
-#   values, through a per-head gate $2\,\sigma(W_g x_{[:32]})$.
-#
-# A freshly initialized model has its output projections at zero (each block starts as the
-# identity), which would make the check below trivial, so we give every weight random
-# values first. Then the forward pass, written with plain tensor operations and the pieces
-# from lesson 02:
+# Everything here comes from lesson 02: project the normed input to queries, keys and
+# values; QK-norm; RoPE; causal attention over grouped kv heads, with this layer's window.
+# We call the library's versions of lesson 02's functions (`rope.apply_rope`,
+# `attention.causal_attention`), which you checked there. New is the value embedding:
+# layers that have one get `ve` (B, T, kv_dim) and add it to the values through the gate.
 
 # %%
-demo = GPT(cfg.replace(window_pattern="SL", short_window=SEQ_LEN // 4))
+class CausalSelfAttention(nn.Module):
+    """Grouped-query attention with QK-norm, RoPE and an optional value embedding."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        C, self.head_dim = config.n_embd, config.head_dim
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.c_q = nn.Linear(C, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(C, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(C, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(C, C, bias=False)
+        # the gate reads the first 32 channels and gives one number per kv head
+        self.ve_gate = (nn.Linear(min(32, C), self.n_kv_head, bias=False)
+                        if config.has_value_embed(layer) else None)
+
+    def forward(self, x, ve, cos, sin, window):
+        """x: (B, T, C) normed; ve: (B, T, kv_dim) or None; cos, sin: (T, D/2) → (B, T, C)."""
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, Hkv)
+            v = v + gate[..., None] * ve.view(B, T, self.n_kv_head, self.head_dim)
+        q, k = rope.apply_rope(rms_norm(q), cos, sin), rope.apply_rope(rms_norm(k), cos, sin)
+        y = attention.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       window=window)  # (B, H, T, D)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+# %% [markdown]
+# ## 6. The block
+#
+# A block first mixes the x0 side path into the stream, then adds attention's output, then
+# the MLP's, each reading a normed copy of the stream ("pre-norm"): the stream itself is
+# never normalized, so what one layer writes reaches every later layer unchanged.
+#
+# ### Exercise: one block's residual arithmetic
+#
+# Write `block_forward`: $x \leftarrow \lambda x + \mu x_0$, then
+# $x \leftarrow x + \mathrm{attn}(\mathrm{norm}(x))$, then
+# $x \leftarrow x + \mathrm{mlp}(\mathrm{norm}(x))$. `attn` and `mlp` are callables
+# (B, T, C) → (B, T, C); `resid_lambda` and `x0_lambda` are 0-dimensional tensors. Use
+# `F.rms_norm(x, (C,))` (or your `rms_norm`) for the norm.
+
+# %%
+def block_forward(x: torch.Tensor, x0: torch.Tensor, resid_lambda: torch.Tensor,
+                  x0_lambda: torch.Tensor, attn, mlp) -> torch.Tensor:
+    """One pre-norm block with the x0 side path. x, x0: (B, T, C) → (B, T, C)."""
+    raise NotImplementedError("exercise: mix in x0, then two residual adds of f(norm(x))")
+
+
+# %%
+block_forward = exercises.check("03_gpt_model.block_forward", block_forward)
+
+# %%
+class Block(nn.Module):
+    """Attention + MLP around the residual stream (see block_forward)."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp = MLP(config)
+
+    def forward(self, x, x0, resid_lambda, x0_lambda, ve, cos, sin, window):
+        attend = lambda h: self.attn(h, ve, cos, sin, window)  # noqa: E731
+        return block_forward(x, x0, resid_lambda, x0_lambda, attend, self.mlp)
+
+
+# %% [markdown]
+# ## 7. The whole model
+#
+# `GPTModel` is the skeleton with real blocks, plus what the blocks need from outside:
+# the RoPE tables (a non-persistent buffer: computed, never saved), the value-embedding
+# tables (an `nn.ModuleDict` keyed by layer number), the per-layer scalars $\lambda$ and
+# $\mu$, and the logit softcap (section 8). With `targets` it returns the loss.
+
+# %%
+class GPTModel(nn.Module):
+    """idx (B, T) int64 → logits (B, T, vocab_size), or the mean loss given targets (B, T)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        V, C, L = config.padded_vocab_size, config.n_embd, config.n_layer
+        kv_dim = config.n_kv_head * config.head_dim
+        self.wte = nn.Embedding(V, C)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(L))
+        self.value_embeds = nn.ModuleDict(
+            {str(i): nn.Embedding(V, kv_dim) for i in range(L) if config.has_value_embed(i)})
+        self.lm_head = nn.Linear(C, V, bias=False)
+        self.resid_lambdas = nn.Parameter(torch.ones(L)) if config.residual_scalars else None
+        self.x0_lambdas = nn.Parameter(torch.zeros(L)) if config.residual_scalars else None
+        cos, sin = rope.rope_cos_sin(config.sequence_len, config.head_dim, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.windows = config.window_sizes()
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = x0 = rms_norm(self.wte(idx))
+        one, zero = torch.ones(()), torch.zeros(())
+        for i, block in enumerate(self.blocks):
+            lam = self.resid_lambdas[i] if self.resid_lambdas is not None else one
+            mu = self.x0_lambdas[i] if self.x0_lambdas is not None else zero
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, x0, lam, mu, ve, cos, sin, self.windows[i])
+        logits = self.lm_head(rms_norm(x))[..., : self.config.vocab_size]
+        cap = self.config.softcap
+        logits = cap * torch.tanh(logits / cap) if cap else logits
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+
+mine = GPTModel(cfg)
+print(f"GPTModel: {sum(p.numel() for p in mine.parameters()):,} parameters, "
+      f"logits {tuple(mine(idx).shape)}")
+
+# %% [markdown]
+# ### Does it match the library?
+#
+# Give the library's `GPT` random weights everywhere (a fresh one has its output
+# projections at zero, so every block starts as the identity and a comparison would prove
+# little), copy its `state_dict` into your model (`strict=True`: every key must match, in
+# name and shape), and compare the logits:
+
+# %%
+reference = GPT(cfg)
 with torch.no_grad():
-    for name, p in demo.named_parameters():
+    for name, p in reference.named_parameters():
         if name.endswith(("c_proj.weight", "ve_gate.weight")) or name.startswith("lm_head"):
             p.normal_(0, 0.5 / math.sqrt(p.shape[1]))
-
-
-def forward_from_scratch(m, idx):
-    """Logits (B, T, vocab) of GPT ``m`` for tokens idx (B, T), written out."""
-    c = m.config
-    B, T = idx.shape
-    H, Hkv, D = c.n_head, c.n_kv_head, c.head_dim
-    cos, sin = rope.rope_cos_sin(T, D, c.rope_base)
-    x = x0 = rms_norm(m.wte.weight[idx])  # embed, then norm
-    for i, block in enumerate(m.blocks):
-        x = m.resid_lambdas[i] * x + m.x0_lambdas[i] * x0
-        a, h = block.attn, rms_norm(x)
-        q = (h @ a.c_q.weight.T).view(B, T, H, D)
-        k = (h @ a.c_k.weight.T).view(B, T, Hkv, D)
-        v = (h @ a.c_v.weight.T).view(B, T, Hkv, D)
-        if a.ve_gate is not None:  # value embedding, gated per kv head
-            gate = 2 * torch.sigmoid(h[..., :32] @ a.ve_gate.weight.T)  # (B, T, Hkv)
-            v = v + gate[..., None] * m.value_embeds[str(i)].weight[idx].view(B, T, Hkv, D)
-        q, k = rope.apply_rope(rms_norm(q), cos, sin), rope.apply_rope(rms_norm(k), cos, sin)
-        y = attention.reference_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                          v.transpose(1, 2), window=m.windows[i])
-        x = x + y.transpose(1, 2).reshape(B, T, -1) @ a.c_proj.weight.T
-        x = x + mlp_relu2(rms_norm(x), block.mlp.c_fc.weight, block.mlp.c_proj.weight)
-    logits = (rms_norm(x) @ m.lm_head.weight.T)[..., : c.vocab_size]
-    return c.softcap * torch.tanh(logits / c.softcap)
-
-
-idx = torch.randint(0, 256, (2, SEQ_LEN))
+        elif name.endswith("lambdas"):
+            p.uniform_(0.5, 1.5)
+mine.load_state_dict(reference.state_dict(), strict=True)
 with torch.no_grad():
-    torch.testing.assert_close(forward_from_scratch(demo, idx), demo(idx), atol=1e-4, rtol=1e-4)
-print("forward_from_scratch == GPT.forward")
+    torch.testing.assert_close(mine(idx), reference(idx), atol=1e-4, rtol=1e-4)
+print(f"{len(reference.state_dict())} tensors loaded; GPTModel logits == library GPT logits")
 
 # %% [markdown]
-# ## 5. The logit softcap
+# From here on the two are the same model: you can train `GPTModel` and hand its weights
+# to the library (section 9 does that for fast generation), or the other way round.
 #
-# The last step squashes each logit smoothly into $(-15, 15)$ with
-# $15 \tanh(z / 15)$. Small logits pass unchanged; huge ones, which would make the model
-# overconfident and its training unstable, are capped. It is computed in float32 even when
-# the rest runs in bfloat16, because $\tanh$ of a rounded input loses the small differences
-# between the top candidates.
+# ## 8. The logit softcap and the loss
+#
+# The last step squashes each logit smoothly into $(-15, 15)$ with $15 \tanh(z / 15)$.
+# Small logits pass unchanged; huge ones, which would make the model overconfident and its
+# training unstable, are capped. (The library computes it in float32 even when the rest
+# runs in bfloat16: $\tanh$ of a rounded input loses the small differences between the top
+# candidates.)
 
 # %%
 z = torch.linspace(-60, 60, 400)
@@ -221,33 +429,31 @@ plt.title("logit softcap")
 plt.show()
 
 # %% [markdown]
-# ## 6. The loss
-#
-# Given targets (the next token at every position), `model(idx, targets)` returns the mean
+# Given targets (the next token at every position), the model returns the mean
 # cross-entropy. Targets equal to `-1` are skipped: padding, or the user's turns in chat
-# data. `reduction="none"` gives one loss per token (0 where skipped), which evaluation
-# uses to score bits per byte.
-#
-# Before training, the predictions are close to uniform, so the loss starts near
-# $\ln V = \ln 256 \approx 5.55$:
+# data. The library's `reduction="none"` gives one loss per token (0 where skipped), which
+# evaluation uses to score bits per byte. A fresh model predicts nearly uniformly, so the
+# loss starts near $\ln V = \ln 256 \approx 5.55$:
 
 # %%
+model = GPTModel(cfg)
+model.load_state_dict(GPT(cfg).state_dict())  # the library's initialization (lesson 04 explains it)
 x_ids, y_ids = idx[:, :-1], idx[:, 1:].clone()
 y_ids[:, :10] = -1  # ignore the first 10 targets of each row
-loss = model(x_ids, y_ids)
-per_token = model(x_ids, y_ids, reduction="none")
-logits = model(x_ids)
-keep = y_ids != -1
-torch.testing.assert_close(loss, F.cross_entropy(logits[keep], y_ids[keep]))
-print(f"initial loss {loss.item():.3f} (ln 256 = {math.log(256):.3f}); per-token shape "
-      f"{tuple(per_token.shape)}, zero where ignored: {bool((per_token[~keep] == 0).all())}")
+with torch.no_grad():
+    loss = model(x_ids, y_ids)
+    keep = y_ids != -1
+    torch.testing.assert_close(loss, F.cross_entropy(model(x_ids)[keep], y_ids[keep]))
+    per_token = reference(x_ids, y_ids, reduction="none")
+print(f"initial loss {loss.item():.3f} (ln 256 = {math.log(256):.3f}); library per-token "
+      f"losses {tuple(per_token.shape)}, zero where ignored: {bool((per_token[~keep] == 0).all())}")
 
 # %% [markdown]
-# ## 7. Counting parameters
+# ## 9. Counting parameters
 #
-# Where do the parameters live? Per layer: $C^2$ for each of the query and output
-# projections, $C \cdot H_{kv} D$ for keys and values, $8C^2$ for the MLP. Plus two
-# vocabulary tables (token embedding and the untied output head), value embeddings on
+# Where do the parameters live? Per layer: $C \cdot H D$ for the query and $C^2$ for the
+# output projection, $C \cdot H_{kv} D$ each for keys and values, $8C^2$ for the MLP. Plus
+# two vocabulary tables (token embedding and the untied output head), value embeddings on
 # every other layer, and a few scalars.
 #
 # ### Exercise: count the parameters from the config alone
@@ -263,49 +469,112 @@ count_params = exercises.check("03_gpt_model.count_params", count_params)
 
 # %%
 print(f"this lesson's model: {count_params(cfg):,} parameters "
-      f"(model.num_params() = {model.num_params():,})")
+      f"(GPTModel has {sum(p.numel() for p in model.parameters()):,})")
 
 # %% [markdown]
-# ## 8. Counting FLOPs
+# Where they sit, for the course's real models (GPT-2 vocabulary, built on the meta device):
+
+# %%
+parts = ["matrices", "embeddings", "lm_head", "value_embeds", "scalars"]
+depths = (6, 12, 20)
+table = {}
+for depth in depths:
+    with torch.device("meta"):
+        table[depth] = GPT(GPTConfig.from_depth(depth, vocab_size=VOCAB_GPT2, sequence_len=2048)).param_counts()
+fig, ax = plt.subplots(figsize=(6, 3.5))
+bottom = [0.0] * len(depths)
+for part in parts:
+    vals = [table[d][part] / 1e6 for d in depths]
+    ax.bar([f"d{d}" for d in depths], vals, bottom=bottom, label=part)
+    bottom = [b + v for b, v in zip(bottom, vals)]
+ax.set_ylabel("parameters (millions)")
+ax.legend()
+ax.set_title("where the parameters are")
+plt.show()
+for d in depths:
+    share = {p: table[d][p] / table[d]["total"] for p in parts[:4]}
+    print(f"d{d}: " + ", ".join(f"{p} {s:.0%}" for p, s in share.items()))
+
+# %% [markdown]
+# At d6 the value embeddings are about half of all parameters, and the block matrices,
+# where the "thinking" happens, barely a tenth. The reason: a value-embedding table has a
+# row of width $H_{kv} D = C$ for each of the 50,304 vocabulary entries, one table per
+# value-embedded layer (half the layers), so it grows like $V \cdot C \cdot L/2$ while the
+# blocks grow like $12\,C^2 L$. With $V = 50{,}304$ and $C = 384$, one table (19M) is bigger than
+# all six blocks together (11M). They are cheap, though: a lookup costs no FLOPs, which is
+# why `estimate_flops()` leaves them out, and why parameter counts of small models with
+# value embeddings say little about their compute. As $C$ grows, the matrices win.
+#
+# ## 10. Counting FLOPs
 #
 # Training cost is measured in floating-point operations. A matmul with a weight of $N$
-# entries costs $2N$ FLOPs per token forward and $4N$ backward: **6N** per token. Attention
-# adds $12 \cdot H \cdot D \cdot W$ per layer and token ($W$ = keys seen, the window).
-# Embedding lookups cost nothing. `estimate_flops()` adds these up; PyTorch's FLOP counter
-# measures the real forward+backward, and its matmul part matches $6N$ exactly:
+# entries costs $2N$ FLOPs per token forward and $4N$ backward: **6N** per token. Embedding
+# lookups cost nothing.
+#
+# Attention adds two matmuls per query and head that grow with the number of keys the
+# query sees: the scores $q \cdot k$ and the weighted sum of values, $2 \cdot 2 D$ FLOPs
+# forward per key and head, so $12\,H D$ per key for forward + backward. How many keys?
+# Under the causal mask, the query at position $i$ sees $\min(i+1, W)$ keys, where $W$ is
+# the window ($W = T$ at full context). Averaged over a sequence of $T$ that is
+# $W - W(W-1)/(2T)$: about $(T+1)/2$ at full context and about $0.75\,W$ when $W = T/2$.
+# `estimate_flops()` counts the full $W$ keys per query (the convention of FLOP counters
+# and of MFU figures), so its attention part overstates the work the causal mask leaves by
+# up to 2×:
+
+# %%
+T = cfg.sequence_len
+for i, W in enumerate(cfg.window_sizes()):
+    seen = sum(min(p + 1, W) for p in range(T)) / T
+    print(f"layer {i}: window {W:4d}, keys seen on average {seen:7.2f} "
+          f"(formula {W - W * (W - 1) / (2 * T):7.2f}), estimate_flops counts {W}")
+
+# %% [markdown]
+# PyTorch's FLOP counter measures a real forward + backward. Its matmul part matches
+# $6N$ exactly; the attention kernel on the CPU computes the whole masked (T, T) score
+# table, so the counter sees $W = T$ there whatever the mask:
 
 # %%
 from torch.utils.flop_counter import FlopCounterMode
 
 counter = FlopCounterMode(display=False)
 with counter:
-    demo(idx, idx).backward()
+    reference(idx, idx).backward()
 matmul_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "mm" in str(op))
-kinds = demo.parameter_kinds()
-gates = sum(b.attn.ve_gate.weight.numel() for b in demo.blocks if b.attn.ve_gate is not None)
+kinds = reference.parameter_kinds()
+gates = sum(b.attn.ve_gate.weight.numel() for b in reference.blocks if b.attn.ve_gate is not None)
 n_matmul = sum(p.numel() for p in kinds["matrix"] + kinds["unembedding"]) + gates
 print(f"FLOP counter, matmuls: {matmul_flops:,}")
 print(f"6 N tokens:            {6 * n_matmul * idx.numel():,}")
-print(f"estimate_flops() per token: {demo.estimate_flops():,} "
-      f"(of which attention {demo.estimate_flops() - 6 * n_matmul:,})")
+print(f"estimate_flops() per token: {reference.estimate_flops():,} "
+      f"(of which attention {reference.estimate_flops() - 6 * n_matmul:,})")
 
 # %% [markdown]
-# ## 9. Teach it a paragraph
+# ## 11. Train your model
 #
-# Sampling from an untrained model only produces noise, so let us first train ours for a
-# moment on one paragraph (lesson 04 explains the training loop properly). The text has a
-# few multi-byte characters on purpose.
+# Sampling from an untrained model only produces noise, so let us train `GPTModel` for a
+# moment (lesson 04 explains the training loop properly). The text: a paragraph with a
+# few multi-byte characters on purpose, plus the documentation of a few Python modules,
+# so the model cannot simply memorise it all and stays unsure about many next bytes.
 
 # %%
-TEXT = ("The café on the corner serves crème brûlée and strong coffee ☕. Every morning the "
-        "baker opens at six, the first customers arrive at seven, and by noon the shelves "
-        "are empty. ") * 4
+import argparse
+import collections
+import csv
+import heapq
+import json
+
+PARAGRAPH = ("The café on the corner serves crème brûlée and strong coffee ☕. Every morning the "
+             "baker opens at six, the first customers arrive at seven, and by noon the shelves "
+             "are empty. ")
+TEXT = "\n\n".join([PARAGRAPH * 3] + [m.__doc__ or "" for m in (argparse, json, collections,
+                                                                heapq, csv)])
 data = torch.tensor(list(TEXT.encode("utf-8")))
-print(f"{len(TEXT)} characters, {len(data)} bytes")
+print(f"{len(TEXT):,} characters, {len(data):,} bytes")
 
 # %%
 opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
 block, BATCH = min(SEQ_LEN, 64), presets.choose(PRESET, smoke=8, laptop=16, full=32)
+start = time.perf_counter()
 for step in range(TRAIN_STEPS + 1):
     starts = torch.randint(0, len(data) - block - 1, (BATCH,))
     xb = torch.stack([data[s:s + block] for s in starts])
@@ -315,11 +584,22 @@ for step in range(TRAIN_STEPS + 1):
     loss.backward()
     opt.step()
     if step % max(1, TRAIN_STEPS // 5) == 0:
-        print(f"step {step:4d}  loss {loss.item():.3f}")
-model = model.eval()
+        print(f"step {step:4d}  loss {loss.item():.3f}  ({time.perf_counter() - start:.0f} s)")
 
 # %% [markdown]
-# ## 10. Sampling
+# Your model is trained. For generation, the library's `GPT` has what ours lacks, a KV
+# cache (section 13), so we move the weights over. Same `state_dict`, same logits:
+
+# %%
+lib_model = GPT(cfg)
+lib_model.load_state_dict(model.state_dict())
+lib_model.eval()
+with torch.no_grad():
+    torch.testing.assert_close(lib_model(xb), model(xb), atol=1e-4, rtol=1e-4)
+print("trained GPTModel weights loaded into the library's GPT; logits agree")
+
+# %% [markdown]
+# ## 12. Sampling
 #
 # The model gives logits; turning them into a next token is a choice:
 #
@@ -332,7 +612,7 @@ model = model.eval()
 # %%
 prompt = list("The café".encode())
 with torch.no_grad():
-    next_logits = model(torch.tensor([prompt]))[0, -1]
+    next_logits = lib_model(torch.tensor([prompt]))[0, -1]
 top = next_logits.topk(8).indices
 plt.figure(figsize=(6, 3))
 for tau in (0.5, 1.0, 2.0):
@@ -360,12 +640,18 @@ top_k_filter = exercises.check("03_gpt_model.top_k_filter", top_k_filter)
 
 # %% [markdown]
 # Top-p needs a sort: take tokens from most to least likely until their probabilities add
-# up to $p$. How many survive depends on how confident the model is:
+# up to $p$. How many survive depends on how sure the model is, which changes from one
+# position to the next. Here, for every position of a window of the text (its last
+# `SEQ_LEN` bytes, from the module documentation), the number of bytes top-p keeps:
 
 # %%
+with torch.no_grad():
+    rows = lib_model(data[-SEQ_LEN:][None])[0]  # (SEQ_LEN, 256): one row of logits per position
 for p in (0.5, 0.9, 0.99):
-    kept = (~torch.isinf(top_p_filter(next_logits[None], p))).sum().item()
-    print(f"top_p={p}: {kept} of 256 bytes can be sampled")
+    kept = (~torch.isinf(top_p_filter(rows, p))).sum(-1).float()
+    print(f"top_p={p}: keeps {kept.min():.0f} to {kept.max():.0f} of 256 bytes "
+          f"(median {kept.median():.0f}); after 'The café': "
+          f"{int((~torch.isinf(top_p_filter(next_logits[None], p))).sum())}")
 g = torch.Generator().manual_seed(SEED)
 picks = sample_next_token(top_k_filter(next_logits[None], 3).expand(1000, -1), generator=g)
 print("1000 draws with top-k = 3 only ever pick:", sorted({chr(t) for t in picks.tolist()}))
@@ -387,9 +673,10 @@ class ByteTokenizer:
 
 
 tok = ByteTokenizer()
-pieces = list(stream_text(model, tok, prompt, max_new_tokens=120, temperature=0.8, top_k=20,
-                          seed=SEED))
-print("The café" + "".join(pieces))
+start_text = "The café on the corner serves cr"
+pieces = list(stream_text(lib_model, tok, list(start_text.encode()), max_new_tokens=120,
+                          temperature=0.8, top_k=20, seed=SEED))
+print(start_text + "".join(pieces))
 multi = [p for p in pieces if len(p.encode()) > 1 and "\ufffd" not in p]
 print(f"{len(pieces)} pieces; multi-byte characters arrived whole: {multi[:6]}")
 
@@ -397,13 +684,13 @@ print(f"{len(pieces)} pieces; multi-byte characters arrived whole: {multi[:6]}")
 # The same seed gives the same text; `temperature=0` is greedy:
 
 # %%
-a = list(generate(model, prompt, 40, temperature=0.8, seed=1))
-b = list(generate(model, prompt, 40, temperature=0.8, seed=1))
+a = list(generate(lib_model, prompt, 40, temperature=0.8, seed=1))
+b = list(generate(lib_model, prompt, 40, temperature=0.8, seed=1))
 print("same seed, same tokens:", a == b)
-print("greedy:", tok.decode(prompt + list(generate(model, prompt, 60, temperature=0))))
+print("greedy:", tok.decode(prompt + list(generate(lib_model, prompt, 60, temperature=0))))
 
 # %% [markdown]
-# ## 11. The KV cache
+# ## 13. The KV cache
 #
 # Generating token $t+1$ needs attention of the newest query over all keys and values
 # $1..t$. Recomputing them from scratch every step costs a full forward pass over the whole
@@ -418,12 +705,12 @@ print("greedy:", tok.decode(prompt + list(generate(model, prompt, 60, temperatur
 # The logits are the same as the full forward pass's, position by position:
 
 # %%
-seq = torch.tensor([list(TEXT.encode())[: SEQ_LEN]])
-cache = KVCache.for_model(model, batch_size=1)
+seq = data[:SEQ_LEN][None]
+cache = KVCache.for_model(lib_model, batch_size=1)
 with torch.no_grad():
-    full = model(seq)
-    steps = [model(seq[:, :8], kv_cache=cache)]  # prefill 8 tokens
-    steps += [model(seq[:, t:t + 1], kv_cache=cache) for t in range(8, seq.shape[1])]
+    full = lib_model(seq)
+    steps = [lib_model(seq[:, :8], kv_cache=cache)]  # prefill 8 tokens
+    steps += [lib_model(seq[:, t:t + 1], kv_cache=cache) for t in range(8, seq.shape[1])]
 torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
 print(f"cache filled to {cache.pos} positions; keys stored as {tuple(cache.k.shape)} "
       "(layers, batch, kv heads, time, head dim)")
@@ -436,7 +723,7 @@ n_new = SEQ_LEN - 8
 timings = {}
 for use_cache in (False, True):
     start = time.perf_counter()
-    out = list(generate(model, prompt[:8], n_new, temperature=0, use_cache=use_cache))
+    out = list(generate(lib_model, prompt[:8], n_new, temperature=0, use_cache=use_cache))
     timings[use_cache] = time.perf_counter() - start
     print(f"use_cache={use_cache!s:5}: {len(out)} tokens in {timings[use_cache]:.2f} s "
           f"({len(out) / timings[use_cache]:.0f} tok/s)")
@@ -445,6 +732,7 @@ print(f"speed-up: {timings[False] / timings[True]:.1f}x  (it grows with the cont
 # %% [markdown]
 # ## What next
 #
-# You have the complete model: `GPT(config)` with its loss, its parameter and FLOP
-# counts, and fast generation. `lessons/04_training_loop` trains it properly: batches,
-# AdamW, learning-rate schedules, gradient accumulation and bfloat16.
+# You have built the complete model as modules you own, proved it equal to the library's,
+# trained it, and generated from it with a KV cache. `lessons/04_training_loop` trains it
+# properly: batches, your own AdamW, learning-rate schedules, gradient clipping, gradient
+# accumulation and bfloat16.

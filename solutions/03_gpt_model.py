@@ -31,3 +31,10 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, logits.shape[-1])
     kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def block_forward(x, x0, resid_lambda, x0_lambda, attn, mlp):
+    """One pre-norm block with the x0 side path. x, x0: (B, T, C) → (B, T, C)."""
+    x = resid_lambda * x + x0_lambda * x0  # mix the embedding back in
+    x = x + attn(F.rms_norm(x, (x.size(-1),)))  # attention reads a normed copy, adds to x
+    return x + mlp(F.rms_norm(x, (x.size(-1),)))  # so does the MLP

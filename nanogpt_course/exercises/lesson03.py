@@ -1,4 +1,5 @@
-"""Checkers for lessons/03_gpt_model: the ReLU² MLP, counting parameters, top-k sampling."""
+"""Checkers for lessons/03_gpt_model: the ReLU² MLP, a block's residual arithmetic, counting
+parameters, top-k sampling."""
 
 from __future__ import annotations
 
@@ -81,3 +82,34 @@ exercise("03_gpt_model.count_params", count_params, _count_cases, tol=0,
 exercise("03_gpt_model.top_k_filter", top_k_filter, _top_k_cases, tol=0,
          compare=_same_finite_and_inf,
          hint="kth = logits.topk(k).values[..., -1:]; masked_fill(logits < kth, -inf)")
+
+
+def block_forward(x: torch.Tensor, x0: torch.Tensor, resid_lambda: torch.Tensor,
+                  x0_lambda: torch.Tensor, attn, mlp) -> torch.Tensor:
+    """Reference: x ← λx + μx0; x ← x + attn(norm(x)); x ← x + mlp(norm(x)). (B, T, C)."""
+    x = resid_lambda * x + x0_lambda * x0
+    x = x + attn(F.rms_norm(x, (x.size(-1),)))
+    return x + mlp(F.rms_norm(x, (x.size(-1),)))
+
+
+def _block_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for name, (B, T, C, lam, mu) in {"identity scalars (λ=1, μ=0)": (1, 4, 8, 1.0, 0.0),
+                                     "λ=0.7, μ=0.3": (2, 5, 16, 0.7, 0.3),
+                                     "large stream (norm matters)": (2, 3, 16, 1.2, -0.5)}.items():
+        w_a = torch.randn(C, C, generator=g) / C ** 0.5
+        w_fc = torch.randn(4 * C, C, generator=g) / C ** 0.5
+        w_proj = torch.randn(C, 4 * C, generator=g) / (2 * C ** 0.5)
+        scale = 10.0 if "large" in name else 1.0
+        x = scale * torch.randn(B, T, C, generator=g)
+        x0 = torch.randn(B, T, C, generator=g)
+        attn = lambda h, w=w_a: torch.tanh(h @ w.T).cumsum(dim=1)  # noqa: E731 (mixes positions)
+        mlp = lambda h, a=w_fc, b=w_proj: mlp_relu2(h, a, b)  # noqa: E731
+        cases.append(Case(name, (x, x0, torch.tensor(lam), torch.tensor(mu), attn, mlp)))
+    return cases
+
+
+exercise("03_gpt_model.block_forward", block_forward, _block_cases, tol=1e-5,
+         hint="first x = resid_lambda * x + x0_lambda * x0; then x = x + attn(norm(x)); then "
+              "the same with mlp. Each reads a normed copy; the stream itself is never normed.")
