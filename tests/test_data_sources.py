@@ -183,7 +183,9 @@ def test_task_mixture_offline_on_the_data_mirror(shared_data, cache):
     assert len(used) == 2 + 57 and not any("test" in p.split("/")[-2:] for p in used)
     assert all("/test/" not in p and not p.endswith("test.jsonl") for p in used)
     docs = meta["splits"]["train"]["docs"] + meta["splits"]["val"]["docs"]
-    assert docs == 1000 + 7473 + 285
+    # identity: the 17 of the sample's 1,000 conversations that do not state nanochat's
+    # facts, plus the course's own 400 (data/identity.py)
+    assert docs == 17 + 400 + 7473 + 285
     assert meta["splits"]["val"]["docs"] > 0
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from .. import paths
 from . import hub
+from .documents import Document, Resolved, Source, check_messages, file_fingerprint, hash_split
 from .identity import identity_conversations as own_identity_conversations
 from .identity import is_foreign_identity
-from .sources import Document, Resolved, Source, check_messages, file_fingerprint, hash_split
 
 LETTERS = "ABCD"
 _CALC = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations: "<<48/2=24>>"
