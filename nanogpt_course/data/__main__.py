@@ -7,7 +7,8 @@ Examples::
     python -m nanogpt_course.data prepare fineweb_edu --max-files 2
     python -m nanogpt_course.data prepare task_mixture --online
     python -m nanogpt_course.data prepare notes/ --tokenizer runs/tok32k   # your own text
-    python -m nanogpt_course.data list
+    python -m nanogpt_course.data list                  # needs no tokenizer files
+    python -m nanogpt_course.data info tinyshakespeare  # a dataset name or a prepared folder
     python -m nanogpt_course.data verify ~/.cache/nanogpt_course/data/gpt2/offline
 """
 
@@ -43,13 +44,63 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", dest="online", action="store_false",
                    help="task_mixture: only the data mirror's files")
     p.add_argument("--quiet", action="store_true")
-    lst = sub.add_parser("list", help="the datasets and whether they are prepared")
-    lst.add_argument("--tokenizer", default="gpt2")
-    info = sub.add_parser("info", help="summarize a prepared folder")
-    info.add_argument("path")
-    verify = sub.add_parser("verify", help="check every shard's checksum")
-    verify.add_argument("path")
+    lst = sub.add_parser("list", help="the datasets and where they are prepared")
+    lst.add_argument("--tokenizer", default=None,
+                     help="only folders prepared for this tokenizer (default: any)")
+    for name, text in (("info", "summarize a prepared dataset"),
+                       ("verify", "check every shard's checksum")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("path", help="a dataset name (as `list` shows it) or a prepared folder")
+        cmd.add_argument("--tokenizer", default=None,
+                         help="with a name: the tokenizer it was prepared for (default: any)")
     return parser
+
+
+def _tokenizer_slugs(spec: str | None) -> list[str] | None:
+    """Cache folder names to look in: None = every tokenizer. ``gpt2`` needs no files."""
+    if spec is None:
+        return None
+    if spec == "gpt2":
+        return ["gpt2"]
+    return [preparation.slug(preparation.resolve_tokenizer(spec).identity)]
+
+
+def prepared_folders(name: str, tokenizer: str | None = None) -> list[Path]:
+    """Prepared folders of dataset ``name`` (``name`` or ``name-<options>``), per tokenizer."""
+    root = paths.cache_dir("data", create=False)
+    slugs = _tokenizer_slugs(tokenizer)
+    tok_dirs = sorted(d for d in root.glob("*") if d.is_dir()) if root.is_dir() else []
+    if slugs is not None:
+        tok_dirs = [root / s for s in slugs]
+    found = []
+    for tok_dir in tok_dirs:
+        for folder in sorted(tok_dir.glob(f"{name}*")):
+            if folder.name in (name,) or folder.name.startswith(f"{name}-"):
+                if preparation.is_prepared(folder):
+                    found.append(folder)
+    return found
+
+
+def find_prepared(spec: str, tokenizer: str | None = None) -> Path:
+    """A prepared folder from a path or a dataset name; a clear error when there is none or
+    several (listing them)."""
+    if preparation.is_prepared(spec):
+        return Path(spec)
+    if Path(spec).expanduser().exists():
+        return Path(spec)  # read_meta explains what is wrong with it
+    found = prepared_folders(spec, tokenizer)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"{spec} is prepared several times (tokenizers or options differ): "
+                         + ", ".join(str(f) for f in found)
+                         + "; pass one folder, or --tokenizer")
+    known = spec in sources.SOURCES
+    what = f"dataset {spec!r} is not prepared" if known else \
+        f"{spec!r} is neither a prepared folder nor a dataset name ({', '.join(sorted(sources.SOURCES))})"
+    for_tok = f" for tokenizer {tokenizer!r}" if tokenizer else ""
+    raise FileNotFoundError(f"{what}{for_tok}; prepare it with: python -m nanogpt_course.data "
+                            f"prepare {spec if known else 'NAME'}")
 
 
 def _source_options(args) -> dict:
@@ -70,17 +121,18 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_list(args) -> int:
-    tok = preparation.resolve_tokenizer(args.tokenizer)
-    root = paths.cache_dir("data", preparation.slug(tok.identity), create=False)
+    root = paths.cache_dir("data", create=False)
     for name, source in sorted(sources.SOURCES.items()):
-        done = [p.name for p in sorted(root.glob(f"{name}*")) if preparation.is_prepared(p)]
+        done = [f"{p.parent.name}/{p.name}" for p in prepared_folders(name, args.tokenizer)]
         state = f"prepared: {', '.join(done)}" if done else "not prepared"
         print(f"{name:<16} {source.kind:<5} {state:<34} {source.description}")
-    print(f"(prepared folders for tokenizer {tok.identity!r} live in {root})")
+    print(f"(prepared folders live in {root}/<tokenizer>/; `info NAME` summarizes one)")
     return 0
 
 
 def cmd_info(args) -> int:
+    args.path = str(find_prepared(args.path, args.tokenizer))
+    print(args.path)
     meta = preparation.read_meta(args.path)
     print(f"{meta['name']} ({meta['kind']}), tokenizer {meta['tokenizer']}, {meta['dtype']}")
     for split, s in meta["splits"].items():
@@ -91,6 +143,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    args.path = str(find_prepared(args.path, args.tokenizer))
     meta = preparation.read_meta(args.path)
     n = 0
     for s in meta["splits"].values():
@@ -102,7 +155,7 @@ def cmd_verify(args) -> int:
                         raise shards.ShardError(f"{info['file']}: checksum differs from "
                                                 f"meta.json; prepare the dataset again")
                     n += 1
-    print(f"{n} shard file(s) OK")
+    print(f"{n} shard file(s) OK in {args.path}")
     return 0
 
 

@@ -16,6 +16,12 @@ and a file goes to the validation split when its *content* hash falls in the bot
 is recorded in ``manifest.json`` (key, bytes, sha256, split for every file, totals and a
 hash of the whole corpus) next to ``corpus.jsonl`` (one ``{"key", "split", "text"}`` line
 per file).
+
+The full corpus depends on which packages happen to be installed. The *standard-library
+subset* (:func:`collect_stdlib`: the standard library's files and the ``pydoc`` topics,
+without the rendered help of built-in modules, which shows machine paths) has the same
+content hash on every machine with the same Python build: the quickstart trains on it so
+that its tokenizer and results do not change when a package is installed.
 """
 
 from __future__ import annotations
@@ -97,8 +103,14 @@ def _decode(raw: bytes) -> str | None:
     return text.replace("\r\n", "\n")
 
 
-def pydoc_texts() -> Iterator[tuple[str, str]]:
-    """``(key, text)`` for the pydoc help topics and the built-in modules' rendered help."""
+def stdlib_roots() -> list[tuple[str, Path]]:
+    """Only the standard library (what the standard-library subset walks)."""
+    return default_roots()[:1]
+
+
+def pydoc_texts(builtin_help: bool = True) -> Iterator[tuple[str, str]]:
+    """``(key, text)`` for the pydoc help topics and (``builtin_help``) the built-in modules'
+    rendered help, which includes machine-specific values such as ``sys.path``."""
     import importlib
     import pydoc
 
@@ -108,6 +120,8 @@ def pydoc_texts() -> Iterator[tuple[str, str]]:
         topics = {}
     for name in sorted(topics):
         yield f"pydoc/topics/{name}", topics[name]
+    if not builtin_help:
+        return
     for name in sorted(sys.builtin_module_names):
         try:
             module = importlib.import_module(name)
@@ -141,7 +155,8 @@ def corpus_dir(max_bytes: int | None = None) -> Path:
 
 def collect(*, max_bytes: int | None = None, val_fraction: float = 0.02,
             roots: list[tuple[str, Path]] | None = None, out: Path | None = None,
-            include_pydoc: bool = True, force: bool = False, progress: bool = True) -> Path:
+            include_pydoc: bool = True, force: bool = False, progress: bool = True,
+            builtin_help: bool = True) -> Path:
     """Build (or reuse) the offline corpus; returns its folder.
 
     ``max_bytes`` caps the UTF-8 size of the text taken (None = everything). The folder is
@@ -153,22 +168,37 @@ def collect(*, max_bytes: int | None = None, val_fraction: float = 0.02,
     start = time.perf_counter()
     roots = default_roots() if roots is None else [(str(a), Path(b)) for a, b in roots]
     out = Path(out) if out is not None else corpus_dir(max_bytes)
+    pydoc = "all" if include_pydoc and builtin_help else ("topics" if include_pydoc else "none")
     with file_lock(out.parent / f"{out.name}.lock"):
-        return _collect_locked(out, roots, max_bytes, val_fraction, include_pydoc, force,
+        return _collect_locked(out, roots, max_bytes, val_fraction, pydoc, force,
                                progress, start)
 
 
-def _collect_locked(out, roots, max_bytes, val_fraction, include_pydoc, force, progress,
+def collect_stdlib(*, max_bytes: int | None = None, val_fraction: float = 0.02,
+                   force: bool = False, progress: bool = True) -> Path:
+    """The standard-library subset (see the module docstring): deterministic for a given
+    Python build, whatever packages are installed. Lives in
+    ``<cache>/raw/offline/stdlib-<all|max-NNN>``; its manifest's ``content_sha256``
+    identifies it."""
+    label = "all" if max_bytes is None else f"max-{int(max_bytes)}"
+    out = paths.cache_dir("raw", "offline", f"stdlib-{label}", create=False)
+    return collect(max_bytes=max_bytes, val_fraction=val_fraction, roots=stdlib_roots(),
+                   out=out, include_pydoc=True, builtin_help=False, force=force,
+                   progress=progress)
+
+
+def _collect_locked(out, roots, max_bytes, val_fraction, pydoc, force, progress,
                     start) -> Path:
     listing = list_files(roots)
-    fingerprint = _fingerprint(listing, max_bytes, val_fraction) + ("" if include_pydoc else "-")
+    fingerprint = _fingerprint(listing, max_bytes, val_fraction) + \
+        {"all": "", "none": "-", "topics": "-topics"}[pydoc]
     manifest_path = out / "manifest.json"
     if manifest_path.is_file() and (out / "corpus.jsonl").is_file() and not force:
         old = json.loads(manifest_path.read_text())
         if old.get("listing_sha256") == fingerprint:
             return out
     out.mkdir(parents=True, exist_ok=True)
-    entries = _write_corpus(out, listing, max_bytes, val_fraction, include_pydoc, progress)
+    entries = _write_corpus(out, listing, max_bytes, val_fraction, pydoc, progress)
     manifest = _manifest(entries, roots, max_bytes, val_fraction, fingerprint)
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     tmp = manifest_path.with_suffix(".json.tmp")
@@ -181,12 +211,13 @@ def _collect_locked(out, roots, max_bytes, val_fraction, include_pydoc, force, p
     return out
 
 
-def _candidates(listing, include_pydoc) -> Iterator[tuple[str, int, object]]:
+def _candidates(listing, pydoc) -> Iterator[tuple[str, int, object]]:
     """``(key, size, source)`` in hash-of-key order; ``source`` is a Path or the text itself
-    (the pydoc texts are sorted in among the files)."""
+    (the pydoc texts are sorted in among the files). ``pydoc``: all | topics | none."""
     items = [(_order(key), key, size, path) for key, path, size, _ in listing]
-    if include_pydoc:
-        items += [(_order(key), key, len(text.encode()), text) for key, text in pydoc_texts()]
+    if pydoc != "none":
+        items += [(_order(key), key, len(text.encode()), text)
+                  for key, text in pydoc_texts(builtin_help=pydoc == "all")]
     items.sort(key=lambda item: (item[0], item[1]))
     for _, key, size, source in items:
         yield key, size, source
@@ -201,12 +232,12 @@ def _read(source) -> str | None:
         return None
 
 
-def _write_corpus(out, listing, max_bytes, val_fraction, include_pydoc, progress) -> list:
+def _write_corpus(out, listing, max_bytes, val_fraction, pydoc, progress) -> list:
     seen: set[str] = set()
     entries, total, last_report = [], 0, time.perf_counter()
     tmp = out / "corpus.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        for key, size, source in _candidates(listing, include_pydoc):
+        for key, size, source in _candidates(listing, pydoc):
             if max_bytes is not None and total + size > max_bytes:
                 if max_bytes - total < MIN_FILE_BYTES:
                     break  # full
