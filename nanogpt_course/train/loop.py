@@ -31,7 +31,7 @@ from .build import RunPlan, build_model, build_optimizer, load_optimizer_state
 from .compiling import compile_for_training
 from .metrics import MetricsLogger, StepTimer, device_peak_flops, mfu, peak_memory_bytes
 from .schedule import apply as apply_schedule
-from .validation import evaluate_bpb, run_eval_hook, sample_texts
+from .validation import eval_hooks_plan, evaluate_bpb, run_eval_hook, sample_texts
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -216,6 +216,8 @@ class Trainer:
         self.log.note(f"{run.grad_accum} micro-step(s) of {cfg.device_batch_size} x "
                       f"{cfg.seq_len} tokens per rank x {self.rt.world_size} rank(s) = "
                       f"{run.plan.total_batch_size:,} tokens per step; out: {run.out}")
+        for line in eval_hooks_plan(cfg, self.rt.device):  # fails early when data is missing
+            self.log.note(line)
         self.setup()
         if self.step == 0 and run.resume_from is None:
             rec = self.evaluate(0, last=False)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from ..eval.bpb import evaluate_bpb
 
-__all__ = ["evaluate_bpb", "sample_texts", "eval_hook", "run_eval_hook"]
+__all__ = ["evaluate_bpb", "sample_texts", "eval_hook", "eval_hooks_plan", "run_eval_hook"]
 
 BASE_PROMPTS = (
     "The capital of France is",
@@ -48,33 +48,49 @@ def sample_texts(model, tokenizer, *, kind: str = "base", max_new_tokens: int = 
 
 
 def eval_hook(name: str):
-    """The evaluation module's ``evaluate_<name>`` function, or None when it does not exist
-    yet (then the trainer says so once and carries on: it never invents a score)."""
+    """The evaluation module's ``evaluate_<name>`` function (``evaluate_core``,
+    ``evaluate_chatcore``), or None if this install lacks it."""
     if importlib.util.find_spec("nanogpt_course.eval") is None:
         return None
     module = importlib.import_module("nanogpt_course.eval")
     return getattr(module, f"evaluate_{name}", None)
 
 
-def run_eval_hook(name: str, model, tokenizer, *, runtime, log, announced: set) -> dict:
-    """Run CORE (``name="core"``) or ChatCORE (``"chatcore"``) when available.
+def eval_hooks_plan(cfg, device) -> list[str]:
+    """Lines saying what ``--core-every`` / ``--chatcore-every`` will run, checked at the
+    start of a run: raises :class:`nanogpt_course.eval.datasets.EvalDataError` (with the
+    command that fetches it) when the evaluation data is missing, before any training."""
+    from ..eval import training_plan
 
-    Calls ``nanogpt_course.eval.evaluate_<name>(model, tokenizer, device=...)`` on every
-    rank; a float result or a dict's ``<name>`` / ``<name>_metric`` entry is logged. When
-    the function does not exist, says so once per run (``announced`` remembers).
+    lines = []
+    for name in ("core", "chatcore"):
+        if getattr(cfg, f"{name}_every", -1) > 0:
+            lines.append(training_plan(name, device, every=getattr(cfg, f"{name}_every")))
+    return lines
+
+
+def run_eval_hook(name: str, model, tokenizer, *, runtime, log, announced: set) -> dict:
+    """Run CORE (``name="core"``) or ChatCORE (``"chatcore"``) on every rank.
+
+    Calls ``nanogpt_course.eval.evaluate_<name>(model, tokenizer, device=...,
+    max_per_task=...)`` with the per-task cap used during training (see
+    :func:`nanogpt_course.eval.training_examples_per_task`); the score is returned as
+    ``{name: score}`` for metrics.jsonl and a one-line summary is logged.
     """
+    from ..eval import training_examples_per_task
+
     fn = eval_hook(name)
-    label = {"core": "CORE", "chatcore": "ChatCORE"}[name]
     if fn is None:
         if name not in announced:
             announced.add(name)
-            log(f"{label} evaluation arrives with the evaluation issue "
-                f"(nanogpt_course.eval.evaluate_{name} not found); skipping --{name}-every")
+            log(f"nanogpt_course.eval.evaluate_{name} is not available; skipping --{name}-every")
         return {}
     was_training = model.training
     model.eval()
     try:
-        result = fn(model, tokenizer, device=runtime.device)
+        result = fn(model, tokenizer, device=runtime.device,
+                    max_per_task=training_examples_per_task(runtime.device),
+                    log=log)
     finally:
         if was_training:
             model.train()
@@ -83,5 +99,7 @@ def run_eval_hook(name: str, model, tokenizer, *, runtime, log, announced: set) 
     if isinstance(result, dict):
         for key in (name, f"{name}_metric", "score"):
             if isinstance(result.get(key), (int, float)):
+                label = result.get("label", name)
+                log(f"{label}: {float(result[key]):.4f}")
                 return {name: float(result[key])}
     return {}
