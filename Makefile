@@ -20,8 +20,12 @@ NNODES ?= 1
 RDZV = $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
        --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):29500)
 truthy = $(filter 1 true yes on,$(1))
+# make lesson: which lesson (N=01) at which preset; the executed copy goes to RUNS/lessons/.
+N ?=
+PRESET ?= laptop
+RUNS ?= $(or $(NANOGPT_COURSE_RUNS),runs)
 
-.PHONY: help setup test test-fast lab sync lint format env gpu-status kill-gpu \
+.PHONY: help setup test test-fast lab lesson sync lint format env gpu-status kill-gpu \
         quickstart ddp-train chat-server chat run-scaling-law clean
 
 help: ## list every target
@@ -42,6 +46,15 @@ test-fast: setup ## unit tests only (no notebooks, no slow tests)
 
 lab: setup ## open JupyterLab on the lessons
 	@$(PY) -m jupyter lab --notebook-dir=. lessons/00_setup.ipynb $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+lesson: ## run one lesson headless at a preset: make lesson N=01 [PRESET=smoke|laptop|full]
+	@f=$$(ls lessons/$(N)_*.ipynb 2>/dev/null | head -n 1); \
+	if [ -z "$(N)" ] || [ -z "$$f" ]; then \
+	  echo "error: no lesson N='$(N)': pass its number, e.g. make lesson N=01 (lessons: $$(ls lessons/*.ipynb | sed 's|lessons/||; s|_.*||' | tr '\n' ' '))" >&2; exit 2; fi; \
+	$(PY) -c "import papermill" 2>/dev/null || bash scripts/setup.sh "$(VENV)" "$(TORCH_SPEC)" "$(EXTRAS)"; \
+	mkdir -p "$(RUNS)/lessons" && out="$(RUNS)/lessons/$$(basename $$f)"; \
+	echo "running $$f at PRESET=$(PRESET) -> $$out"; \
+	$(PY) -m papermill "$$f" "$$out" -p PRESET $(PRESET) -k python3 --cwd lessons --log-output --no-progress-bar
 
 sync: setup ## pair lessons/*.py (source of truth) with their .ipynb (jupytext --sync)
 	@$(PY) -m jupytext --sync lessons/[0-9][0-9]_*.py
