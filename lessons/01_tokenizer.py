@@ -33,6 +33,12 @@
 #    OpenAI's `tiktoken` for speed) and against GPT-2's own tokenizer;
 # 5. add special tokens and the chat template that says which tokens the model learns from;
 # 6. compare the compression of tokenizers of different sizes with GPT-2's.
+#
+# Run time, measured on a 2-core CPU that was heavily loaded (load average 12-15): `smoke`
+# 22 s, `laptop` 1 min 32 s (a quiet machine is faster). `full`: about 10 minutes, an
+# estimate (its from-scratch loops are pure Python on 5x the text; no GPU is needed).
+# Everything runs offline: GPT-2's tokenizer files ship with the library, and without the
+# data mirror the text falls back to a passage embedded below.
 
 # %%
 import os
@@ -131,15 +137,17 @@ print(f"{len(sample_text):,} characters -> {len(ids):,} byte ids; first 20: {ids
 # %%
 def count_pairs(ids: list[int]) -> dict[tuple[int, int], int]:
     """How often each adjacent pair occurs. [1, 2, 1, 2] -> {(1, 2): 2, (2, 1): 1}."""
-    raise NotImplementedError("exercise: count each adjacent pair (hint: zip(ids, ids[1:]))")
+    raise NotImplementedError("exercise: count each adjacent pair")
 
 
 # %%
 count_pairs = exercises.check("01_tokenizer.count_pairs", count_pairs)
 
 # %% [markdown]
-# The most frequent pairs of bytes in Shakespeare: mostly a letter followed by a space or
-# `e` followed by a space — the ends of words.
+# The most frequent pairs of bytes in Shakespeare (at the `laptop` preset: `'e '`, `' t'`,
+# `'th'`, `'he'`, `'t '`, `'s '`, `'ou'`, `'d '`): the ends of words glued to the space
+# that follows them (`e `, `t `, `s `, `d `), the start of a word (` t`), and the
+# commonest letter pairs of English (`th`, `he`, `ou`).
 
 # %%
 counts = count_pairs(ids)
@@ -208,10 +216,12 @@ print([raw_vocab[256 + k] for k in range(12)])
 # %% [markdown]
 # ## Why cut the text first
 #
-# Look at the tokens the loop learned: some glue the end of one word to the start of the
-# next, or a word to the punctuation after it (`b'e, '`, `b'd t'`, `b':\n'`). Such tokens
-# waste the vocabulary on accidents of the training text: `"dog."`, `"dog!"` and `"dog?"`
-# would each need their own token.
+# Look at the tokens the loop learned: many glue the end of one word to the space that
+# starts the next, or a word to the punctuation after it. At the `laptop` preset the cell
+# below finds 137 such tokens among the 300, for example `b'and '`, `b'the '`, `b'll '`
+# and `b'US:\n'` (the end of a speaker's name, such as CORIOLANUS, with its colon and the
+# newline). Such tokens waste the vocabulary on accidents of the training text: `"dog."`,
+# `"dog!"` and `"dog?"` would each need their own token.
 #
 # So before BPE, a **regex cuts the text into chunks** (words with their leading space,
 # runs of digits, runs of punctuation, whitespace), and merges never cross a chunk boundary.
@@ -226,6 +236,7 @@ def crosses(token: bytes) -> bool:
 crossing = [t for t in raw_vocab[256:] if crosses(t)]
 print(f"{len(crossing)} of {len(raw_merges)} learned tokens cross a word/punctuation boundary, "
       f"e.g. {crossing[:8]}")
+print("the longer ones:", [t for t in crossing if len(t) >= 3][:12])
 
 # %% [markdown]
 # Two patterns are in use. GPT-2's cuts `"don't"` into `don` + `'t`, keeps a run of digits
@@ -360,12 +371,14 @@ print([tok.decode([i]) for i in ours[:20]])
 # %% [markdown]
 # ## GPT-2's tokenizer
 #
-# GPT-2 was trained with exactly this algorithm (on 40 GB of web text, GPT-2's split
-# pattern, 50,000 merges). OpenAI published the result as two files: `vocab.bpe` (the
-# merges, in order) and `encoder.json` (token → id). In them every byte is written as a
-# printable character — a space shows as `Ġ` — so the files are plain text.
-# `Tokenizer.gpt2()` reads them (from the data mirror, or via tiktoken's download) and adds
-# two chat tokens after GPT-2's 50,257 ids.
+# GPT-2's tokenizer is a byte-level BPE of this kind, with GPT-2's split pattern and
+# 50,000 merges, learned on OpenAI's web text. OpenAI released only the result, not the
+# training code or data, so we cannot say it was trained with exactly this loop; what we
+# can check is that *encoding* with its merges, as below, gives its ids exactly. The
+# result is two files: `vocab.bpe` (the merges, in order) and `encoder.json` (token → id).
+# In them every byte is written as a printable character (a space shows as `Ġ`) so the
+# files are plain text. They ship inside the library (with OpenAI's license notice), so
+# `Tokenizer.gpt2()` needs no network; it adds two chat tokens after GPT-2's 50,257 ids.
 
 # %%
 gpt2 = Tokenizer.gpt2()
@@ -398,6 +411,15 @@ typed = "<|im_end|>"
 print(f"{typed!r} typed by a user -> {gpt2.encode(typed)} (ordinary text)")
 print(f"the special token itself -> {gpt2.encode_special(typed)}")
 print("special tokens of our tokenizer:", tok.special_tokens, "BOS:", tok.bos_id)
+
+# %% [markdown]
+# Text that *you* control, say documents joined with GPT-2's `<|endoftext|>`, may opt in,
+# the way tiktoken does it: `allowed_special` names the special tokens to recognise (or
+# `"all"`); every other special string stays plain text.
+
+# %%
+joined = "First document.<|endoftext|>Second document."
+print(gpt2.encode(joined, allowed_special={"<|endoftext|>"}))
 
 # %% [markdown]
 # ## The chat template (ChatML)
@@ -474,7 +496,8 @@ plt.show()
 # A trained tokenizer is saved as one plain JSON file (no pickle, so loading never runs
 # code). `identity` names it for cache folders: tokenized data is kept per tokenizer.
 # `token_bytes` (bytes per id, 0 for special tokens) turns a loss in nats per token into
-# **bits per byte**, a number that is comparable across tokenizers (lesson 10).
+# **bits per byte**, a number that is comparable across tokenizers: it is the validation
+# metric of the training runs in lessons 04 and 09.
 
 # %%
 folder = paths.cache_dir("lessons", "01_tokenizer", "demo")
