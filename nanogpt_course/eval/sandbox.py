@@ -15,7 +15,9 @@ reported by :func:`layers` and tested on its own:
 - ``uid``: when running as root (root ignores the process limit and can write anywhere),
   the child runs as an unprivileged uid (65534, ``nobody``) that owns only its temp dir;
 - ``guard``: a Python-level guard that replaces destructive calls (``os.remove``,
-  ``os.fork``, ``subprocess.Popen``, ``shutil.rmtree``, ...) with one that raises.
+  ``os.fork``, ``subprocess.Popen``, ``shutil.rmtree``, ...) with one that raises, and
+  refuses ``open`` for writing outside the temp dir (uid 65534 could still write to
+  world-writable places such as ``/tmp``; the guard covers those for Python-level writes).
 
 A program passes when it exits 0 *and* ran to its end (a marker printed after the program,
 so ``sys.exit(0)`` half-way does not count). :func:`run_many` runs programs on a small
@@ -93,6 +95,21 @@ if cfg["guard"]:
             if hasattr(mod, n):
                 setattr(mod, n, _blocked)
     builtins.exit = builtins.quit = _blocked
+    import io
+    _home, _open, _os_open = os.path.realpath(os.getcwd()), builtins.open, os.open
+    def _inside(path):
+        full = os.path.realpath(os.fspath(path)) if not isinstance(path, int) else _home
+        return full == _home or full.startswith(_home + os.sep)
+    def _guarded_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and not _inside(file):
+            raise PermissionError(f"blocked by the sandbox guard: writing {file!r}")
+        return _open(file, mode, *args, **kwargs)
+    def _guarded_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and not _inside(path):
+            raise PermissionError(f"blocked by the sandbox guard: writing {path!r}")
+        return _os_open(path, flags, *args, **kwargs)
+    builtins.open = io.open = _guarded_open
+    os.open = _guarded_os_open
 with open(program, encoding="utf-8") as f:
     source = f.read()
 exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})
@@ -187,7 +204,7 @@ def layers(limits: Limits = Limits()) -> dict[str, tuple[bool, str]]:
         "uid": (drop, f"runs as uid {NOBODY}" if drop else
                 ("not root: runs as the current user, who can write where that user can"
                  if not root else "root, but no Python that uid 65534 can run was found")),
-        "guard": (limits.guard, "destructive os/shutil/subprocess calls raise" if limits.guard
+        "guard": (limits.guard, "destructive os/shutil/subprocess calls and writes outside the temp dir raise" if limits.guard
                   else "switched off"),
     }
     return out
