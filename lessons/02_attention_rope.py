@@ -21,16 +21,25 @@
 # Attention is the one place in a transformer where tokens exchange information. Every
 # other layer works on each position alone. In this lesson you build it from nothing:
 #
+# 0. a **worked example** with five named tokens and every number printed;
 # 1. **scores**: how well each query matches each key;
 # 2. the **causal mask**: a token may only look back;
 # 3. **softmax** and the weighted sum of values;
-# 4. **multiple heads**, and heads that share keys and values (GQA);
+# 4. **multiple heads**, what the heads of a small *trained* model look at, and heads that
+#    share keys and values (GQA);
 # 5. **sliding windows**, and how a GPU skips the tiles a window rules out;
-# 6. **RoPE**: positions as rotations, and why the scores then depend only on distance;
+# 6. **RoPE**: positions as rotations (one pair, drawn), why the scores then depend only on
+#    distance, and how they fade with it;
 # 7. **QK-norm**: keeping scores in a range where softmax stays soft.
 #
 # Each piece is written plainly first, then checked against `nanogpt_course`, whose
 # versions the model in lesson 03 uses.
+#
+# **Run time**, measured on a 2-core CPU shared with other jobs (load average about 10,
+# so each core was several times oversubscribed): `smoke` 26 s, `laptop` 34 s, with the
+# small checkpoint of section 4 already cached (building it once takes about 15 s more on
+# an idle machine; other lessons and the tests share it). `full` is an estimate: about
+# the same, the demos are only a little longer.
 
 # %%
 import math
@@ -40,7 +49,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from nanogpt_course import attention, exercises, presets, rope
+from nanogpt_course import attention, checkpoint, exercises, presets, rope
+from nanogpt_course.train import tiny
 
 # %% tags=["parameters"]
 PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
@@ -53,6 +63,36 @@ torch.manual_seed(SEED)
 print(f"preset {PRESET!r}: demo sequences of {T_DEMO} tokens")
 
 # %% [markdown]
+# ## 0. A worked example: "the cat sat on mats"
+#
+# Before any matrices, one query by hand. Give five tokens made-up 3-number vectors (a
+# real model learns thousands of such numbers), and let each vector serve as query, key
+# and value at once (the simplest attention; real layers first multiply by learned
+# matrices, section 4). Which earlier words should "on" pay attention to?
+
+# %%
+words = ["the", "cat", "sat", "on", "mats"]
+vectors = torch.tensor([[0.1, 0.1, 0.1],   # the:  a little of everything
+                        [0.9, 0.1, 0.3],   # cat:  an animal
+                        [0.2, 0.9, 0.1],   # sat:  an action
+                        [0.1, 0.7, 0.6],   # on:   a relation, close to the action
+                        [0.7, 0.0, 0.8]])  # mats: a thing, something to be on
+query = vectors[3]  # "on"
+seen = vectors[:4]  # causal: "on" sees itself and the words before it
+scores = seen @ query
+weights = torch.softmax(scores / math.sqrt(3), dim=0)
+for word, sc, w in zip(words, scores.tolist(), weights.tolist()):
+    print(f"  'on' . {word!r:7} = {sc:.2f}   weight {w:.3f}")
+context = weights @ seen
+print(f"weights sum to {weights.sum():.3f}; the new vector for 'on' = {[round(v, 3) for v in context.tolist()]}")
+
+# %% [markdown]
+# "on" matches "sat" best (their vectors point in similar directions), so "sat" gets the
+# largest weight, and the output for "on" is pulled toward the action. "mats" gets no
+# weight at all: it comes later, and a language model may not look ahead (section 2).
+# The rest of the lesson is this computation for every token at once, with learned
+# projections, several heads and positions.
+#
 # ## 1. Scores: queries against keys
 #
 # Each token emits three vectors: a **query** ("what am I looking for?"), a **key**
@@ -161,31 +201,126 @@ torch.testing.assert_close(attention.causal_attention(qh, kh, vh), per_head)
 print("loops over heads == attention.causal_attention")
 
 # %% [markdown]
-# ### Exercise: causal attention for a batch of heads
+# The loops are not needed: `@` broadcasts over the leading dimensions, so the four lines
+# of `naive_attention` work on (B, H, T, D) tensors as they are, all heads at once:
+
+# %%
+def batched_attention(q, k, v):
+    """softmax(QKᵀ/√D + causal mask)V for q, k, v (B, H, T, D) → (B, H, T, D)."""
+    T = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+
+
+torch.testing.assert_close(batched_attention(qh, kh, vh), per_head, atol=1e-5, rtol=1e-5)
+print("batched_attention == the loops over batch and heads")
+
+# %% [markdown]
+# ### What trained heads look at
 #
-# Write `causal_attention(q, k, v)` for tensors of shape (B, H, T, D), without loops: the
-# matrix products broadcast over the leading dimensions.
+# So far the queries and keys were random, so the weights were noise. In a trained model
+# each head learns its own lookup. `tiny.tiny_checkpoint()` is a 2-layer, 64-wide GPT
+# with 2 heads per layer, trained for a few seconds on Python's documentation and source
+# (built once, then cached; lessons and tests share it). It is far too small, and trained
+# far too briefly, to be smart: we look at what its heads do anyway.
+#
+# To see the weights we recompute each layer's attention from its input: a forward
+# pre-hook records what every attention module receives, and `attention_weights` repeats
+# the module's first steps (projections, QK-norm, RoPE) and returns the softmax table.
+# Multiplying that table by the values and applying the output projection must give the
+# module's own output, which we check.
 
 # %%
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(QKᵀ/√D + causal mask)V. q, k, v: (B, H, T, D) → (B, H, T, D)."""
-    raise NotImplementedError("exercise: scores, mask the future with -inf, softmax, @ v")
+tiny_model = checkpoint.load(tiny.tiny_checkpoint(), device="cpu")
+lm, tok = tiny_model.model, tiny_model.tokenizer
+sample = "def add(a, b):\n    return a + b\n\n\nprint(add(2, 3))\nprint(add(4, 5))\n"
+ids = tok.encode(sample)[:40]
+labels = [tok.decode([t]) for t in ids]
+inputs = {}
+hooks = [block.attn.register_forward_pre_hook(
+    lambda module, args, layer=i: inputs.__setitem__(layer, args))
+    for i, block in enumerate(lm.blocks)]
+with torch.no_grad():
+    lm(torch.tensor([ids]))
+for hook in hooks:
+    hook.remove()
 
+
+def attention_weights(attn, h, ve, cos, sin):
+    """(H, T, T) softmax weights of attention module ``attn`` for its normed input h (1, T, C),
+    and its output (1, T, C) recomputed from them."""
+    B, T, C = h.shape
+    q = attn.c_q(h).view(B, T, attn.n_head, attn.head_dim)
+    k = attn.c_k(h).view(B, T, attn.n_kv_head, attn.head_dim)
+    v = attn.c_v(h).view(B, T, attn.n_kv_head, attn.head_dim)
+    if ve is not None:  # the value embedding (lesson 03)
+        v = v + 2 * torch.sigmoid(attn.ve_gate(h[..., : attn.ve_gate.in_features]))[..., None] * ve.view_as(v)
+    q = rope.apply_rope(F.rms_norm(q, (attn.head_dim,)), cos, sin).transpose(1, 2)
+    k = rope.apply_rope(F.rms_norm(k, (attn.head_dim,)), cos, sin).transpose(1, 2)
+    group = attn.n_head // attn.n_kv_head
+    k, v = k.repeat_interleave(group, dim=1), v.transpose(1, 2).repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    out = attn.c_proj((weights @ v).transpose(1, 2).reshape(B, T, C))
+    return weights[0], out
+
+
+maps = {}
+with torch.no_grad():
+    for layer, (h, ve, cos, sin, *_) in inputs.items():
+        weights, out = attention_weights(lm.blocks[layer].attn, h, ve, cos, sin)
+        torch.testing.assert_close(out, lm.blocks[layer].attn(h, ve, cos, sin, None),
+                                   atol=1e-4, rtol=1e-4)
+        maps[layer] = weights
+print(f"{len(ids)} tokens; recomputed weights reproduce every attention module's output")
 
 # %%
-causal_attention = exercises.check("02_attention_rope.causal_attention", causal_attention)
+n_layers, n_heads = len(maps), maps[0].shape[0]
+fig, axes = plt.subplots(n_layers, n_heads, figsize=(4.2 * n_heads, 4.2 * n_layers), squeeze=False)
+shown = [repr(t)[1:-1] for t in labels]
+for layer in range(n_layers):
+    for head in range(n_heads):
+        ax = axes[layer][head]
+        ax.imshow(maps[layer][head], cmap="viridis")
+        ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+        ax.set_xticks(range(len(ids)), shown, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(ids)), shown, fontsize=6)
+plt.tight_layout()
+plt.show()
+uniform = (1 / torch.arange(2, len(ids) + 1).float()).mean().item()  # rows 1.. spread evenly
+print(f"a row that spreads its weight evenly gives each visible token {uniform:.3f} on average")
+for layer in range(n_layers):
+    for head in range(n_heads):
+        w = maps[layer][head]
+        prev = w.diagonal(-1).mean().item()  # weight on the token just before
+        self_w = w.diagonal()[1:].mean().item()
+        first = w[1:, 0].mean().item()
+        print(f"layer {layer} head {head}: mean weight on itself {self_w:.3f}, on the previous "
+              f"token {prev:.3f}, on the first token {first:.3f}")
 
-# %%
-torch.testing.assert_close(causal_attention(qh, kh, vh), per_head, atol=1e-5, rtol=1e-5)
+# %% [markdown]
+# Read a row as "when predicting after this token, where does the head look". After 80
+# training steps these heads are still soft: most rows spread their weight over many
+# tokens, and the printed averages sit close to the even spread, a little above it for
+# the tokens a head prefers. Longer-trained models sharpen into recognizable patterns: a
+# head that looks at the **previous token** (a bright line just below the diagonal), heads
+# that find an earlier copy of the current token and look at what followed it
+# ("induction" heads, the basis of copying), and weight piling up on the **first token**
+# (a "sink": a place to put attention when nothing else fits). `attention_weights` works
+# on any checkpoint: try it on the model lesson 09 trains.
 
 # %% [markdown]
 # ## 5. Sliding windows
 #
 # Full attention costs $O(T^2)$: every token looks at every earlier token. A *sliding
 # window* of $W$ lets each token see only itself and the $W-1$ tokens before it: $O(TW)$.
-# Models such as the one we train mix both: the pattern `"SSSL"` gives three short-window
-# layers, then one full-context layer, repeated (and the last layer is always full), so
-# information still travels the whole context, a few hops at a time.
+# The library's model can mix both: `GPTConfig(window_pattern="SSSL")` gives three
+# short-window layers, then one full-context layer, repeated (and the last layer is always
+# full), so information still travels the whole context, a few hops at a time. (The
+# trainer does not set a pattern yet: the models this course trains use full context in
+# every layer. Lesson 03 builds a model with the pattern `"SL"`.)
 #
 # ### Exercise: the window mask
 #
@@ -244,12 +379,29 @@ plt.show()
 # During generation the model keeps every past key and value (lesson 03's KV cache), so
 # their size matters. **Grouped-query attention** keeps $H$ query heads but only
 # $H_{kv} < H$ key/value heads; each kv head serves a group of $H / H_{kv}$ query heads.
-# It is the same as copying each kv head to its group:
+# Query heads $h$ with the same $h \,//\, (H / H_{kv})$ share kv head number
+# $h \,//\, (H / H_{kv})$: with 4 query heads and 2 kv heads, heads 0 and 1 read kv head
+# 0, heads 2 and 3 read kv head 1.
+#
+# ### Exercise: grouped-query attention
+#
+# Write `gqa_attention(q, k, v)` for q (B, H, T, D) and k, v (B, H_kv, T, D): expand each
+# kv head to its group of query heads, then causal attention as in section 4 (no loops).
+
+# %%
+def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention where H query heads share H_kv kv heads. q (B, H, T, D),
+    k, v (B, H_kv, T, D) → (B, H, T, D)."""
+    raise NotImplementedError("exercise: repeat each kv head H // H_kv times, then attend")
+
+
+# %%
+gqa_attention = exercises.check("02_attention_rope.gqa_attention", gqa_attention)
 
 # %%
 k_few, v_few = kh[:, :2], vh[:, :2]  # 2 kv heads for 4 query heads
-copied = causal_attention(qh, k_few.repeat_interleave(2, dim=1), v_few.repeat_interleave(2, dim=1))
-torch.testing.assert_close(attention.causal_attention(qh, k_few, v_few), copied)
+torch.testing.assert_close(gqa_attention(qh, k_few, v_few),
+                           attention.causal_attention(qh, k_few, v_few), atol=1e-5, rtol=1e-5)
 print(f"GQA: {H} query heads share 2 kv heads; the kv cache is {H // 2}x smaller")
 
 # %% [markdown]
@@ -289,32 +441,36 @@ plt.colorbar()
 plt.show()
 
 # %% [markdown]
-# A rotation of the point $(a, b)$ by angle $\phi$ is $(a\cos\phi - b\sin\phi,\;
-# a\sin\phi + b\cos\phi)$. Written for every pair and position at once:
+# Follow one pair. Put the point $(1, 0)$ in pair $i$ and move the token along the
+# sequence: at position $m$ the point sits at angle $m\,\theta_i$ on the unit circle. The
+# fast pair 0 ($\theta_0 = 1$ radian per position) goes round in about 6 positions; a
+# slower pair needs hundreds:
 
 # %%
-def rope_from_scratch(x, base=10000.0):
-    """x: (T, D) vectors at positions 0..T-1 → rotated copy."""
-    T, D = x.shape
-    theta = base ** (-torch.arange(0, D, 2).float() / D)  # (D/2,) one speed per pair
-    phi = torch.arange(T).float()[:, None] * theta[None, :]  # (T, D/2) angles
-    a, b = x[:, : D // 2], x[:, D // 2 :]
-    return torch.cat([a * phi.cos() - b * phi.sin(), a * phi.sin() + b * phi.cos()], dim=-1)
-
-
-x_demo = torch.randn(T_ROPE, D_HEAD)
-rotated = rope_from_scratch(x_demo)
-cos, sin = rope.rope_cos_sin(T_ROPE, D_HEAD)
-torch.testing.assert_close(rope.apply_rope(x_demo[None, :, None], cos, sin)[0, :, 0], rotated,
-                           atol=1e-4, rtol=1e-4)
-print("rope_from_scratch == rope.apply_rope; lengths kept:",
-      torch.allclose(rotated.norm(dim=-1), x_demo.norm(dim=-1), atol=1e-4))
+fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+for ax, pair in zip(axes, (0, 8)):
+    m = torch.arange(12).float()
+    phi = m * freqs[pair]
+    ax.plot(torch.linspace(0, 2 * math.pi, 100).cos(), torch.linspace(0, 2 * math.pi, 100).sin(),
+            color="lightgrey")
+    ax.scatter(phi.cos(), phi.sin(), c=m, cmap="viridis")
+    for pos in range(0, 12, 2 if pair == 0 else 3):
+        ax.annotate(f"m={pos}", (phi[pos].cos(), phi[pos].sin()), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_aspect("equal")
+    ax.set_title(f"pair {pair}: θ = {freqs[pair]:.3f} rad / position")
+plt.suptitle("one RoPE pair of a query at positions 0..11")
+plt.show()
 
 # %% [markdown]
-# ### Exercise: apply RoPE to a batch of heads
+# ### Exercise: RoPE from the formula
 #
-# The model's tensors are (B, T, H, D) and the tables `cos`, `sin` are (T, D/2). Write
-# `apply_rope(x, cos, sin)`: reshape the tables so they broadcast over batch and heads.
+# A rotation of the point $(a, b)$ by the angle $\phi$ is
+# $(a\cos\phi - b\sin\phi,\; a\sin\phi + b\cos\phi)$. The model's tensors are
+# (B, T, H, D), and the tables `cos`, `sin` (T, D/2) hold $\cos(m\theta_i)$ and
+# $\sin(m\theta_i)$ for position $m$ and pair $i$. Write `apply_rope(x, cos, sin)`: pair
+# dimension $i$ with dimension $i + D/2$ (the first half of the head with the second),
+# rotate every pair, and reshape the tables so they broadcast over batch and heads.
 
 # %%
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -324,6 +480,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # %%
 apply_rope = exercises.check("02_attention_rope.apply_rope", apply_rope)
+
+# %%
+x_demo = torch.randn(1, T_ROPE, 1, D_HEAD)
+cos, sin = rope.rope_cos_sin(T_ROPE, D_HEAD)
+rotated = apply_rope(x_demo, cos, sin)
+torch.testing.assert_close(rotated, rope.apply_rope(x_demo, cos, sin), atol=1e-5, rtol=1e-5)
+print("apply_rope == rope.apply_rope; lengths kept:",
+      torch.allclose(rotated.norm(dim=-1), x_demo.norm(dim=-1), atol=1e-4))
 
 # %% [markdown]
 # ## 9. Why rotations: scores depend only on distance
@@ -351,6 +515,30 @@ plt.xlabel("distance m - n")
 plt.ylabel("score")
 plt.legend()
 plt.title("the same curve wherever the pair sits")
+plt.show()
+
+# %% [markdown]
+# ### How the scores fade with distance
+#
+# Take the same vector as query and key. At distance $d$ the score is
+# $\sum_i (a_i^2 + b_i^2)\cos(d\,\theta_i)$: every pair contributes a cosine turning at
+# its own speed. Near $d = 0$ they all agree; as $d$ grows the fast pairs point every
+# which way and cancel, and only the slow pairs still add up. So on average a token
+# matches itself (and similar tokens) less the farther apart they are: a gentle built-in
+# preference for nearby context, which the learned queries and keys can override. Below,
+# the score for a vector of ones (every pair equal), divided by its value at distance 0:
+
+# %%
+distances = torch.arange(0, 4096)
+for D_plot in (32, 128):
+    theta = rope.rope_frequencies(D_plot).double()
+    decay = torch.cos(distances[:, None].double() * theta[None, :]).mean(-1)
+    plt.semilogx(distances[1:], decay[1:], label=f"head dim {D_plot}")
+plt.axhline(0, color="grey", lw=0.5)
+plt.xlabel("distance d (log scale)")
+plt.ylabel("score / score at d = 0")
+plt.title("RoPE: the same vector at distance d")
+plt.legend()
 plt.show()
 
 # %% [markdown]

@@ -5,8 +5,12 @@ import math
 import torch
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(QKᵀ/√D + causal mask)V. q, k, v: (B, H, T, D) → (B, H, T, D)."""
+def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention where H query heads share H_kv kv heads. q (B, H, T, D),
+    k, v (B, H_kv, T, D) → (B, H, T, D)."""
+    group = q.shape[1] // k.shape[1]  # query heads per kv head
+    k = k.repeat_interleave(group, dim=1)  # kv head j serves query heads j*group .. (j+1)*group-1
+    v = v.repeat_interleave(group, dim=1)
     T, D = q.shape[-2], q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, T): query i vs key j
     future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)

@@ -1,4 +1,4 @@
-"""Checkers for lessons/02_attention_rope: causal attention, the window mask, RoPE."""
+"""Checkers for lessons/02_attention_rope: grouped-query attention, the window mask, RoPE."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from .. import attention, rope
 from . import Case, exercise
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Reference: softmax(QKᵀ/√D + causal mask)V. q, k, v: (B, H, T, D) → (B, H, T, D)."""
+def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Reference: causal attention, H query heads sharing H_kv kv heads (consecutive query
+    heads share one). q (B, H, T, D), k, v (B, H_kv, T, D) → (B, H, T, D)."""
     return attention.reference_attention(q, k, v)
 
 
@@ -23,17 +24,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rope.apply_rope(x, cos, sin)
 
 
-def _qkv(B, H, T, D, seed, scale=1.0):
+def _qkv(B, H, Hkv, T, D, seed, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(B, H, T, D, generator=g) * scale for _ in range(3))
+    q = torch.randn(B, H, T, D, generator=g) * scale
+    return (q, *(torch.randn(B, Hkv, T, D, generator=g) * scale for _ in range(2)))
 
 
-def _attention_cases() -> list[Case]:
+def _gqa_cases() -> list[Case]:
     return [
-        Case("1 head, T=4", _qkv(1, 1, 4, 8, 0)),
-        Case("B=2, 3 heads, T=10", _qkv(2, 3, 10, 16, 1)),
-        Case("single token", _qkv(1, 2, 1, 4, 2)),
-        Case("large scores", _qkv(1, 2, 6, 8, 3, scale=20.0)),
+        Case("1 head, T=4 (plain attention)", _qkv(1, 1, 1, 4, 8, 0)),
+        Case("4 heads share 2 kv heads", _qkv(2, 4, 2, 6, 8, 1)),
+        Case("6 heads share 1 kv head", _qkv(1, 6, 1, 5, 4, 2)),
+        Case("8 heads / 4 kv, large scores", _qkv(1, 8, 4, 7, 8, 3, scale=5.0)),
+        Case("single token", _qkv(1, 4, 2, 1, 4, 4)),
     ]
 
 
@@ -53,8 +56,10 @@ def _rope_cases() -> list[Case]:
     return cases
 
 
-exercise("02_attention_rope.causal_attention", causal_attention, _attention_cases, tol=1e-5,
-         hint="scores = q @ k.transpose(-2, -1) / sqrt(D); fill j > i with -inf before softmax")
+exercise("02_attention_rope.gqa_attention", gqa_attention, _gqa_cases, tol=1e-5,
+         hint="each kv head serves H // H_kv consecutive query heads: copy it that many times "
+              "along dim 1 (k.repeat_interleave), then scores, causal mask with -inf, softmax, "
+              "@ v (section 4's batched_attention)")
 exercise("02_attention_rope.sliding_window_mask", sliding_window_mask, _mask_cases, tol=0,
          hint="compare i = arange(T)[:, None] with j = arange(T)[None, :]: j <= i and i - j < window")
 exercise("02_attention_rope.apply_rope", apply_rope, _rope_cases, tol=1e-5,
