@@ -26,19 +26,26 @@
 # 2. **AdamW**, the update rule for embeddings and other non-matrix weights;
 # 3. **learning-rate schedules**: warmup, a constant phase, a linear warmdown;
 # 4. **gradient accumulation**: a big batch from several small ones;
-# 5. **mixed precision**: computing in bfloat16 while keeping fp32 weights;
-# 6. a **complete loop from scratch**, compared step by step with the library's trainer
-#    (`python -m nanogpt_course.train`), and loss plots.
+# 5. **gradient clipping**: a cap on the size of one step, and what the gradient norm does;
+# 6. **mixed precision**: computing in bfloat16 while keeping fp32 weights;
+# 7. a **complete loop from scratch** on your own AdamW, with training and validation
+#    loss, a small **learning-rate sweep**, and the library's trainer
+#    (`python -m nanogpt_course.train`) on the same data for comparison.
+#
+# **Run time**, measured on a shared 2-core CPU: `smoke` about 30 s, `laptop` about
+# 3 minutes with a load average of 1 (up to twice that on a busier machine; the long cells
+# print progress). `full` is an estimate: about 10 minutes on a CPU, 1 minute on a GPU.
 
 # %%
 import os
 import shutil
+import time
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from nanogpt_course import checkpoint, data, exercises, paths, presets
+from nanogpt_course import data, exercises, paths, presets
 from nanogpt_course.device import describe, pick_device
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.optim import build_optimizer
@@ -55,7 +62,8 @@ SEED = 0
 
 # %%
 PRESET = presets.validate(PRESET)
-STEPS = presets.choose(PRESET, smoke=12, laptop=150, full=600)
+STEPS = presets.choose(PRESET, smoke=12, laptop=100, full=600)
+SWEEP_STEPS = presets.choose(PRESET, smoke=4, laptop=20, full=150)  # per run of the LR sweep
 DEPTH = presets.choose(PRESET, smoke=2, laptop=4, full=6)
 ASPECT = presets.choose(PRESET, smoke=32, laptop=32, full=48)  # width = DEPTH x ASPECT
 SEQ = presets.choose(PRESET, smoke=64, laptop=128, full=256)
@@ -64,7 +72,7 @@ ACCUM = 2  # micro-batches per optimizer step
 VOCAB = presets.choose(PRESET, smoke=512, laptop=2048, full=4096)
 CORPUS = presets.choose(PRESET, smoke=2_000_000, laptop=8_000_000, full=24_000_000)
 device = pick_device()
-print(f"preset {PRESET!r}: {STEPS} steps of {ACCUM} x {BATCH} x {SEQ} tokens, "
+print(f"preset {PRESET!r}: {STEPS} steps (sweep runs of {SWEEP_STEPS}) of {ACCUM} x {BATCH} x {SEQ} tokens, "
       f"d{DEPTH}, vocabulary {VOCAB}, on {describe(device)}")
 
 # %% [markdown]
@@ -199,14 +207,107 @@ torch.testing.assert_close(w, ref.detach())
 print("5 AdamW steps match torch.optim.AdamW")
 
 # %% [markdown]
-# The library does not train everything with AdamW. `build_optimizer` puts the 2-D weight
-# matrices inside the blocks in **Muon** groups (lesson 05: orthogonalized updates) and the
-# embeddings, the `lm_head` and the per-layer scalars in **AdamW** groups, each with its own
-# learning rate (AdamW's scaled down for wider models):
+# An optimizer is your update plus bookkeeping: the running averages of every parameter,
+# the step count, and **parameter groups**, lists of parameters that share a learning
+# rate. `MyAdamW` is all of that around your `adamw_update`; the loop in section 8 trains
+# with it.
 
 # %%
-optimizer = build_optimizer(model, matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008,
-                            scalar_lr=0.5, verbose=True)
+class MyAdamW:
+    """AdamW over groups [{"name", "params", "lr", "weight_decay"}] using adamw_update."""
+
+    def __init__(self, groups, betas=(0.8, 0.95), eps=1e-10):
+        self.param_groups = [dict(g, initial_lr=g["lr"]) for g in groups]
+        self.betas, self.eps, self.t = betas, eps, 0
+        self.state = {}  # parameter -> (exp_avg, exp_avg_sq)
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m, v = self.state.get(p, (torch.zeros_like(p), torch.zeros_like(p)))
+                new, m, v = adamw_update(p, p.grad, m, v, self.t, lr=group["lr"],
+                                         beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                                         weight_decay=group.get("weight_decay", 0.0))
+                p.copy_(new)
+                self.state[p] = (m, v)
+
+    def zero_grad(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+
+# %% [markdown]
+# Which groups? The model sorts its parameters by role (`model.parameter_kinds()`): the
+# 2-D **matrices** inside the blocks, the **embedding** tables, the **unembedding**
+# (`lm_head`) and a few **scalars**. Each gets its own learning rate. The library's
+# `build_optimizer` uses the same four groups but gives the matrices **Muon** instead of
+# AdamW (lesson 05):
+
+# %%
+for kind, params in model.parameter_kinds().items():
+    print(f"  {kind:<12} {len(params):3d} tensors, {sum(p.numel() for p in params):>9,} params")
+_ = build_optimizer(model, matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008,
+                    scalar_lr=0.5, verbose=True)
+
+# %% [markdown]
+# ### Why the embedding and unembedding learning rates differ about 40×
+#
+# The library's defaults are `embedding_lr=0.3` and `unembedding_lr=0.008`: a ratio of
+# 37.5. Both tables have a row per token, so why? Because of what a step does to the
+# *output*. Adam moves every entry by about the learning rate, whatever its gradient (its
+# very first step is exactly $\eta\,\mathrm{sign}(g)$).
+#
+# - An **embedding** row is RMS-normed right after the lookup, so only its direction
+#   matters, and its entries are about 1 in size: a step of $\eta$ per entry turns it by
+#   roughly $\eta$ radians. And only the rows of tokens in the batch move.
+# - An **unembedding** row produces a logit as a dot product with the final hidden
+#   vector, which has unit RMS, so $C$ entries of size about 1. A step of $\eta$ on each of
+#   the $C$ weights, all in the direction that helps, moves that logit by up to
+#   $\eta \sum_i |h_i| \approx 0.8\,\eta C$: at $C = 768$ and $\eta = 0.008$ that is about
+#   5 nats in a single step, already a lot.
+#
+# So the same $\eta$ moves the logits far more through `lm_head` than through `wte`. We
+# can measure it: take Adam's first step, $\eta\,\mathrm{sign}(g)$, on one table at a
+# time, and see how much the logits change. (On a model after five AdamW steps, so that
+# its blocks are no longer the identity they start as.)
+
+# %%
+probe = GPT(config).to(device)
+probe_opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
+for _ in range(5):  # a few steps so the output projections are no longer zero
+    probe_opt.zero_grad()
+    probe(x, y).backward()
+    probe_opt.step()
+probe.zero_grad()
+probe(x, y).backward()
+ETA = 1e-3
+with torch.no_grad():
+    before = probe(x)
+    moved = {}
+    for name, p in (("wte (embedding)", probe.wte.weight), ("lm_head (unembedding)", probe.lm_head.weight)):
+        saved = p.clone()
+        p -= ETA * p.grad.sign()
+        moved[name] = (probe(x) - before).pow(2).mean().sqrt().item() / ETA
+        p.copy_(saved)
+for name, change in moved.items():
+    print(f"{name:<22} logits move {change:8.3f} (RMS) per unit of step size")
+print(f"ratio: {moved['lm_head (unembedding)'] / moved['wte (embedding)']:.0f}x; "
+      f"the library's LR ratio 0.3 / 0.008 = {0.3 / 0.008:.1f}x")
+
+# %% [markdown]
+# The measured ratio depends on the model and the moment of training, and here it is even
+# larger than 37.5: the two learning rates do not make the tables equally sensitive, they
+# point the same way. The unembedding is by far the more sensitive table (its change hits
+# the loss at once, on every position), so it gets the far smaller step; the embedding,
+# whose rows move only when their token appears and whose effect passes through the norm
+# and the blocks, can take big steps. Both defaults were found by sweeps (section 9 runs a
+# small one). The library also shrinks both with the width, by $(C/768)^{-1/2}$, because
+# wider tables sum more entries per output.
 
 # %% [markdown]
 # ## 4. The learning-rate schedule
@@ -288,11 +389,35 @@ print(f"2 micro-batches of {BATCH} accumulate to the gradient of one batch of {2
 # (With padding, each micro-batch's *mean* counts its own valid tokens, so the equality is
 # exact only when every micro-batch has the same number of them, as in pretraining.)
 #
-# ## 6. Mixed precision
+# ## 6. Gradient clipping
+#
+# Most steps have gradients of similar size, but now and then one batch produces a
+# gradient many times larger (a rare token, an unlucky document, an instability starting).
+# Adam normalizes each entry by its running RMS, so one huge gradient also inflates $v$
+# for many steps afterwards. **Clipping** caps the *global* gradient norm (all parameters
+# together, as one long vector): if $\|g\| > c$, scale every gradient by $c / \|g\|$.
+# The direction is kept; only the length is capped.
+#
+# **Exercise:** write `clip_grad_norm`. It returns the clipped copies and the norm
+# *before* clipping (the number worth plotting), and matches
+# `torch.nn.utils.clip_grad_norm_`, which divides by $\|g\| + 10^{-6}$.
+
+# %%
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float):
+    """(clipped copies of grads, total norm before clipping as a 0-d tensor)."""
+    raise NotImplementedError("exercise: one norm over all entries, then one common scale <= 1")
+
+
+# %%
+clip_grad_norm = exercises.check("04_training_loop.clip_grad_norm", clip_grad_norm)
+
+# %% [markdown]
+# ## 7. Mixed precision
 #
 # On a GPU, matrix multiplications in **bfloat16** run several times faster than in fp32
 # and move half the bytes. bf16 keeps fp32's exponent range (so no loss scaling is needed,
-# unlike fp16) but only 8 bits of mantissa: about 3 significant digits. So the trainer
+# unlike fp16) but only 7 stored mantissa bits (8 with the implicit leading 1): about 2.4
+# significant decimal digits, $\log_{10} 2^8$. So the trainer
 # keeps the **weights and optimizer state in fp32** (an update of 1e-4 on a weight of 1.0
 # would vanish in bf16) and runs the forward and backward passes under
 # `torch.autocast("cuda", dtype=torch.bfloat16)`: matmuls in bf16, reductions and the loss in
@@ -310,64 +435,164 @@ print(f"matmul in bf16: dtype {low.dtype}, relative error "
 print(f"1.0 + 1e-4 in bf16 = {(torch.tensor(1.0, dtype=torch.bfloat16) + 1e-4).item()}")
 
 # %% [markdown]
-# ## 7. The whole loop, from scratch
+# ## 8. The whole loop, from scratch
 #
-# Everything together, in the order the library's trainer does it:
+# Everything together, in the order the library's trainer does it, but with your pieces:
+# your AdamW on all four groups, your schedule, your clipping.
 #
 # - the model is built on the `meta` device (no memory), given real storage, and
 #   initialized under the run's seed (every GPU gets the same weights without copying);
-# - each step: set the scheduled LR (and Muon's momentum and decay), run `ACCUM`
-#   micro-batches with `loss / ACCUM` backward, one optimizer step, clear the gradients.
+# - each step: set the scheduled LR of every group, run `ACCUM` micro-batches with
+#   `loss / ACCUM` backward, clip, one optimizer step, clear the gradients;
+# - every few steps, the loss on a few fixed batches of **validation** text, held out by
+#   file: text the model never trains on.
+#
+# The matrices get AdamW here at `matrix_lr = 0.006`: AdamW needs a far smaller step than
+# Muon's 0.02 (lesson 05 explains why the two are not comparable). The other groups keep
+# the library's rates, scaled for the width as `build_optimizer` does.
 
 # %%
-LRS = dict(matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5)
-WD, WARMUP = 0.1, max(1, STEPS // 10)
+WD, WARMUP, MAX_NORM = 0.1, max(1, STEPS // 10), 1.0
+WIDTH_SCALE = (config.n_embd / 768) ** -0.5  # build_optimizer's width rule for AdamW groups
+ADAMW_LRS = dict(matrix=0.006, embedding=0.3 * WIDTH_SCALE, unembedding=0.008 * WIDTH_SCALE,
+                 scalar=0.5)
+VAL_BATCHES = [next(data.make_loader(prepared, "val", batch_size=BATCH, seq_len=SEQ, seed=s))
+               for s in range(3)]
 
 
 def autocast():
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-with torch.device("meta"):
-    model = GPT(config)
-model.to_empty(device=device)
-torch.manual_seed(SEED)
-model.init_weights()
-optimizer = build_optimizer(model, weight_decay=WD, **LRS)
-schedule = Schedule(num_steps=STEPS, warmup_steps=WARMUP, weight_decay=WD)
-loader = data.make_loader(prepared, "train", batch_size=BATCH, seq_len=SEQ, seed=SEED)
-scratch_losses = []
-for step in range(STEPS):
-    lrm = lr_multiplier(step, STEPS, WARMUP, schedule.warmdown_ratio, schedule.final_lr_frac)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
-        if group["kind"] == "muon":
-            group["momentum"] = schedule.muon_momentum(step)
-            group["weight_decay"] = schedule.weight_decay_at(step)
+@torch.no_grad()
+def validation_loss(model):
+    """Mean loss over the fixed validation batches."""
     total = 0.0
-    for _ in range(ACCUM):
-        xm, ym = next(loader)
+    for xv, yv in VAL_BATCHES:
         with autocast():
-            loss = model(xm.to(device), ym.to(device))
-        (loss / ACCUM).backward()
-        total += loss.item()
-    optimizer.step()
-    model.zero_grad(set_to_none=True)
-    scratch_losses.append(total / ACCUM)
-    if step % max(1, STEPS // 6) == 0 or step == STEPS - 1:
-        print(f"step {step + 1:4d}/{STEPS} | loss {scratch_losses[-1]:.4f} | lrm {lrm:.3f}")
+            total += model(xv.to(device), yv.to(device)).item()
+    return total / len(VAL_BATCHES)
+
+
+def train_from_scratch(steps, lr_scale=1.0, log=True):
+    """Train a fresh model with MyAdamW; returns its per-step losses, grad norms and val losses."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    torch.manual_seed(SEED)
+    model.init_weights()
+    kinds = model.parameter_kinds()
+    optimizer = MyAdamW([{"name": k, "params": kinds[k], "lr": lr_scale * ADAMW_LRS[k],
+                          "weight_decay": WD if k == "matrix" else 0.0} for k in ADAMW_LRS])
+    loader = data.make_loader(prepared, "train", batch_size=BATCH, seq_len=SEQ, seed=SEED)
+    hist = {"loss": [], "grad_norm": [], "val": []}
+    warmup, started = max(1, steps // 10), time.perf_counter()
+    for step in range(steps):
+        lrm = lr_multiplier(step, steps, warmup, 0.65, 0.05)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+        total = 0.0
+        for _ in range(ACCUM):
+            xm, ym = next(loader)
+            with autocast():
+                loss = model(xm.to(device), ym.to(device))
+            (loss / ACCUM).backward()
+            total += loss.item()
+        params = [p for p in model.parameters() if p.grad is not None]
+        clipped, norm = clip_grad_norm([p.grad for p in params], MAX_NORM)
+        for p, g_clipped in zip(params, clipped):
+            p.grad = g_clipped
+        optimizer.step()
+        optimizer.zero_grad()
+        hist["loss"].append(total / ACCUM)
+        hist["grad_norm"].append(float(norm))
+        if step % max(1, steps // 6) == 0 or step == steps - 1:
+            hist["val"].append((step + 1, validation_loss(model)))
+            if log:
+                print(f"step {step + 1:4d}/{steps} | train loss {hist['loss'][-1]:.4f} | "
+                      f"val loss {hist['val'][-1][1]:.4f} | grad norm {norm:.2f} | lrm {lrm:.3f} "
+                      f"| {time.perf_counter() - started:.0f} s", flush=True)
+    return model, hist
+
+
+scratch_model, scratch = train_from_scratch(STEPS)
 
 # %% [markdown]
-# ## 8. The library's trainer
+# ### What the gradient norm does
 #
-# `nanogpt_course.train.train` (what `python -m nanogpt_course.train` runs) does the same,
-# plus logging, validation, checkpoints, several GPUs, and the depth rules that pick sizes
-# and learning rates when you do not (here we pass them explicitly). Same data, same seed,
-# same settings: the same losses at every step it logs, and the same final weights.
+# Plotted over the run: the global gradient norm before clipping, and the line at which
+# clipping starts. Early on the norm is large and changes fast (the model is far from any
+# minimum and the LR is warming up); then it settles. Steps above the line were clipped.
+
+# %%
+norms = torch.tensor(scratch["grad_norm"])
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.plot(range(1, STEPS + 1), norms, label="grad norm (before clipping)")
+ax.axhline(MAX_NORM, color="tab:red", ls="--", label=f"clip at {MAX_NORM}")
+ax.set_yscale("log")
+ax.set_xlabel("step")
+ax.legend()
+plt.show()
+print(f"{int((norms > MAX_NORM).sum())} of {STEPS} steps were clipped; median norm "
+      f"{norms.median():.2f}, largest {norms.max():.2f} (step {int(norms.argmax()) + 1})")
+
+# %% [markdown]
+# ### Training and validation loss
+#
+# The training loss is measured on the batch the model is about to learn from, the
+# validation loss on held-out files. While they move together the model is learning
+# things that generalize; a validation loss that rises while the training loss keeps
+# falling is **overfitting** (a model this small, on this much text, does not get there).
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(range(1, STEPS + 1), scratch["loss"], alpha=0.6, label="train (each step's batch)")
+ax.plot(*zip(*scratch["val"]), "o-", label="validation (fixed held-out batches)")
+ax.set_xlabel("step")
+ax.set_ylabel("loss (nats / token)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## 9. A small learning-rate sweep
+#
+# Is 1× the right learning rate? The honest answer is to try. Short runs with every
+# group's LR scaled by the same factor; the final training loss (mean of the last few
+# steps) against the factor. Too small learns slowly, too large diverges or stalls; the
+# best is usually a broad valley, which is why one sweep at a small scale transfers
+# (lesson 08 shows how the depth rules carry it to bigger models).
+
+# %%
+SCALES = (0.1, 0.3, 1.0, 3.0, 10.0)
+sweep = {}
+for scale in SCALES:
+    _, h = train_from_scratch(SWEEP_STEPS, lr_scale=scale, log=False)
+    sweep[scale] = sum(h["loss"][-3:]) / len(h["loss"][-3:])
+    print(f"LR x{scale:<5}: final train loss {sweep[scale]:.4f}  (max grad norm "
+          f"{max(h['grad_norm']):.2f})", flush=True)
+
+# %%
+plt.figure(figsize=(5, 3))
+plt.semilogx(list(sweep), list(sweep.values()), "o-")
+plt.xlabel("LR scale (x the defaults)")
+plt.ylabel(f"loss after {SWEEP_STEPS} steps")
+plt.title("learning-rate sweep")
+plt.show()
+print(f"best of the sweep: x{min(sweep, key=sweep.get)}")
+
+# %% [markdown]
+# ## 10. The library's trainer
+#
+# `nanogpt_course.train.train` (what `python -m nanogpt_course.train` runs) does the same
+# steps, plus logging, validation in bits per byte, checkpoints, several GPUs, and the
+# depth rules that pick sizes and learning rates when you do not (here we pass them
+# explicitly). One difference: it trains the matrices with **Muon**. Same data, same
+# seed, same schedule:
 
 # %%
 run_dir = paths.runs_dir("lesson04", create=False) / PRESET
 shutil.rmtree(run_dir, ignore_errors=True)  # this lesson's scratch run: start fresh
+LRS = dict(matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5)
 cfg = TrainConfig(depth=DEPTH, aspect_ratio=ASPECT, head_dim=32, seq_len=SEQ,
                   device_batch_size=BATCH, total_batch_size=ACCUM * BATCH * SEQ,
                   max_steps=STEPS, warmup_steps=WARMUP, weight_decay=WD, data=str(prepared),
@@ -376,38 +601,38 @@ cfg = TrainConfig(depth=DEPTH, aspect_ratio=ASPECT, head_dim=32, seq_len=SEQ,
                   log_every=max(1, STEPS // 6), **LRS)
 result = train(cfg)
 logged = {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}  # every few steps
-torch.testing.assert_close(torch.tensor(list(logged.values())),
-                           torch.tensor([scratch_losses[s - 1] for s in logged]))
-final = checkpoint.read_model_state(result.out)
-for name, tensor in model.state_dict().items():
-    torch.testing.assert_close(tensor.cpu(), final[name], rtol=1e-4, atol=1e-5)
-print(f"same losses and same final weights; the library's run is in {result.out}")
+print(f"the library's run is in {result.out}")
 
 # %% [markdown]
-# ## 9. Loss curves
+# ## 11. Loss curves
 #
-# The training loss is noisy (each step sees different text); the validation bits per byte
-# (measured on held-out text, in bits per byte of UTF-8 so it does not depend on the
-# tokenizer) is the number to watch.
+# Your AdamW loop against the library's Muon + AdamW, on the same batches. The library's
+# validation bits per byte (measured on held-out text, in bits per byte of UTF-8 so it does
+# not depend on the tokenizer) is the number its runs report.
 
 # %%
 recs = read_metrics(run_dir)
 fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.plot(range(1, STEPS + 1), scratch_losses, lw=3, alpha=0.4, label="from scratch")
-ax.plot(list(logged), list(logged.values()), "k.", label="library (logged steps)")
+ax.plot(range(1, STEPS + 1), scratch["loss"], lw=2, alpha=0.5, label="your loop (AdamW)")
+ax.plot(list(logged), list(logged.values()), "k.-", label="library (Muon + AdamW, logged steps)")
 ax.set_xlabel("step")
 ax.set_ylabel("train loss (nats / token)")
 val = [(r["step"], r["val_bpb"]) for r in recs if "val_bpb" in r]
 ax2 = ax.twinx()
 ax2.plot(*zip(*val), "o--", color="tab:red")
-ax2.set_ylabel("val bits per byte", color="tab:red")
+ax2.set_ylabel("library val bits per byte", color="tab:red")
 ax.legend()
 plt.show()
+last = min(logged)
+print(f"at step {max(logged)}: your loop {scratch['loss'][max(logged) - 1]:.3f}, "
+      f"library {logged[max(logged)]:.3f} (step {last}: {scratch['loss'][last - 1]:.3f} vs "
+      f"{logged[last]:.3f})")
 
 # %% [markdown]
 # ## What next
 #
-# - `lessons/05_muon`: the update the matrices get instead of AdamW.
+# - `lessons/05_muon`: the update the library's matrices get instead of AdamW, and why
+#   it learns faster than your loop did.
 # - `lessons/08_scaling_laws`: how `--depth` picks the batch size, learning rates and
 #   horizon that we set by hand here.
 # - `lessons/09_pretrain`: the same trainer on several processes, launched from a notebook.

@@ -35,3 +35,10 @@ def lr_multiplier(step, num_steps, warmup_steps, warmdown_ratio, final_lr_frac):
     left = (num_steps - step) / warmdown
     return left + (1 - left) * final_lr_frac
 
+
+
+def clip_grad_norm(grads, max_norm):
+    """(clipped copies of grads, total norm before clipping as a 0-d tensor)."""
+    total = torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()  # one norm for all
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # never scale up
+    return [g * scale for g in grads], total

@@ -1,4 +1,5 @@
-"""Checkers for lessons/04_training_loop: cross-entropy, one AdamW step, the LR schedule."""
+"""Checkers for lessons/04_training_loop: cross-entropy, one AdamW step, the LR schedule,
+gradient clipping."""
 
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def lr_multiplier(step: int, num_steps: int, warmup_steps: int, warmdown_ratio: 
     return Schedule(num_steps=num_steps, warmup_steps=warmup_steps,
                     warmdown_ratio=warmdown_ratio, final_lr_frac=final_lr_frac
                     ).lr_multiplier(step)
+
+
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Reference: ``torch.nn.utils.clip_grad_norm_`` on copies. Returns (clipped copies,
+    total L2 norm of all entries before clipping, a 0-d tensor)."""
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return [p.grad for p in params], norm
 
 
 def _ce_cases() -> list[Case]:
@@ -73,6 +85,18 @@ def _lr_cases() -> list[Case]:
     return cases
 
 
+def _clip_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(2)
+    grads = [torch.randn(4, 3, generator=g), torch.randn(5, generator=g),
+             torch.randn(2, 2, 2, generator=g)]
+    return [
+        Case("small: nothing clipped", ([0.01 * t for t in grads], 1.0)),
+        Case("large: scaled down", ([10 * t for t in grads], 1.0)),
+        Case("one tensor [3, 4] -> norm 5", ([torch.tensor([3.0, 4.0])], 2.5)),
+        Case("norm exactly at max_norm", ([torch.tensor([3.0, 4.0])], 5.0)),
+    ]
+
+
 exercise("04_training_loop.cross_entropy", cross_entropy, _ce_cases, tol=1e-5,
          hint="log_softmax = logits - logsumexp(logits); pick the target's entry with gather; "
               "average only where targets != -1 (clamp -1 to 0 before gathering)")
@@ -83,3 +107,6 @@ exercise("04_training_loop.lr_multiplier", lr_multiplier, _lr_cases, tol=1e-9,
          hint="warmup: (step+1)/warmup_steps; warmdown starts at num_steps - "
               "round(warmdown_ratio*num_steps); in it, left = (num_steps-step)/warmdown_steps "
               "and the multiplier is left + (1-left)*final_lr_frac")
+exercise("04_training_loop.clip_grad_norm", clip_grad_norm, _clip_cases, tol=1e-6,
+         hint="the norm is over all entries of all tensors: sqrt(sum of each tensor's squared "
+              "sum); scale = min(1, max_norm / (norm + 1e-6)); multiply every gradient by it")
