@@ -212,7 +212,11 @@ def _first_differences(got: Any, expected: Any, tol: float, limit: int = 4) -> s
                       if len(got) != len(expected) else "")
             return f"{prefix}expected {_value(expected)}\n      got      {_value(got)}"
         if len(got) != len(expected):
-            return f"length {len(got)} but expected {len(expected)}"
+            first = next((i for i, (g, e) in enumerate(zip(got, expected))
+                          if max_diff(g, e) > tol), min(len(got), len(expected)))
+            return (f"length {len(got)} but expected {len(expected)}; first difference at "
+                    f"[{first}]: expected {_value(expected[first:first + 3], 60)} got "
+                    f"{_value(got[first:first + 3], 60)}")
         wrong = [i for i, (g, e) in enumerate(zip(got, expected)) if max_diff(g, e) > tol]
         return f"{len(wrong)} of {len(expected)} items differ; first: " + "; ".join(
             f"[{i}] expected {_value(expected[i], 40)} got {_value(got[i], 40)}"
