@@ -92,7 +92,7 @@ class GradSharder:
         self._handles = []
         if hooks:
             self._handles = [p.register_post_accumulate_grad_hook(self._hook(i))
-                             for i, p in enumerate(params)]
+                             for i, p in enumerate(params) if p.requires_grad]
 
     # ------------------------------------------------------------------ plan
     def _plan(self, placed: list[dict]) -> list[Bucket]:
@@ -239,11 +239,12 @@ class GradSharder:
         """Every rank must have launched the same buckets in the same order (else the
         collectives were paired wrongly): compare with one all-reduce, once."""
         self._order_checked = True
-        order = torch.tensor(self.launch_order, dtype=torch.float64)
+        order = torch.tensor(self.launch_order, dtype=torch.float64,
+                             device=self.params[0].device)  # NCCL reduces GPU tensors
         both = torch.stack([order, order * order])
         self.comm.all_reduce(both, tag="order-check").wait()
         mean = both[0] / self.world
-        if (both[1] / self.world - mean * mean).abs().max() > 1e-6 or \
+        if bool((both[1] / self.world - mean * mean).abs().max() > 1e-6) or \
                 not torch.equal(mean, order):
             raise RuntimeError(
                 "ranks produced gradients in different orders, so their collectives did not "
