@@ -37,9 +37,9 @@
 # 6. measure the gradient memory each rank holds on 1, 2 and 4 ranks;
 # 7. move the saved optimizer state from 2 ranks to 1 or 4 (resharding).
 #
-# **Run time**, measured on a shared 2-core CPU: `smoke` about 45 s, `laptop` about 1 min
-# (most of it is starting the 8 processes of the four launches). `full` (an estimate):
-# about a minute on GPUs.
+# **Run time**, measured on a shared, busy 2-core CPU (load average about 10): `smoke` 65 s,
+# `laptop` 50 s; the sizes barely matter, most of it is starting the 9 processes of the
+# four launches. `full` (an estimate): about a minute on GPUs.
 
 # %%
 import inspect
