@@ -24,6 +24,8 @@ truthy = $(filter 1 true yes on,$(1))
 N ?=
 PRESET ?= laptop
 RUNS ?= $(or $(NANOGPT_COURSE_RUNS),runs)
+# make run-scaling-law: where the sweep's CSV goes (fit and plots land beside it)
+SCALING_RESULTS = $(or $(RESULTS),runs/scaling/sweep.csv)
 
 .PHONY: help setup test test-fast lab lesson sync lint format env gpu-status kill-gpu \
         quickstart ddp-train chat-server chat run-scaling-law clean
@@ -93,8 +95,11 @@ chat-server: ## web chat on http://localhost:8003: CHECKPOINT (default: the ship
 chat: ## chat in the terminal: CHECKPOINT (default: the shipped chat model) ARGS (e.g. --temperature 0.5)
 	$(PY) -m nanogpt_course.chat $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(ARGS)
 
-run-scaling-law: ## depth x FLOPs sweep for isoFLOP curves (arrives with the scaling-laws issue)
-	@echo "make run-scaling-law is not built yet: it arrives with the scaling-laws issue. See README, 'Status'." >&2; exit 2
+run-scaling-law: setup ## depth x FLOPs sweep, then isoFLOP fit + plots (CPU: tiny, minutes; CUDA: the seed's). SWEEP DEPTHS BUDGETS DATA NPROC RESULTS ARGS
+	$(PY) -m nanogpt_course.scaling_laws sweep $(if $(SWEEP),--preset $(SWEEP)) \
+	  $(if $(DEPTHS),--depths $(DEPTHS)) $(if $(BUDGETS),--budgets $(BUDGETS)) \
+	  $(if $(DATA),--data $(DATA)) --nproc $(or $(NPROC),1) --results $(SCALING_RESULTS) $(ARGS)
+	$(PY) -m nanogpt_course.scaling_laws fit --results $(SCALING_RESULTS) --out $(dir $(SCALING_RESULTS))
 
 clean: ## remove caches made by the tests (keeps .venv and runs/)
 	rm -rf .test-cache .pytest_cache .ruff_cache

@@ -36,11 +36,17 @@ CPU_TRAIN_ARGS = ("--seq-len 128 --aspect-ratio 16 --head-dim 16 --device-batch-
 PRESETS = {
     "cpu": dict(depths="2,3,4,5", budgets="3e11,1e12,3e12", data="offline", data_mb=24.0,
                 vocab_size=512, tokenizer_mb=2.0, train_args=CPU_TRAIN_ARGS, name="cpu_offline"),
-    # The tokenizer is committed (trained on the CPU machine's 24 MB offline corpus) so the
-    # GPU machine needs no BPE trainer; the depth rules set batch, LRs and weight decay.
-    "gpu-offline": dict(depths="2,3,4,6,8", budgets="1e15,3e15,1e16", data="offline",
+    # The tokenizer is committed (8,192 ids trained on the CPU machine's 24 MB offline
+    # corpus) so the GPU machine needs no BPE trainer. Heads of 64 make the width grow by 64
+    # per layer (a smooth ladder of sizes); the depth rules set batch, LRs and weight decay.
+    # The GPU machine's offline corpus is ~136M GPT-2 tokens = ~300 MB = ~80M tokens of this
+    # tokenizer (3.6 bytes/token vs GPT-2's 2.2 here). At ~10-20 tokens per parameter a
+    # budget's optimum needs a smaller neighbour trained on ~2x its tokens within one epoch,
+    # which caps the budgets near 1e15; runs past one epoch are refused and recorded.
+    "gpu-offline": dict(depths="1,2,3,4,5", budgets="1e14,3e14,1e15", data="offline",
                         data_mb=None, tokenizer="data/scaling/tokenizer-offline-8k",
-                        train_args="--seq-len 2048 --device-batch-size 32 --eval-tokens 2097152",
+                        train_args="--seq-len 2048 --head-dim 64 --device-batch-size 16 "
+                                   "--eval-tokens 2097152",
                         name="gpu_offline"),
     "seed": dict(depths="6,8,10,12,14", budgets="1e18,2e18,6e18", data="fineweb_edu",
                  data_mb=None, tokenizer="gpt2", train_args="--compile", name="seed"),

@@ -208,6 +208,26 @@ def subprocess_launcher(argv: list[str], nproc: int, log_path: Path, echo: bool)
     return code
 
 
+def in_process_launcher(argv: list[str], nproc: int, log_path: Path, echo: bool) -> int:
+    """Run the trainer's ``main(argv)`` in this process: the same code as the command line
+    without an interpreter start-up per run (notebooks, tests). One process only."""
+    import contextlib
+    import io
+
+    from ..train.__main__ import main
+
+    if nproc != 1:
+        raise ValueError("the in-process launcher runs one process; use the subprocess "
+                         "launcher (the default) for --nproc > 1")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        code = main(argv)
+    log_path.write_text(buffer.getvalue(), encoding="utf-8")
+    if echo:
+        print(buffer.getvalue(), end="", flush=True)
+    return code
+
+
 def plan_run(cfg: SweepConfig, argv: list[str]):
     """The trainer's own resolution of these flags (tokenizer, model config, depth plan),
     on the meta device: no data read, nothing allocated."""
