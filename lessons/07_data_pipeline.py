@@ -28,7 +28,8 @@
 # 1. look at what a pretraining corpus is made of;
 # 2. tokenize documents into **shards**: flat files of token ids behind a small header;
 # 3. read them back with **memory-mapping** and cut random windows;
-# 4. **pack** whole documents into rows that all start at a document start (best fit);
+# 4. **pack** documents into rows without cutting or dropping anything (best fit, long
+#    documents continued over rows), and see whether packed documents attend to each other;
 # 5. **mix** several datasets by weight;
 # 6. build **SFT batches** whose loss counts only the assistant's tokens;
 # 7. check that the loader resumes exactly and splits rows between GPUs, then time it.
@@ -47,6 +48,7 @@ import torch
 
 from nanogpt_course import data, exercises, paths, presets
 from nanogpt_course.data import offline, shards
+from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.tokenizer import Tokenizer
 
 # %% tags=["parameters"]
@@ -160,6 +162,12 @@ except shards.ShardError as err:
 # and a `meta.json` last. Prepared folders live in the cache, one per tokenizer, and a
 # second call returns at once. Tiny Shakespeare comes from the data mirror, or is
 # downloaded once.
+#
+# Two rules hold for every dataset. A document is **never cut by characters** before
+# tokenization: a file (or a JSONL record) is one document, however long. And the
+# train/validation split is **per file**: a file is entirely in one split, so validation
+# never scores text whose neighbouring paragraphs were trained on. Tiny Shakespeare is a
+# single file, so its validation split is its last 10% as one contiguous tail.
 
 # %%
 shakespeare = data.prepare("tinyshakespeare", tok)
@@ -232,27 +240,78 @@ def pack_best_fit(lengths, row_len):
 pack_best_fit = exercises.check("07_data_pipeline.pack_best_fit", pack_best_fit)
 
 # %% [markdown]
-# Your packing agrees with the library's reference, and the loader applies the same rule to
-# a streaming buffer of documents. How much is cropped depends on the row length and on
-# how long the documents are: tiny Shakespeare's speeches are short, so little is lost.
+# Your packing agrees with the library's reference. How much does cropping throw away?
+# It depends on how long the documents are compared with a row. The offline corpus holds
+# whole source files, many of them thousands of tokens long:
 
 # %%
-lengths = data.Split(shakespeare, "train").doc_len
-for row_len in (65, 129, 257, 513, 1025):
-    rows = pack_best_fit(lengths[:2000].tolist(), row_len)
+offline_folder = data.prepare("offline", tok, max_bytes=int(OFFLINE_MB * 1e6))
+lengths = data.Split(offline_folder, "train").doc_len
+sample = lengths[:2000].tolist()
+print(f"{len(lengths):,} documents, median {np.median(lengths):.0f} tokens, "
+      f"{(lengths > 1025).mean():.0%} longer than 1,025")
+for row_len in (129, 513, 2049):
+    rows = pack_best_fit(sample, row_len)
     used = sum(t for row in rows for _, t in row)
-    print(f"rows of {row_len:>5}: {len(rows):>4} rows, crop fraction "
-          f"{1 - used / lengths[:2000].sum():.3f}")
+    print(f"rows of {row_len:>5}: crop fraction {1 - used / sum(sample):.2f}")
 
 # %% [markdown]
-# The library loader: `data.make_loader` memory-maps the shards and packs with best fit.
-# Here is a picture of one packed batch: each color is one document, and every row starts
-# with a new one.
+# Most of the tokens of a code corpus sit in long files, and best fit keeps only their
+# first row's worth. Cutting documents into short pieces before tokenizing (what this
+# course did at first) avoids the crop, but then no row ever holds a long stretch of one
+# document, and the model never learns long context.
+#
+# The library keeps both: after tokenization a document of `n` tokens becomes **pieces**
+# of at most `row_len = T + 1` tokens, starting every `T` tokens (consecutive pieces
+# overlap by one token, so every token is a target exactly once). A short document is one
+# piece that starts with BOS; a long one becomes full rows of uninterrupted text plus a
+# remainder. Rows are then packed best fit from a buffer of pieces, and when no piece fits
+# the space left, the shortest one is **split**: its head fills the row and its tail goes
+# back to the buffer. Nothing is cropped and nothing is padded.
+#
+# The piece boundaries, from scratch:
 
 # %%
-loader = data.make_loader(shakespeare, "train", batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED)
+def pieces(n, row_len):
+    """(start, end) token ranges of a document of n tokens, each at most row_len long."""
+    stride = row_len - 1
+    spans, start = [(0, min(n, row_len))], stride
+    while start < n - 1:  # a piece needs two tokens to hold one target
+        spans.append((start, min(n, start + row_len)))
+        start += stride
+    return spans
+
+
+for n in (5, 11, 40, 3000):
+    assert pieces(n, 11) == data.packing.piece_spans(n, 11)
+print("pieces of a 40-token document in rows of 11:", pieces(40, 11))
+
+# %% [markdown]
+# The loader reports what it did: `cropped` (always 0 now), `padded`, and the share of
+# tokens that see at least 1,024 earlier tokens of their own document (the long-context
+# share, at `T = 2048`). Compare the three designs on the same documents:
+
+# %%
+packer = data.packing.BestFitPacker(lengths, 2049, seed=SEED)
+for _ in range(presets.choose(PRESET, smoke=50, laptop=300, full=2000)):
+    packer.plan()
+print(f"pieces:          cropped 0.00, padded {packer.padded / (packer.rows * 2049):.3f}, "
+      f"long-context share {packer.long_context / packer.tokens:.2f}")
+whole = pack_best_fit(sample, 2049)
+kept = [t for row in whole for _, t in row]
+print(f"best fit + crop: cropped {1 - sum(kept) / sum(sample):.2f}, padded 0.000, "
+      f"long-context share {sum(max(0, t - 1024) for t in kept) / sum(kept):.2f}")
+
+# %% [markdown]
+# The library loader: `data.make_loader` memory-maps the shards and packs pieces. Here is
+# a picture of one packed batch: each color is one document. A row either starts with a
+# document's BOS or continues a long document (then it is one color all the way, a whole
+# row of context).
+
+# %%
+loader = data.make_loader(offline_folder, "train", batch_size=BATCH, seq_len=SEQ_LEN,
+                          seed=SEED)
 x, y = next(loader)
-assert (x[:, 0] == tok.bos_id).all()
 segment = torch.cumsum((x == tok.bos_id).long(), dim=1)  # document number inside each row
 plt.figure(figsize=(9, 0.4 * BATCH + 1))
 plt.imshow(segment % 20, cmap="tab20", aspect="auto", interpolation="nearest")
@@ -260,8 +319,64 @@ plt.xlabel("position in the row")
 plt.ylabel("row")
 plt.title("a packed batch: one color per document")
 plt.show()
-print("loader stats:", loader.stats())
+stats = loader.stats()
+assert stats["cropped"] == 0
+print("loader stats:", stats)
 print("row 0 begins:", repr(tok.decode(x[0, :40])))
+
+# %% [markdown]
+# ## Do packed documents see each other?
+#
+# Yes. The model's attention is causal over the whole row: a token of the second document
+# in a row can attend to every token of the first one. Nothing forbids it; the BOS token
+# at each document start is the signal, and the model learns that what comes before a BOS
+# says little about what follows. The alternative is a **block-diagonal document mask**:
+# token `i` may attend to token `j` only if `j <= i` *and* both belong to the same
+# document. From the BOS positions it is two lines:
+
+# %%
+row = torch.tensor([tok.bos_id, 11, 12, 13, tok.bos_id, 21, 22, tok.bos_id, 31, 32])
+doc = torch.cumsum((row == tok.bos_id).long(), dim=0)  # document number of each position
+causal = torch.tril(torch.ones(len(row), len(row), dtype=torch.bool))
+document_mask = causal & (doc[:, None] == doc[None, :])
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+for ax, m, title in zip(axes, (causal, document_mask), ("causal (what the model uses)",
+                                                        "block-diagonal document mask")):
+    ax.imshow(m, cmap="Greys", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("key position")
+axes[0].set_ylabel("query position")
+plt.tight_layout()
+plt.show()
+print(f"causal: {int(causal.sum())} query-key pairs, document mask: {int(document_mask.sum())}")
+
+# %% [markdown]
+# The library's GPT uses the plain causal mask (as nanochat and nanoGPT do), so a packed
+# document's predictions depend on what precedes it in the row. Check it on a small model:
+# the logits of a document alone differ from the same document packed after another one.
+
+# %%
+torch.manual_seed(SEED)
+small = GPT(GPTConfig(sequence_len=32, vocab_size=tok.vocab_size, n_layer=2, n_head=2,
+                      n_kv_head=2, n_embd=64))
+with torch.no_grad():  # give the zero-initialized output projections some weight
+    for blk in small.blocks:
+        blk.attn.c_proj.weight.normal_(std=0.02)
+        blk.mlp.c_proj.weight.normal_(std=0.02)
+    doc_a = [tok.bos_id] + tok.encode("The cat sat on the mat.")
+    doc_b = [tok.bos_id] + tok.encode("def add(a, b):")
+    alone = small(torch.tensor([doc_b]))[0]
+    packed = small(torch.tensor([doc_a + doc_b]))[0, len(doc_a):]
+print(f"max |logits alone - logits packed| = {(alone - packed).abs().max():.3f} "
+      "(0 would mean the documents do not see each other)")
+assert (alone - packed).abs().max() > 1e-3
+
+# %% [markdown]
+# Why not mask? A document mask changes the attention pattern of every batch, which costs
+# speed (a FlexAttention block mask built per batch), and with BOS as a separator the
+# measured gain in pretraining is small; long documents, which carry the long context,
+# fill whole rows on their own anyway. RoPE positions keep counting across a row too: the
+# model sees relative positions only, so that is harmless.
 
 # %% [markdown]
 # ## Mixing datasets
@@ -272,7 +387,6 @@ print("row 0 begins:", repr(tok.decode(x[0, :40])))
 # that is one call to `rng.choice`:
 
 # %%
-offline_folder = data.prepare("offline", tok, max_bytes=int(OFFLINE_MB * 1e6))
 weights = [0.8, 0.2]
 draws = np.random.default_rng(SEED).choice(2, size=2000, p=weights)
 print("from scratch: fraction of rows from source 0 =", (draws == 0).mean())
@@ -374,7 +488,7 @@ b.load_state_dict(state)
 got = next(b)
 torch.testing.assert_close(got[0], expected[0])
 print("resumed batch identical; state keys:", sorted(state), "| buffer of",
-      len(state["stream"]["buffer"]), "documents")
+      len(state["stream"]["buffer"]), "pieces")
 
 # %% [markdown]
 # With several GPUs, every rank plans the same global stream of rows and keeps only its
@@ -406,15 +520,13 @@ while time.perf_counter() - start < TIMING_SECONDS:
     n += next(fast)[0].numel()
 rate = n / (time.perf_counter() - start)
 print(f"{rate / 1e6:.1f}M tokens/s at batch {BATCH} x {SEQ_LEN} "
-      f"({rate / 5e5:.0f}x what one H100 needs at d12); crop fraction "
-      f"{fast.stats()['crop_fraction']:.2f}")
+      f"({rate / 5e5:.0f}x what one H100 needs at d12); cropped "
+      f"{fast.stats()['cropped']}, padded {fast.stats()['pad_fraction']:.3f}")
 
 # %% [markdown]
-# The crop fraction printed above is the other half of the trade-off: the offline corpus's
-# documents (chunks of source files, up to about 2,000 characters) are long compared with
-# short rows, so at small `SEQ_LEN` much of each document is cut away. Data is plentiful
-# here, so that only costs variety; when it is not, use longer rows or
-# `packing="windows"`, which crops nothing but starts rows mid-document.
+# The other loader, `packing="windows"`, is nanoGPT's: random windows of the token stream.
+# It drops nothing either, but most rows start in the middle of a document, and a
+# window's long context is often the end of one file followed by the start of another.
 
 # %%
 windows = data.make_loader(offline_folder, batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED,

@@ -18,7 +18,8 @@ def random_windows(tokens, starts, seq_len: int) -> tuple[torch.Tensor, torch.Te
 
 
 def pack_best_fit(lengths: list[int], row_len: int) -> list[list[tuple[int, int]]]:
-    """Reference: the library's best-fit packing with cropping (see ``data.packing``)."""
+    """Reference: the classic best-fit packing with cropping that ``data.packing`` keeps as
+    ``best_fit_rows`` (the loaders now split long documents into pieces instead)."""
     return best_fit_rows(lengths, row_len, crop=True)
 
 
