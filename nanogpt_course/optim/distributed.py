@@ -181,8 +181,9 @@ class RecordingCollectives(Collectives):
 
 @dataclass
 class _Unit:
-    """One collective's worth of parameters: a muon bucket, a flat AdamW tensor, or the
-    bundle of small AdamW tensors of one dtype."""
+    """What ``step()`` updates (and all-gathers) in one go: a muon shape (stacked, one
+    batched Newton-Schulz), a flat AdamW tensor, or the bundle of small AdamW tensors of one
+    dtype. (The gradients arrive through :class:`GradSharder`'s buckets.)"""
 
     kind: str  # "muon" | "flat" | "small"
     indices: list[int]  # global parameter indices
@@ -190,9 +191,8 @@ class _Unit:
     positions: list[int] = field(default_factory=list)  # muon: slot in the stacked buffer
     per_rank: int = 0  # muon: slots per rank; flat: chunk length
     # filled during a step:
-    recv: torch.Tensor | None = None
-    work: object = None
-    active: list[int] = field(default_factory=list)
+    recv: torch.Tensor | None = None  # this rank's summed gradient (see _owned_grad)
+    active: list[int] = field(default_factory=list)  # small: the members with gradients
     gathered: torch.Tensor | None = None
     gather_work: object = None
 
