@@ -34,9 +34,10 @@
 # 5. fit **isoFLOP parabolas** and **power laws** to it;
 # 6. analyse the committed sweep (`data/scaling/`) with the same tools.
 #
-# Run time on 2 CPU cores (measured): `smoke` RUNTIME_SMOKE, `laptop` RUNTIME_LAPTOP. `full`
-# runs a bigger CPU sweep (depths 2-5 × three budgets, about 10 minutes on an idle 2-core CPU,
-# the setting of `data/scaling/cpu_offline.csv`).
+# Run time on 2 CPU cores (measured on a busy shared machine): `smoke` about 20 s, `laptop`
+# about 1.5 minutes. `full` reruns the committed CPU sweep's setting (depths 2-5 × budgets
+# 3e11-3e12 on 24 MB of the offline corpus, `data/scaling/cpu_offline.csv`): about 10 minutes
+# of an idle 2-core CPU (estimated from its runs' speed; much longer on a busy machine).
 
 # %%
 import math
@@ -65,10 +66,12 @@ SEED = 0
 # %%
 PRESET = presets.validate(PRESET)
 SWEEP_DEPTHS = presets.choose(PRESET, smoke=[1, 2, 3], laptop=[1, 2, 3, 4], full=[2, 3, 4, 5])
-SWEEP_BUDGETS = presets.choose(PRESET, smoke=[1e9, 3e9], laptop=[1e10, 3e10, 1e11],
+SWEEP_BUDGETS = presets.choose(PRESET, smoke=[1e9, 3e9], laptop=[1e10, 2.5e10, 6e10],
                                full=[3e11, 1e12, 3e12])
 SEQ = presets.choose(PRESET, smoke=64, laptop=64, full=128)
 EVAL_BATCHES = presets.choose(PRESET, smoke=8, laptop=32, full=32)
+MICRO_BATCH = presets.choose(PRESET, smoke=16, laptop=16, full=32)
+CORPUS_MB = presets.choose(PRESET, smoke=2, laptop=2, full=24)
 COUNT_DEPTHS = presets.choose(PRESET, smoke=[1, 2], laptop=[2, 4, 6], full=[2, 4, 6, 8])
 torch.manual_seed(SEED)
 print(f"preset {PRESET!r}: sweep depths {SWEEP_DEPTHS} x budgets "
@@ -223,7 +226,8 @@ for r in rows:
 # budget) pair with the real trainer, `python -m nanogpt_course.train --depth D
 # --target-flops C`, and appends one row per run to a CSV. Here we run a tiny one in this
 # process (`in_process_launcher`: the same code without starting a Python per run) on the
-# `offline` corpus (Python's own sources and docs) with a 512-token tokenizer. Widths grow
+# `offline` corpus (Python's own sources and docs, 2 MB of it; 24 MB at `full`) with a
+# 512-token tokenizer. Widths grow
 # by 16 per layer so that the sizes are close together, and the batch and learning rates
 # are explicit, as explained in part 1.
 
@@ -231,18 +235,18 @@ for r in rows:
 from nanogpt_course.train.tiny import corpus_data, corpus_tokenizer  # noqa: E402
 
 tok_dir = corpus_tokenizer()  # 512 ids on 2 MB of the offline corpus (built once, cached)
-data_dir, corpus_hash, epoch_tokens = sweep.prepare_data(str(corpus_data(str(tok_dir))),
-                                                         str(tok_dir))
+prepared = corpus_data(str(tok_dir), max_bytes=CORPUS_MB * 1_000_000)  # cached too
+data_dir, corpus_hash, epoch_tokens = sweep.prepare_data(str(prepared), str(tok_dir))
 print(f"offline corpus: {epoch_tokens:,} training tokens, sha256 {corpus_hash[:12]}")
 
-TRAIN_ARGS = (f"--seq-len {SEQ} --aspect-ratio 16 --head-dim 16 --device-batch-size 16 "
-              f"--total-batch-size {16 * SEQ} --matrix-lr 0.02 --embedding-lr 0.3 "
-              "--unembedding-lr 0.008 --scalar-lr 0.5 --weight-decay 0 "
-              f"--eval-tokens {EVAL_BATCHES * 16 * SEQ} --device cpu").split()
+TRAIN_ARGS = (f"--seq-len {SEQ} --aspect-ratio 16 --head-dim 16 --device-batch-size "
+              f"{MICRO_BATCH} --total-batch-size {MICRO_BATCH * SEQ} --matrix-lr 0.02 "
+              "--embedding-lr 0.3 --unembedding-lr 0.008 --scalar-lr 0.5 --weight-decay 0 "
+              f"--eval-tokens {EVAL_BATCHES * MICRO_BATCH * SEQ} --device cpu").split()
 work = Path(tempfile.mkdtemp(prefix="lesson08-"))
 cfg_sweep = sweep.SweepConfig(depths=SWEEP_DEPTHS, budgets=SWEEP_BUDGETS, data=data_dir,
                               tokenizer=str(tok_dir), results=work / "sweep.csv",
-                              runs=work / "runs", corpus="offline (2 MB)",
+                              runs=work / "runs", corpus=f"offline ({CORPUS_MB} MB)",
                               corpus_hash=corpus_hash, train_args=TRAIN_ARGS, echo=False)
 print(sweep.dry_run_table(cfg_sweep, epoch_tokens))
 
