@@ -41,6 +41,7 @@ class BlockwiseCompiled:
 
     def __init__(self, model, **compile_kwargs):
         self.model = model
+        _allow_recompiles(2 * len(model.blocks) + 8)
         self.block_calls = [torch.compile(b._call_impl, **compile_kwargs)
                             for b in model.blocks]
         self.head_loss = torch.compile(_head_loss, **compile_kwargs)
@@ -56,6 +57,18 @@ class BlockwiseCompiled:
             for block in blocks:
                 block._compiled_call_impl = None
         return self.head_loss(self.model, h, targets)
+
+
+def _allow_recompiles(n: int) -> None:
+    """Every block shares one code object (``Module._call_impl``), so its variants (with or
+    without a value-embedding gate, each attention window) count against dynamo's recompile
+    limit (8 by default), past which it silently runs the rest eagerly: raise it to ``n``."""
+    import torch._dynamo.config as config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # new name, then the old one
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), n))
+            return
 
 
 def compile_for_training(model, optimizer, **compile_kwargs):
