@@ -2,8 +2,9 @@
 
 - :func:`orthogonalize` (``muon``): Newton-Schulz / Polar Express approximation of ``U V^T``.
 - :class:`MuonAdamW` (``hybrid``): Muon for 2-D block matrices, AdamW for the rest.
-- :class:`DistMuonAdamW` (``distributed``): the same, with gradients reduce-scattered,
-  state and updates sharded, parameters all-gathered; no DDP wrapper.
+- :class:`DistMuonAdamW` (``distributed``): the same, with gradients reduce-scattered
+  during backward (``grad_shard``: ZeRO-2), state and updates sharded, parameters
+  all-gathered; no DDP wrapper.
 - :func:`build_optimizer` (``build``): the standard grouping of a GPT's parameters.
 - ``sharding``: the in-memory shard layout; :func:`consolidate` / :func:`reshard` /
   :func:`load_sharded` move optimizer state between world sizes.
