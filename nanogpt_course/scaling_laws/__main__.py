@@ -27,14 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 # Explicit batch and LRs at CPU scale: the depth rules are anchored at 2^19-token batches,
 # and their sqrt(B) LR and decay rules extrapolated ~100x below that give runs that barely
 # learn in a few hundred steps (see nanogpt_course/train/tiny.py). Width 16 per layer (heads
-# of 16) and a 512-token vocabulary give a fine ladder of sizes (41k to 425k scaling params
-# for d2-d5) around the compute-optimal size of budgets a CPU can afford.
+# of 16) and a 512-token vocabulary give a fine ladder of sizes (11k to 425k scaling params
+# for d1-d5) around the compute-optimal size of budgets a CPU can afford (1e11-1e12 FLOPs:
+# about 7e12 FLOPs in all, roughly ten minutes of an idle 2-core CPU).
 CPU_TRAIN_ARGS = ("--seq-len 128 --aspect-ratio 16 --head-dim 16 --device-batch-size 32 "
                   "--total-batch-size 4096 --matrix-lr 0.02 --embedding-lr 0.3 "
                   "--unembedding-lr 0.008 --scalar-lr 0.5 --weight-decay 0 "
                   "--eval-tokens 131072 --device cpu")
 PRESETS = {
-    "cpu": dict(depths="2,3,4,5", budgets="3e11,1e12,3e12", data="offline", data_mb=24.0,
+    "cpu": dict(depths="1,2,3,4,5", budgets="1e11,3e11,1e12", data="offline", data_mb=24.0,
                 vocab_size=512, tokenizer_mb=2.0, train_args=CPU_TRAIN_ARGS, name="cpu_offline"),
     # The tokenizer is committed (8,192 ids trained on the CPU machine's 24 MB offline
     # corpus) so the GPU machine needs no BPE trainer. Heads of 64 make the width grow by 64
