@@ -409,3 +409,33 @@ def test_consolidated_state_equals_one_process_state(world2):
     for key in full:
         err = float((full[key] - expected[key]).norm() / expected[key].norm())
         assert err <= TOL, key
+
+
+def test_world_of_one_accumulation_zero_grad_and_hand_set_gradients():
+    """Without a process group (a world of one) the hooked path must equal MuonAdamW:
+    two micro-steps accumulate into the owned buffers, zero_grad() drops a stale gradient,
+    and gradients assigned by hand (no backward, no hook) are taken at step()."""
+    for how in ("backward", "by_hand"):
+        ref_model, model = make_model(), make_model()
+        ref = MuonAdamW(groups_for(ref_model, {}))
+        opt = DistMuonAdamW(groups_for(model, {}), small_param_numel=SMALL)
+        model(*batch(99)).backward()  # stale: must not leak into step 0
+        assert opt.grad_bytes() > 0 and all(p.grad is None for p in model.parameters())
+        opt.zero_grad()
+        assert opt.grad_bytes() == 0
+        for step in range(3):
+            ref.zero_grad()
+            for i, j in zip(*(t.chunk(2) for t in batch(step))):
+                (ref_model(i, j) / 2).backward()
+            if how == "by_hand":
+                for p, q in zip(model.parameters(), ref_model.parameters()):
+                    p.grad = None if q.grad is None else q.grad.clone()
+            else:
+                for i, j in zip(*(t.chunk(2) for t in batch(step))):
+                    (model(i, j) / 2).backward()
+            ref.step()
+            opt.step()
+            assert opt.grad_bytes() == 0  # step() consumed the accumulators
+        for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=f"{how}: {name}")
+        assert torch.equal(dict(model.named_parameters())["unused"], make_model().unused)
