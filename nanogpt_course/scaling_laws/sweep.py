@@ -122,16 +122,18 @@ def numeric(rows: list[dict], status: str = "ok") -> list[dict]:
 
 # ---------------------------------------------------------------------------- environment
 def git_commit() -> str:
-    """Short commit of the working tree (``+dirty`` with local changes), or ``unknown``."""
+    """Short commit of the working tree (``+dirty`` with local changes); where git or the
+    repository is missing (a copied tree), ``$NANOGPT_COURSE_GIT_COMMIT`` or ``unknown``."""
     root = Path(__file__).resolve().parents[2]
+    fallback = os.environ.get("NANOGPT_COURSE_GIT_COMMIT", "unknown")
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root,
                              capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=root, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha + ("+dirty" if dirty.strip() else "")) if sha else "unknown"
+        return fallback
+    return (sha + ("+dirty" if dirty.strip() else "")) if sha else fallback
 
 
 def device_kind() -> str:
