@@ -32,6 +32,8 @@ COLUMNS = ("run_id", "status", "depth", "width", "n_head", "params_total", "para
            "batch_tokens", "seq_len", "vocab_size", "val_bpb", "train_loss", "core", "wall_s",
            "device", "nproc", "corpus", "corpus_hash", "epoch_tokens", "epochs", "git_commit",
            "train_args", "finished_at", "error")
+TEXT_COLUMNS = {"run_id", "status", "device", "corpus", "corpus_hash", "git_commit", "train_args",
+                "finished_at", "error"}
 DONE = ("ok", "failed", "refused")  # statuses a resumed sweep skips
 
 
@@ -112,9 +114,12 @@ def numeric(rows: list[dict], status: str = "ok") -> list[dict]:
             continue
         parsed = {}
         for key, value in row.items():
+            if key in TEXT_COLUMNS or not isinstance(value, str):
+                parsed[key] = value
+                continue
             try:
                 parsed[key] = int(value) if value.lstrip("-").isdigit() else float(value)
-            except (ValueError, AttributeError):
+            except ValueError:
                 parsed[key] = value
         out.append(parsed)
     return out
