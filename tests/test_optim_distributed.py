@@ -334,7 +334,10 @@ def test_reduce_scatters_launched_during_backward_in_bucket_order(world2, world4
 def _check_one_backward(log, members):
     ready: list[int] = []  # parameter indices, in the order their gradients were ready
     early = []
+    in_flight = 0
     for event, op, tag, _ in log:
+        in_flight += {"launch": 1, "wait": -1}.get(event, 0)
+        assert in_flight <= 4  # max_in_flight: the send buffers alive at once are bounded
         if (event, op) == ("mark", "grad_ready"):
             ready.append(tag)
         elif event == "launch" and op in ("reduce_scatter", "all_reduce"):
