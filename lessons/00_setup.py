@@ -18,10 +18,12 @@
 # %% [markdown]
 # # 00 · Setup: how this course works
 #
-# Welcome. Over thirteen lessons you will build a GPT from an empty file: the tokenizer,
-# attention with rotary positions, the model, the optimizers (AdamW and Muon, then Muon
-# sharded over several GPUs), the data pipeline, the training loop, scaling laws,
-# pretraining, evaluation, mid-training and finally a chat window.
+# Welcome. The course is planned as thirteen lessons, numbered 00 to 12, in which you
+# build a GPT from an empty file: the tokenizer, attention with rotary positions, the
+# model, the optimizers (AdamW and Muon, then Muon sharded over several GPUs), the data
+# pipeline, the training loop, scaling laws, pretraining, evaluation, mid-training and
+# finally a chat window. Some are still being written: the course map below marks the
+# ones present in your copy.
 #
 # Every lesson follows the same rhythm:
 #
@@ -30,12 +32,18 @@
 #    fast and tested implementation of the same thing.
 # 3. **Use the library version** from then on, so later cells stay fast.
 #
-# This first lesson has no machine learning in it. It shows the machinery: the preset knob,
-# where files go, how exercises and their checkers work, and a check of your environment.
+# This first lesson has no machine learning in it. It shows the machinery: the course
+# map, the preset knob, where files go, how to edit a lesson, how exercises and their
+# checkers work, and a check of your environment.
+#
+# **Run time**: seconds at every preset (measured as a script on a 2-core CPU shared with
+# other jobs, load average 5-9: `smoke` 7 s, `laptop` 4 s; `full` does the same work).
 
 # %%
 import os
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 import nanogpt_course
@@ -77,6 +85,49 @@ n_rows = presets.choose(PRESET, smoke=2, laptop=4, full=8)
 print(f"at preset {PRESET!r} this lesson uses {n_rows} rows")
 
 # %% [markdown]
+# ## The course map
+#
+# Four parts. The first builds the model; the second trains it; the third scales the
+# training up and runs it; the fourth measures the result and turns it into a chat model.
+# Arrows show the suggested order, but every lesson runs on its own (whatever it needs,
+# it builds or loads through a cached library helper). A dashed box is a lesson not
+# in your copy yet.
+
+# %%
+COURSE = [  # (number, title, part)
+    ("00", "setup", 0), ("01", "tokenizer", 0), ("02", "attention + RoPE", 0),
+    ("03", "GPT model", 0), ("04", "training loop", 1), ("05", "Muon", 1),
+    ("06", "DistMuon, ZeRO-2", 1), ("07", "data pipeline", 1), ("08", "scaling laws", 2),
+    ("09", "pretraining", 2), ("10", "evaluation", 3), ("11", "mid-training", 3),
+    ("12", "chat", 3)]
+PARTS = ["build the model", "train it", "scale it up", "measure and chat"]
+COLORS = ["#dbe9f6", "#fde2c8", "#d9f0d3", "#ead8f0"]
+ORDER = [num for num, _, _ in COURSE]  # the suggested order: each arrow to the next lesson
+lesson_dir = Path("lessons") if Path("lessons").is_dir() else Path(".")
+present = {p.name[:2] for p in lesson_dir.glob("[0-9][0-9]_*.ipynb")}
+boxes = {}
+fig, ax = plt.subplots(figsize=(10, 4.2))
+for part in range(4):
+    members = [c for c in COURSE if c[2] == part]
+    for row, (num, title, _) in enumerate(members):
+        x, y = part * 2.6, 3.6 - row * 1.0
+        boxes[num] = ax.text(x, y, f"{num} {title}", ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.4", fc=COLORS[part],
+                          ec="black" if num in present else "grey",
+                          ls="-" if num in present else "--"))
+    ax.text(part * 2.6, 4.4, PARTS[part], ha="center", fontsize=10, weight="bold")
+for a, b in zip(ORDER, ORDER[1:]):
+    same_part = COURSE[ORDER.index(a)][2] == COURSE[ORDER.index(b)][2]
+    ax.annotate("", xy=(0.5, 1) if same_part else (0, 0.5), xycoords=boxes[b],
+                xytext=(0.5, 0) if same_part else (1, 0.5), textcoords=boxes[a],
+                arrowprops=dict(arrowstyle="->", color="grey", lw=0.8, shrinkA=4, shrinkB=4))
+ax.set_xlim(-1.3, 9.1)
+ax.set_ylim(-0.2, 4.8)
+ax.axis("off")
+plt.show()
+print(f"lessons in this copy: {', '.join(sorted(present))} ({len(present)} of {len(COURSE)})")
+
+# %% [markdown]
 # ## Where things go
 #
 # Three folders matter, each set by an environment variable:
@@ -102,6 +153,32 @@ print("runs:       ", paths.runs_dir(create=False))
 # %%
 device = pick_device()
 print("computing on:", describe(device))
+
+# %% [markdown]
+# ## Editing a lesson: `.py` and `.ipynb` pairs
+#
+# Every lesson exists twice, kept in sync by [jupytext](https://jupytext.readthedocs.io):
+#
+# - `lessons/NN_topic.py`, a plain Python file in the "percent" format (`# %%` starts a
+#   code cell, `# %% [markdown]` a text cell): the **source of truth**, easy to diff,
+#   review and edit in any editor;
+# - `lessons/NN_topic.ipynb`, the notebook you open in JupyterLab, committed **without
+#   outputs**.
+#
+# The workflow:
+#
+# 1. **Learning**: open the `.ipynb` (`make lab`), run and change cells freely. With the
+#    jupytext extension installed (it comes with the `notebooks` extra), saving the
+#    notebook also rewrites its `.py` twin, because `jupytext.toml` declares the pair.
+# 2. **Editing the course**: change the `.py` file in your editor, then run `make sync`
+#    (that is `jupytext --sync lessons/NN_topic.py`), which updates the `.ipynb` from the
+#    newer side and keeps its cells and tags.
+# 3. **Before committing**: run `make sync`, clear the notebook's outputs (JupyterLab:
+#    *Edit → Clear Outputs of All Cells*, then save), and commit both files. The test
+#    suite fails when the pair has drifted apart or a notebook holds outputs.
+#
+# `make lesson N=03 PRESET=smoke` runs one lesson headless with papermill and writes the
+# executed copy under `runs/lessons/`, leaving the committed files untouched.
 
 # %% [markdown]
 # ## Exercises and checkers
@@ -158,6 +235,7 @@ for check in run_checks():
 # ## What next
 #
 # - `lessons/01_tokenizer`: from text to integers, byte-pair encoding from scratch.
+# - The course map above: any lesson can be opened first.
 # - Run `make help` in a terminal to see every command of the course.
 #
 # Each lesson stands on its own: whatever it needs (a tokenizer, a small trained model,
