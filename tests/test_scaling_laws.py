@@ -270,3 +270,15 @@ def test_sweep_cli_runs_the_trainer_as_a_subprocess(tmp_path, tiny_data):
     (row,) = sweep.read_results(results)
     assert row["status"] == "ok", row["error"]
     assert (tmp_path / "runs" / "d1-c1e+09" / "train.log").read_text().startswith("$ ")
+
+
+def test_bootstrap_interval_grows_with_the_noise():
+    """The residual bootstrap measures the losses' scatter around each parabola (noise, plus
+    the parabola's misfit to the true curve, which is all there is at zero noise): more
+    noise, a wider interval."""
+    widths = []
+    for noise in (0.0, 0.002, 0.02):
+        result = fit.fit_sweep(fit.synthetic_sweep(noise=noise, seed=3), n_boot=200, seed=0)
+        widths.append(result.a.high - result.a.low)
+    assert 0 < widths[0] < widths[1] < widths[2]
+    assert widths[2] > 3 * widths[0]

@@ -9,8 +9,8 @@ U-shaped in ``log N``: too small a model underfits, too big a one sees too few t
 2. :func:`fit_power_law`: a straight line in log-log, ``N_opt = k·C^a`` (and ``D_opt ∝ C^b``);
    with ``C ≈ 6ND``, ``a + b ≈ 1``. Chinchilla found ``a ≈ b ≈ 0.5`` and ~20 tokens per
    parameter; nanochat measures ~8-12 for its models.
-3. :func:`bootstrap`: the runs of each budget resampled with replacement, everything refitted;
-   the spread of the exponents is their uncertainty.
+3. :func:`bootstrap`: each budget's losses perturbed by its own residuals drawn with
+   replacement, everything refitted; the spread of the exponents is their uncertainty.
 4. The frontier: the best loss per budget against ``C`` (a power law ``L = A·C^-α``).
 
 Everything here is plain numpy least squares, small enough to read in one sitting.
@@ -171,25 +171,38 @@ def _fit_budgets(groups: dict[float, list[dict]], loss_key: str) -> tuple[list, 
 
 def bootstrap(groups: dict[float, list[dict]], *, n_boot: int = 1000, seed: int = 0,
               loss_key: str = "val_bpb") -> tuple[np.ndarray, np.ndarray]:
-    """Exponents ``a`` (of N_opt) and ``b`` (of D_opt) refitted on ``n_boot`` resamples:
-    within each budget the runs are drawn with replacement; a resample whose parabola has
-    no minimum, or that leaves fewer than 2 budgets, is drawn again (at most 20·n_boot
-    draws). Returns two arrays of exponents."""
+    """Exponents ``a`` (of N_opt) and ``b`` (of D_opt) refitted on ``n_boot`` resamples.
+
+    A *residual* bootstrap: the model sizes of a sweep are chosen, not sampled, so each
+    resample keeps every run and replaces its loss by the budget's fitted parabola plus a
+    residual of that budget drawn with replacement (scaled by ``sqrt(n / (n - 3))`` for the
+    three fitted coefficients). It measures how much the exponents move with the run-to-run
+    noise of the losses. A resample whose parabola has no minimum is drawn again (at most
+    20·n_boot draws). Returns two arrays of exponents."""
     rng = np.random.default_rng(seed)
+    base = {}
+    for budget, runs in groups.items():
+        bf = fit_budget(budget, runs, loss_key=loss_key)
+        residuals = bf.loss - bf.parabola(bf.log_n)
+        n = len(residuals)
+        scale = math.sqrt(n / (n - 3)) if n > 3 else 1.0
+        base[budget] = (bf, residuals * scale)
     a_s, b_s = [], []
     for _ in range(20 * n_boot):
         if len(a_s) >= n_boot:
             break
-        sample = {}
-        for budget, runs in groups.items():
-            idx = rng.integers(0, len(runs), len(runs))
-            sample[budget] = [runs[i] for i in idx]
-        fits, _ = _fit_budgets(sample, loss_key)
-        if len(fits) < 2:
-            continue
-        c = [f.budget for f in fits]
-        a_s.append(fit_power_law(c, [f.n_opt for f in fits]).exponent)
-        b_s.append(fit_power_law(c, [f.d_opt for f in fits]).exponent)
+        fits = []
+        for budget, (bf, residuals) in base.items():
+            noisy = bf.parabola(bf.log_n) + rng.choice(residuals, size=len(residuals))
+            try:
+                p = fit_parabola(bf.log_n, noisy)
+            except ValueError:
+                break
+            fits.append((budget, p.x_min, _interp_log_d(bf.log_n, bf.log_d, p.x_min)))
+        else:
+            c = [f[0] for f in fits]
+            a_s.append(fit_power_law(c, [10 ** f[1] for f in fits]).exponent)
+            b_s.append(fit_power_law(c, [10 ** f[2] for f in fits]).exponent)
     return np.array(a_s), np.array(b_s)
 
 
