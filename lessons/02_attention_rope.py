@@ -35,11 +35,11 @@
 # Each piece is written plainly first, then checked against `nanogpt_course`, whose
 # versions the model in lesson 03 uses.
 #
-# **Run time**, measured on a 2-core CPU shared with other jobs (load average about 10,
-# so each core was several times oversubscribed): `smoke` 26 s, `laptop` 34 s, with the
-# small checkpoint of section 4 already cached (building it once takes about 15 s more on
-# an idle machine; other lessons and the tests share it). `full` is an estimate: about
-# the same, the demos are only a little longer.
+# **Run time**, measured as a script on a 2-core CPU shared with other jobs: `smoke` 6 s
+# (load average about 3), `laptop` 34 s (load average about 10, so each core was several
+# times oversubscribed), with the small checkpoint of section 4 already cached (building it
+# once takes about 15 s more on an idle machine; other lessons and the tests share it).
+# `full` is an estimate: about the same, the demos are only a little longer.
 
 # %%
 import math

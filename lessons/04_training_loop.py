@@ -32,9 +32,10 @@
 #    loss, a small **learning-rate sweep**, and the library's trainer
 #    (`python -m nanogpt_course.train`) on the same data for comparison.
 #
-# **Run time**, measured on a shared 2-core CPU: `smoke` about 30 s, `laptop` about
-# 3 minutes with a load average of 1 (up to twice that on a busier machine; the long cells
-# print progress). `full` is an estimate: about 10 minutes on a CPU, 1 minute on a GPU.
+# **Run time**, measured as a script on a 2-core CPU shared with other jobs (load average
+# about 3, `OMP_NUM_THREADS=1`): `smoke` 7 s, `laptop` 105 s, plus a few seconds the first
+# time to build the cached tokenizer and shards. The long cells print progress. `full` is
+# an estimate: about 10 minutes on a CPU, a minute or two on a GPU.
 
 # %%
 import os
@@ -521,8 +522,11 @@ scratch_model, scratch = train_from_scratch(STEPS)
 # ### What the gradient norm does
 #
 # Plotted over the run: the global gradient norm before clipping, and the line at which
-# clipping starts. Early on the norm is large and changes fast (the model is far from any
-# minimum and the LR is warming up); then it settles. Steps above the line were clipped.
+# clipping starts. Early on the norm changes fast (the model is far from any minimum and
+# the LR is warming up); then it settles. Steps above the line were clipped. In a healthy
+# run like this one that is rare or never: clipping is a safety net for the occasional
+# spike. The learning-rate sweep below shows what happens when steps are too large (look at
+# its largest gradient norms).
 
 # %%
 norms = torch.tensor(scratch["grad_norm"])
@@ -543,6 +547,9 @@ print(f"{int((norms > MAX_NORM).sum())} of {STEPS} steps were clipped; median no
 # validation loss on held-out files. While they move together the model is learning
 # things that generalize; a validation loss that rises while the training loss keeps
 # falling is **overfitting** (a model this small, on this much text, does not get there).
+# The two need not be equal: the validation files are other files (other packages'
+# documentation and source), some harder to predict than the training text, and each
+# training batch is a different mix, which is why the training curve jumps around.
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5))
