@@ -282,3 +282,18 @@ def test_bootstrap_interval_grows_with_the_noise():
         widths.append(result.a.high - result.a.low)
     assert 0 < widths[0] < widths[1] < widths[2]
     assert widths[2] > 3 * widths[0]
+
+
+def test_sweep_restarts_a_cut_off_run_and_honours_the_time_budget(tmp_path, tiny_data):
+    """A run folder left by a killed run (no row) is cleared and trained again; with a time
+    budget already spent, the sweep stops after the first run it could time (it needs one
+    finished run to predict the next)."""
+    cfg = _config(tmp_path, tiny_data, depths=[1], budgets=[1e9, 1.5e9], time_budget_s=1e-6)
+    stale = cfg.runs / cfg.run_id(1, 1e9) / "step_000003"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half-written")
+    calls = []
+    rows = sweep.run_sweep(cfg, epoch_tokens=tiny_data[3], launch=in_process(calls))
+    assert calls == [1] and [r["run_id"] for r in rows] == ["d1-c1e+09"]
+    assert rows[0]["status"] == "ok" and not stale.exists()
+    assert [d for d, _ in sweep.pending(cfg)] == [1]  # the second budget is still to run
