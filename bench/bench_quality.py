@@ -1,0 +1,473 @@
+"""Quality per FLOP, side by side with nanochat: validation bits per byte at equal FLOPs.
+
+    python bench/bench_quality.py --nanochat .nanochat --out $OUT            # d6, 2.49e16
+    python bench/bench_quality.py --nanochat .nanochat --dry-run            # CPU, a minute
+    python bench/bench_quality.py --packing-stats --seq-len 2048            # CPU, packing only
+
+Protocol (issue #12):
+
+- **data**: the ``offline`` corpus of this machine (its Python's and packages' text),
+  prepared once with the GPT-2 tokenizer; train on its train files, score its held-out
+  files. Its size, content hash and the epochs used are recorded.
+- **project**: our recipe through our own trainer (``nanogpt_course.train``) with its
+  defaults: ``--depth D --target-flops F --seq-len 1024`` (packing, depth rules, groups).
+- **nanochat**: nanochat's model and MuonAdamW at commit 92d63d4 imported from ``--nanochat``
+  (``bench/nanochat_ref.py``: window pattern "L", SDPA attention), base_train.py's rules and
+  schedules, trained on random windows of the same training split (the stream of the 0.768
+  baseline in the issue; ``--nanochat-stream packed`` feeds it our packed rows instead).
+- **FLOPs**: one closed form for both (:func:`nanogpt_course.train.scaling.formula_stats`:
+  6 × (matrices + lm_head) + attention); steps = round(F / (FLOPs per token × batch)).
+- **evaluation**: one evaluator (:func:`evaluate`) for both models, on one fixed token
+  set: every token of the held-out files (up to ``--eval-rows`` rows), in the loader's
+  validation rows (documents whole, long ones continued).
+
+Jobs run as subprocesses, several at once on one GPU (``--parallel``), in priority order;
+none starts after ``--start-by`` seconds and all are stopped at ``--deadline``; each result
+is written to ``OUT/jobs/<name>.json`` as it finishes and ``OUT/summary.json`` is rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+import nanochat_ref  # noqa: E402  (bench/ is not a package)
+
+from nanogpt_course import data  # noqa: E402
+from nanogpt_course.train import scaling  # noqa: E402
+
+DEFAULT_FLOPS = {6: 2.49e16, 4: 1e16}
+
+
+# ---------------------------------------------------------------------------- data
+def prepare_corpus(max_bytes: int | None, workers: int | None = None) -> tuple[Path, dict]:
+    """The offline corpus, GPT-2 tokens; returns (prepared folder, a description)."""
+    folder = data.prepare("offline", "gpt2", max_bytes=max_bytes, workers=workers)
+    meta = data.read_meta(folder)
+    src = meta["source"]
+    info = {"name": "offline", "content_sha256": src.get("content_sha256"),
+            "files": len(src.get("files", [])) if isinstance(src.get("files"), list)
+            else src.get("files"), "bytes": src.get("bytes"),
+            "train_tokens": meta["splits"]["train"]["tokens"],
+            "val_tokens": meta["splits"]["val"]["tokens"],
+            "train_docs": meta["splits"]["train"]["docs"],
+            "val_docs": meta["splits"]["val"]["docs"], "vocab_size": meta["vocab_size"]}
+    return folder, info
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(forward, folder, seq_len: int, device, *, rows: int | None = None,
+             batch_size: int = 8) -> dict:
+    """Bits per byte of ``forward(x) -> logits (B, T, V) fp32`` on the validation rows.
+
+    The rows: the loader's validation stream (seed 0, one pass, padded at the end), the
+    first ``rows`` of it (None: all). One function for both recipes."""
+    from nanogpt_course.tokenizer import Tokenizer
+
+    token_bytes = Tokenizer.gpt2().token_bytes.to(device)
+    loader = data.make_loader(folder, "val", batch_size=batch_size, seq_len=seq_len, seed=0,
+                              epochs=1, max_rows=rows or 10**12, device=device, verify=False)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    nbytes = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
+    for x, y in loader:
+        logits = forward(x).float()
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1,
+                                 reduction="none").view(y.shape)
+        counted = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)
+        nats += torch.where(counted > 0, losses.double(), 0.0).sum()
+        nbytes += counted.double().sum()
+        tokens += int((y >= 0).sum())
+    bpb = nats.item() / (np.log(2) * nbytes.item())
+    return {"bpb": bpb, "eval_tokens": tokens, "eval_bytes": int(nbytes.item())}
+
+
+def closed_form(depth: int, vocab_size: int, seq_len: int, flops: float, batch: int) -> dict:
+    """Steps and tokens from one FLOP count for both recipes."""
+    stats = scaling.formula_stats(depth, vocab_size=vocab_size, sequence_len=seq_len)
+    steps = max(1, round(flops / (stats.flops_per_token * batch)))
+    return {"flops_per_token": stats.flops_per_token, "steps": steps, "tokens": steps * batch,
+            "flops": steps * batch * stats.flops_per_token,
+            "scaling_params": stats.scaling_params}
+
+
+# ---------------------------------------------------------------------------- one job
+def run_project(job: dict, folder: Path, out: Path) -> dict:
+    """Our recipe through our trainer (in this process); optional overrides from the job:
+    ``weight_decay``, ``roles`` ("nanochat": the nanochat group table), ``tokens_per_param``."""
+    from nanogpt_course import checkpoint
+    from nanogpt_course.optim import build as optim_build
+    from nanogpt_course.train import TrainConfig, train
+
+    if job.get("roles") == "nanochat":
+        optim_build.ROLES = optim_build.NANOCHAT_ROLES
+    meta = data.read_meta(folder)
+    cfg = dict(mode="pretraining", data=str(folder), depth=job["depth"],
+               seq_len=job["seq_len"], device_batch_size=job["device_batch_size"],
+               seed=job["seed"], compile=job.get("compile", True), eval_every=0,
+               sample_every=0, log_every=50, out=str(out / "run"), tokenizer="gpt2",
+               weight_decay=job.get("weight_decay"))
+    if job.get("tokens_per_param"):
+        cfg["tokens_per_param"] = job["tokens_per_param"]
+    else:
+        cfg["target_flops"] = job["flops"]
+        count = closed_form(job["depth"], meta["vocab_size"], job["seq_len"], job["flops"],
+                            job["batch"])
+        cfg["max_steps"] = count["steps"]  # the one closed-form count (equal to ours ±0)
+        cfg["total_batch_size"] = job["batch"]
+    if job.get("max_steps"):
+        cfg["max_steps"] = job["max_steps"]
+    t0 = time.perf_counter()
+    result = train(TrainConfig(**cfg), echo=job.get("echo", False))
+    seconds = time.perf_counter() - t0
+    ckpt = checkpoint.load(result.checkpoint, device=job["device"], tokenizer=False)
+    plan = json.loads((Path(result.checkpoint) / "meta.json").read_text())
+    model = ckpt.model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if job["device"] == "cuda" \
+        else torch.autocast("cpu", enabled=False)
+
+    def forward(x):
+        with autocast:
+            return model(x)
+
+    ev = evaluate(forward, folder, job["seq_len"], job["device"], rows=job.get("eval_rows"))
+    return {**ev, "train_seconds": round(seconds, 1), "final_loss": result.final_loss,
+            "steps": result.step, "plan": plan.get("plan") or plan.get("train_plan")}
+
+
+def run_nanochat(job: dict, folder: Path, out: Path) -> dict:
+    """nanochat's recipe: its model, optimizer, rules and schedules; our data stream."""
+    ref = nanochat_ref.load(job["nanochat"])
+    meta = data.read_meta(folder)
+    vocab, T, device = meta["vocab_size"], job["seq_len"], job["device"]
+    model = nanochat_ref.build_model(ref, job["depth"], vocab_size=vocab, sequence_len=T,
+                                     device=device, seed=job["seed"])
+    rules = nanochat_ref.base_train_rules(ref, model, job["depth"], vocab_size=vocab,
+                                          sequence_len=T,
+                                          total_batch_size=job.get("nanochat_batch"))
+    batch = rules["total_batch_size"]
+    count = closed_form(job["depth"], vocab, T, job["flops"], batch)
+    steps = job.get("max_steps") or count["steps"]
+    optimizer = nanochat_ref.build_optimizer(model, rules)
+    step_model = torch.compile(model, dynamic=False) if job.get("compile", True) else model
+    micro = job["device_batch_size"]
+    accum = batch // (micro * T)
+    assert accum * micro * T == batch, (batch, micro, T)
+    packing = "bos" if job.get("stream") == "packed" else "windows"
+    loader = data.make_loader(folder, "train", batch_size=micro, seq_len=T, seed=job["seed"],
+                              packing=packing, device=device, verify=False)
+    t0 = time.perf_counter()
+    loss = None
+    for step in range(steps):
+        for _ in range(accum):
+            x, y = next(loader)
+            loss = step_model(x, y)
+            (loss / accum).backward()
+        nanochat_ref.apply_schedule(optimizer, step, steps, rules["weight_decay"])
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        if step % 50 == 0 and job.get("echo"):
+            print(f"nanochat step {step}/{steps} loss {loss.item():.4f}", flush=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    ev = evaluate(lambda x: model(x), folder, T, device, rows=job.get("eval_rows"))
+    return {**ev, "train_seconds": round(seconds, 1), "final_loss": float(loss.item()),
+            "steps": steps, "rules": {k: v for k, v in rules.items()},
+            "loader_epochs": loader.stats()["epoch"]}
+
+
+def run_job(job: dict) -> dict:
+    folder, out = Path(job["folder"]), Path(job["work"]) / job["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(job["seed"])
+    start = time.time()
+    fn = run_nanochat if job["recipe"] == "nanochat" else run_project
+    result = fn(job, folder, out)
+    result.update(name=job["name"], recipe=job["recipe"], job=job,
+                  wall_seconds=round(time.time() - start, 1))
+    path = Path(job["out"]) / "jobs" / f"{job['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+# ---------------------------------------------------------------------------- jobs
+def default_jobs(args, batch_d6: int) -> list[dict]:
+    """The issue's plan in priority order: the d6 side by side (seed 0); the d4 weight
+    decay sweep at 2 and 6 tokens per parameter around the rule's λ (the rule's own value
+    at 6 doubles as the A of the group A/B); the group A/B; then seed 1 of the d6 pair."""
+    common = dict(seq_len=args.seq_len, device_batch_size=args.device_batch_size)
+    pairs = []
+    for seed in range(args.seeds):
+        d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6, seed=seed)
+        pairs.append(dict(d6, name=f"project_d{args.depth}_s{seed}", recipe="project"))
+        pairs.append(dict(d6, name=f"nanochat_d{args.depth}_s{seed}", recipe="nanochat"))
+    if not args.sweep:
+        return pairs
+
+    def d4(tpp, mult=None, **kw):
+        wd = None if mult is None else round(float(args.rule_wd) * mult, 4)
+        name = kw.pop("name", f"wd_d4_tpp{tpp}_x{mult}")
+        return dict(common, depth=4, tokens_per_param=tpp, seed=0, recipe="project",
+                    weight_decay=wd, flops=None, batch=None, name=name, **kw)
+
+    sweep = [d4(2, 1.0), d4(2, 3.0), d4(6, 1.0), d4(6, name="groups_nanochat_d4_tpp6",
+                                                   roles="nanochat"),
+             d4(6, 0.5), d4(2, 0.5), d4(6, 2.0)]
+    return pairs[:2] + sweep + pairs[2:]
+
+
+def launch(job: dict, log_dir: Path) -> subprocess.Popen:
+    log = open(log_dir / f"{job['name']}.log", "w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if job.get("no_dynamo"):  # CPU dry run: nanochat's compiled optimizer steps run eagerly
+        env["TORCHDYNAMO_DISABLE"] = "1"
+    return subprocess.Popen([sys.executable, __file__, "--job", json.dumps(job)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+
+def run_queue(jobs: list[dict], out: Path, *, parallel: int, start_by: float,
+              deadline: float, summary, t0: float) -> None:
+    """Run ``jobs`` (priority order) with at most ``parallel`` at once; start none after
+    ``start_by`` seconds since ``t0`` (the bench's start), stop (kill) what still runs at
+    ``deadline``."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running = list(jobs), {}
+    while pending or running:
+        elapsed = time.time() - t0
+        while pending and len(running) < parallel and elapsed < start_by:
+            job = pending.pop(0)
+            running[job["name"]] = (launch(job, logs), time.time())
+            print(f"[{elapsed:5.0f}s] started {job['name']}", flush=True)
+        if elapsed >= start_by and pending:
+            for job in pending:
+                print(f"[{elapsed:5.0f}s] not started (time): {job['name']}", flush=True)
+            pending = []
+        for name, (proc, started) in list(running.items()):
+            code = proc.poll()
+            if code is None and elapsed > deadline:
+                proc.kill()  # a process this bench started, by its own handle
+                proc.wait()
+                code = "killed"
+            if code is not None:
+                del running[name]
+                print(f"[{elapsed:5.0f}s] {name}: exit {code} after "
+                      f"{time.time() - started:.0f}s", flush=True)
+                if code != 0:
+                    tail = (logs / f"{name}.log").read_text()[-1500:]
+                    print(tail, flush=True)
+                summary()
+        time.sleep(2)
+
+
+def summarize(out: Path, corpus: dict, device: str, args) -> dict:
+    """Collect ``OUT/jobs/*.json`` into ``OUT/summary.json`` (rows in the issue's format)."""
+    results = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or None
+    rows = []
+    d6 = [r for r in results if r["job"].get("flops") == args.flops
+          and r["job"]["depth"] == args.depth and not r["job"].get("roles")
+          and r["job"].get("weight_decay") is None]
+    if d6:
+        by = lambda rec: sorted((r for r in d6 if r["recipe"] == rec), key=lambda r: r["job"]["seed"])
+        proj, nano = by("project"), by("nanochat")
+        first = (proj or nano)[0]
+        batch = first["job"].get("batch") or first.get("rules", {}).get("total_batch_size")
+        tokens = first["steps"] * batch
+        rows.append({"corpus": f"offline ({device} machine's packages, content sha256 "
+                               f"{str(corpus.get('content_sha256'))[:12]})",
+                     "depth": args.depth, "flops": args.flops, "tokens": tokens,
+                     "project_bpb": [round(r["bpb"], 5) for r in proj],
+                     "nanochat_bpb": [round(r["bpb"], 5) for r in nano],
+                     "device": device, "date": date.today().isoformat(), "commit": commit,
+                     "seq_len": args.seq_len, "eval_tokens": first.get("eval_tokens"),
+                     "epochs": round(tokens / max(1, corpus.get("train_tokens", 1)), 3)})
+    summary = {"corpus": corpus, "device": device, "rows": rows,
+               "jobs": {r["name"]: {k: r.get(k) for k in ("recipe", "bpb", "final_loss", "steps",
+                                                           "train_seconds", "eval_tokens")}
+                        | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
+                                                          "weight_decay", "roles", "seed")}
+                        for r in results}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if args.report:  # two files for a place that takes few (the GPU machine's $OUT)
+        report = Path(args.report)
+        report.mkdir(parents=True, exist_ok=True)
+        full = dict(summary, results=results)
+        (report / "quality_report.json").write_text(json.dumps(full, indent=1, default=str))
+        tails = [f"===== {p.name}\n{p.read_text()[-2500:]}"
+                 for p in sorted((out / "logs").glob("*.log"))]
+        (report / "quality_logs.txt").write_text("\n".join(tails))
+    return summary
+
+
+# ---------------------------------------------------------------------------- packing stats
+def packing_stats(folder: Path, row_len: int, *, context: int = 1024, rows: int = 4000,
+                  seed: int = 0) -> dict:
+    """Tokens cropped, padded and the share with >= ``context`` tokens of same-document
+    context, for the packers over the training split's real document lengths."""
+    from nanogpt_course.data.packing import BestFitPacker, WindowSampler
+
+    split = data.Split(folder, "train", verify=False)
+    lengths = split.doc_len
+    out = {"docs": int(len(lengths)), "median_doc_tokens": float(np.median(lengths)),
+           "tokens": int(lengths.sum())}
+    # the new packer
+    packer = BestFitPacker(lengths, row_len, seed=seed)
+    for _ in range(rows):
+        packer.plan()
+    out["pieces"] = {"cropped": 0.0, "padded": packer.padded / (packer.rows * row_len),
+                     "long_context": packer.long_context / packer.tokens}
+    # best fit over whole documents with cropping (nanochat's loader), streaming buffer
+    out["bestfit_crop"] = _bestfit_crop(lengths, row_len, context, rows, seed)
+    # random windows over the concatenated documents
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    sampler = WindowSampler([int(lengths.sum())], row_len, seed=seed)
+    long = 0
+    for _ in range(rows):
+        _, start = sampler.plan()
+        pos = np.arange(start, start + row_len)
+        doc_start = starts[np.searchsorted(starts, pos, side="right") - 1]
+        ctx = np.minimum(pos - doc_start, pos - start)
+        long += int((ctx >= context).sum())
+    out["windows"] = {"cropped": 0.0, "padded": 0.0, "long_context": long / (rows * row_len)}
+    return out
+
+
+def _bestfit_crop(lengths, row_len, context, rows, seed, buffer_size=1000) -> dict:
+    from bisect import insort
+
+    from nanogpt_course.data.packing import choose
+
+    order = np.random.default_rng([seed, 0]).permutation(len(lengths))
+    keys, cursor, cropped, placed, long = [], 0, 0, 0, 0
+    for _ in range(rows):
+        remaining = row_len
+        while remaining > 0:
+            while len(keys) < buffer_size and cursor < len(order):
+                insort(keys, (int(lengths[order[cursor]]), int(order[cursor])))
+                cursor += 1
+            if not keys:
+                break
+            i = choose(keys, remaining)
+            i = 0 if i is None else i
+            length, _ = keys.pop(i)
+            take = min(length, remaining)
+            cropped += length - take
+            placed += take
+            long += max(0, take - context)
+            remaining -= take
+    return {"cropped": cropped / (cropped + placed), "padded": 0.0, "long_context": long / placed}
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nanochat", help="a nanochat checkout at commit 92d63d4 (its COMMIT file)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_quality"))
+    p.add_argument("--work", default=None, help="run folders (checkpoints); default OUT/work")
+    p.add_argument("--report", default=None, help="also write the report and log tails here")
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--flops", type=float, default=None, help="default 2.49e16 at d6")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--device-batch-size", type=int, default=16)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--sweep", action="store_true", help="add the d4 weight-decay sweep and A/B")
+    p.add_argument("--rule-wd", type=float, default=1.0796, help="the rule's λ at d4 (sweep)")
+    p.add_argument("--parallel", type=int, default=3)
+    p.add_argument("--start-by", type=float, default=330,
+                   help="seconds since the bench started (corpus included): start no job later")
+    p.add_argument("--deadline", type=float, default=480, help="seconds: stop every job")
+    p.add_argument("--max-bytes", type=int, default=None, help="cap the offline corpus")
+    p.add_argument("--eval-rows", type=int, default=None)
+    p.add_argument("--only", default=None, help="comma-separated job names to run")
+    p.add_argument("--dry-run", action="store_true", help="tiny CPU run of every path")
+    p.add_argument("--packing-stats", action="store_true")
+    p.add_argument("--job", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.job:
+        run_job(json.loads(args.job))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    folder, corpus = prepare_corpus(args.max_bytes if not args.dry_run else
+                                    (args.max_bytes or 2_000_000))
+    corpus["prepare_seconds"] = round(time.time() - t0, 1)
+    print(f"corpus: {json.dumps(corpus)}", flush=True)
+    stats_proc = None
+    if args.report and not args.packing_stats:  # CPU work beside the GPU jobs
+        stats_proc = subprocess.Popen(
+            [sys.executable, __file__, "--packing-stats", "--seq-len", "2048", "--out",
+             str(Path(args.report))] + (["--max-bytes", str(args.max_bytes)] if args.max_bytes
+                                        else []) + (["--dry-run"] if args.dry_run else []),
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.packing_stats:
+        stats = {"corpus": corpus, "context": 1024,
+                 "by_seq_len": {T: packing_stats(folder, T + 1) for T in (1024, 2048)}}
+        (out / "packing_stats.json").write_text(json.dumps(stats, indent=1))
+        print(json.dumps(stats, indent=1))
+        return 0
+    if not args.nanochat:
+        print("error: --nanochat PATH is required (a nanochat checkout at commit "
+              f"{nanochat_ref.PINNED}); or use --packing-stats", file=sys.stderr)
+        return 2
+    nanochat_ref.add_to_path(args.nanochat)  # fails early on a wrong checkout
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    if args.dry_run:
+        args.depth, args.flops, args.seq_len, args.device_batch_size = 2, 3e11, 64, 4
+    args.flops = args.flops or DEFAULT_FLOPS.get(args.depth, 2.49e16)
+    from nanogpt_course.model import GPTConfig
+    from nanogpt_course.train.build import model_stats  # the project's own batch rule
+
+    vocab = corpus["vocab_size"]
+    stats = lambda d: model_stats(GPTConfig.from_depth(d, vocab_size=vocab,
+                                                       sequence_len=args.seq_len))
+    plan = scaling.plan(args.depth, stats, target_flops=args.flops)
+    args.batch_d6 = plan.total_batch_size
+    jobs = default_jobs(args, plan.total_batch_size)
+    work = Path(args.work) if args.work else out / "work"
+    for job in jobs:
+        job.update(folder=str(folder), out=str(out), work=str(work), device=device,
+                   nanochat=str(Path(args.nanochat).resolve()), eval_rows=args.eval_rows,
+                   echo=True)
+        if args.dry_run:
+            job.update(compile=False, max_steps=3, depth=2, seq_len=64, device_batch_size=4,
+                       eval_rows=8, no_dynamo=True, nanochat_batch=4 * 64 * 2)
+            if job.get("tokens_per_param"):
+                job["tokens_per_param"] = 0.05
+            if job["recipe"] == "project" and job.get("batch"):
+                job["batch"] = 4 * 64 * 2
+    if args.only:
+        keep = set(args.only.split(","))
+        jobs = [j for j in jobs if j["name"] in keep]
+    print(f"{len(jobs)} jobs on {device_name}: " + ", ".join(j["name"] for j in jobs), flush=True)
+    summary = lambda: summarize(out, corpus, device_name, args)
+    run_queue(jobs, out, parallel=args.parallel, start_by=args.start_by, deadline=args.deadline,
+              summary=summary, t0=t0)
+    result = summary()
+    print(json.dumps(result, indent=1, default=str))
+    if stats_proc is not None and stats_proc.poll() is None:
+        stats_proc.kill()  # started above by this bench
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
