@@ -49,6 +49,7 @@ PROMPTS = ("The", "def", "import", "This module", "Returns the")
 # byte and noise, 285 steps 1.49 and code-like text on a quiet 2-core machine).
 MIN_USEFUL_STEPS = 150
 SEGMENT_SECONDS = 30.0  # re-plan the number of steps this often
+MIN_SEGMENT_STEPS = 5  # a segment's start-up (data, model, checkpoint) must not dominate
 STATE = "quickstart.json"  # what this script decided about its model (undertrained, ...)
 
 
@@ -115,7 +116,7 @@ def train_by_time(run_segment: Callable[[int, int], int], budget: float, per_ste
         elapsed = clock() - start
         total = plan_total(done, elapsed, budget, per_step)
         plans.append(total)
-        stop_at = min(total, done + max(1, int(segment / max(per_step, 1e-9))))
+        stop_at = min(total, done + max(MIN_SEGMENT_STEPS, int(segment / max(per_step, 1e-9))))
         t0 = clock()
         reached = run_segment(total, stop_at)
         if reached <= done:
@@ -331,7 +332,7 @@ def train_model(args, root: Path, run: Path, tok, prepared, corpus_sha: str, sta
     # Settings a resumed run must keep fixed are set once, from the first estimate.
     kept = state if resume else {}
     warmup = int(kept.get("warmup_steps", min(40, max(1, est_total // 10))))
-    eval_every = int(kept.get("eval_every", max(1, est_total // 8)))
+    eval_every = int(kept.get("eval_every", max(MIN_SEGMENT_STEPS, est_total // 8)))
     write_state(root, corpus_sha256=corpus_sha, warmup_steps=warmup, eval_every=eval_every,
                 minutes=args.minutes, undertrained=False)
     base = TrainConfig(mode="pretraining", data=str(prepared), tokenizer=str(root / "tokenizer"),
