@@ -133,6 +133,8 @@ print(f"{len(sample_text):,} characters -> {len(ids):,} byte ids; first 20: {ids
 # in `[5, 5, 5]` the pair `(5, 5)` occurs twice.
 #
 # **Exercise.** Write `count_pairs(ids)`, returning a dict `{(a, b): count}`.
+# Stuck? `exercises.hint("01_tokenizer.count_pairs")` gives a hint, the idea first; call it
+# again for a more concrete one. A wrong answer shows which cases differ and how.
 
 # %%
 def count_pairs(ids: list[int]) -> dict[tuple[int, int], int]:
