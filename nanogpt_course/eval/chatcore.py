@@ -168,9 +168,12 @@ def _prompt(tokenizer, messages, limit: int, room: int = 0) -> list[int]:
     return ids[-keep:]
 
 
-def run_categorical(model, tokenizer, items: list[dict], *, autocast=None, chunk: int = 32) -> float:
-    """Summed credit (over ranks) of categorical items."""
+def run_categorical(model, tokenizer, items: list[dict], *, autocast=None,
+                    chunk: int | None = None) -> float:
+    """Summed credit (over ranks) of categorical items, in batches of ``chunk`` prompts
+    dealt round-robin to the ranks (64 on a GPU, 16 on a CPU)."""
     limit = model.config.sequence_len
+    chunk = chunk or (64 if _device(model).type == "cuda" else 16)
     batches = [list(range(i, min(i + chunk, len(items)))) for i in range(0, len(items), chunk)]
     credit = 0.0
     for batch in mine(batches):
