@@ -35,9 +35,11 @@
 # (`nanogpt_course/models/chat`); otherwise a tiny chat model is trained once (seconds) and
 # cached: it babbles, but every mechanism below is the same.
 #
-# **Run time**, measured on a shared 2-core CPU: `smoke` about 25 s, `laptop` about 45 s
-# (the tiny model; first run adds about 25 s to train and cache it). `full` is an estimate:
-# about 2 minutes on a CPU (the KV-cache benchmark grows), seconds on a GPU.
+# **Run time**, measured on a shared 2-core CPU under heavy load (load average 8–10), the
+# tiny model already cached: `smoke` 48 s, `laptop` 128 s, kernel start included (an idle
+# machine is faster; the very first run adds about 25 s to train and cache the tiny model).
+# `full` is an estimate: about 5 minutes on a CPU (the KV-cache benchmark without the cache
+# dominates), under a minute on a GPU.
 
 # %%
 import os
