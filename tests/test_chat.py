@@ -120,6 +120,7 @@ def test_default_checkpoint_names_the_missing_path(monkeypatch, tmp_path):
 
 
 # -- CLI ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_chat_model_answers_in_the_template_and_clear_resets(chat_model,
                                                                  tiny_chat_checkpoint):
     result = _pipe(tiny_chat_checkpoint, "Hello!\nWhat is 2 plus 3?\n/clear\nHello!\n", *GREEDY)
@@ -134,6 +135,7 @@ def test_cli_chat_model_answers_in_the_template_and_clear_resets(chat_model,
     assert body == f"{first}\n{second}\n[new conversation]\n{first}\n"
 
 
+@pytest.mark.slow
 def test_cli_base_model_continues_text(base_model, tiny_checkpoint):
     result = _pipe(tiny_checkpoint, "def main(\n", *GREEDY)
     assert result.returncode == 0, result.stderr
@@ -179,6 +181,31 @@ def test_cli_commands_in_process(chat_model):
     cli.run(conv, iter(["/help\n", "Hi\n", "/quit\n", "never read\n"]), out, interactive=False)
     text = out.getvalue()
     assert text.startswith(cli.HELP) and len(conv.turns()) == 2
+
+
+def test_cli_ctrl_c_stops_the_reply_not_the_program(chat_model):
+    import io
+
+    class Interrupting(io.StringIO):
+        """Raises KeyboardInterrupt (as Ctrl-C would) when the first reply piece is printed."""
+
+        armed = True
+
+        def write(self, text):
+            if self.armed and text not in ("", "\n") and not text.startswith("["):
+                self.armed = False
+                raise KeyboardInterrupt
+            return super().write(text)
+
+    conv = Conversation(chat_model, sampling=Sampling(temperature=0, max_tokens=24))
+    out = Interrupting()
+    cli.run(conv, iter(["Hello!\n", "Hello!\n"]), out, interactive=False)
+    first, second = out.getvalue().split("\n")[:2]
+    assert first == " [stopped]"
+    assert second and len(conv.turns()) == 4  # the program went on to the next line
+    full = _greedy_reply(chat_model, [{"role": "user", "content": "Hello!"}])
+    kept = conv.messages[1]["content"]  # what was generated before the interrupt
+    assert full.startswith(kept) and len(kept) < len(full)
 
 
 # -- widget ------------------------------------------------------------------------------------

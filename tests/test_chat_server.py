@@ -158,6 +158,28 @@ def test_twenty_concurrent_clients_are_all_answered(default_server):
     assert health(default_server)["active"] == 0
 
 
+def test_concurrent_generations_do_not_mix(chat_model):
+    """Three replies generated at once in three threads equal the same replies one by one."""
+    bodies = [{"messages": [{"role": "user", "content": q}], "max_tokens": 20, "temperature": 0}
+              for q in ("Hello!", "What is 4 plus 9?", "Thanks!")]
+    with serving(chat_model, Limits(concurrency=3, queue=0)) as port:
+        alone = [request(port, "POST", "/api/chat", b)[2] for b in bodies]
+        together = [None] * 3
+        barrier = threading.Barrier(3)
+
+        def client(k):
+            barrier.wait()
+            together[k] = request(port, "POST", "/api/chat", bodies[k])[2]
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert together == alone
+    assert len({tuple(events(a)) for a in alone}) == 3
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "roles are"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]},

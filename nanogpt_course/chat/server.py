@@ -168,8 +168,11 @@ async def _reply_events(chat_model: ChatModel, ids: list[int], sampling: Samplin
         except Exception as err:  # reported to the client; the server keeps serving
             loop.call_soon_threadsafe(pieces.put_nowait, ("error", f"{type(err).__name__}: {err}"))
         finally:
-            loop.call_soon_threadsafe(ticket.release)
-            loop.call_soon_threadsafe(pieces.put_nowait, ("end", None))
+            try:
+                loop.call_soon_threadsafe(ticket.release)
+                loop.call_soon_threadsafe(pieces.put_nowait, ("end", None))
+            except RuntimeError:  # the server shut down while this reply was running
+                pass
 
     started = False
     try:
