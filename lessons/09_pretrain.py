@@ -38,6 +38,14 @@
 # Several nodes are launched with `torchrun`'s rendezvous flags rather than from a notebook;
 # the command is printed below (section "The command").
 #
+# **Run time**: `smoke` (2 processes, 10 steps) about 30 s; `laptop` (one process, 300
+# steps of a 4-layer model, 1.2 M tokens) 11 minutes, about 2,000-4,000 tokens per second.
+# Both measured under papermill on a 2-core CPU shared with other jobs (load average 2 to
+# 10), so an idle laptop is faster; the launch cell prints a progress line with an ETA. `full` is an
+# **estimate**, printed by the cell "What the depth rules decided" from the FLOPs of the
+# run and an assumed 40% MFU (a d12 on one H100: a few hours; 8 GPUs: about 8 times less).
+# No multi-GPU `full` run of this notebook has been measured yet.
+#
 # Every parameter mirrors a variable of `make ddp-train` (`NPROC` is its `NGPUS`):
 #
 # | parameter | meaning |
@@ -55,9 +63,11 @@
 # | `CORE_EVALS`, `CHATCORE_EVALS` | evaluate CORE / ChatCORE during training |
 
 # %%
+import json
 import os
 import shlex
 import shutil
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -117,13 +127,14 @@ else:
 SIZES = presets.choose(PRESET, smoke=dict(aspect_ratio=32, head_dim=32, seq_len=64,
                                           device_batch_size=2, total_batch_size=512,
                                           eval_tokens=2048, eval_every=5, sample_every=10,
+                                          save_every=5,
                                           matrix_lr=0.02, embedding_lr=0.3,
                                           unembedding_lr=0.008, scalar_lr=0.5,
                                           weight_decay=0.1),
                        laptop=dict(aspect_ratio=48, head_dim=48, seq_len=256,
                                    device_batch_size=16, total_batch_size=4096,
                                    eval_tokens=65536, eval_every=50, sample_every=300,
-                                   matrix_lr=0.02, embedding_lr=0.3,
+                                   save_every=100, matrix_lr=0.02, embedding_lr=0.3,
                                    unembedding_lr=0.008, scalar_lr=0.5, weight_decay=0.1),
                        full=dict(eval_every=250, sample_every=1000, save_every=1000,
                                  keep_last=3, compile=cuda))
@@ -196,6 +207,57 @@ if plan is not None:
 print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 shards)")
 
 # %% [markdown]
+# ### Reading the plan
+#
+# Line by line, what the depth rules (`nanogpt_course/train/scaling.py`, derived in
+# `lessons/08_scaling_laws`) chose and why:
+#
+# - **params / scaling params / FLOPs per token**: the model that `DEPTH` builds. The
+#   "scaling params" leave out the embedding tables (lookups cost no FLOPs); they are what
+#   the horizon is measured against. FLOPs per token is `estimate_flops()` (lesson 03).
+# - **horizon D**: how many tokens to train on, a fixed number of tokens per scaling
+#   parameter (Chinchilla-style: model size and data grow together), unless
+#   `TARGET_FLOPS` or `MAX_STEPS` say otherwise. `D_ref` is the same rule at d12, the
+#   reference the other rules are tuned at.
+# - **total batch**: tokens per optimizer step. It grows with the horizon (bigger runs can
+#   use bigger, less noisy batches); gradient accumulation makes it fit any number of
+#   GPUs (lesson 04).
+# - **LR scale**: learning rates tuned at the reference batch are scaled by
+#   $\sqrt{B / B_\text{ref}}$ when the batch differs (the CPU presets pass their learning
+#   rates explicitly, so the scale is shown but not applied to them).
+# - **weight decay** (Muon's matrices only): $\lambda_\text{ref} \sqrt{B / B_\text{ref}}
+#   \cdot D_\text{ref} / D$, so a longer run decays less per step and the total amount
+#   of decay stays comparable across depths.
+# - **steps**: horizon / batch; the LR schedule (warmup, constant, warmdown; lesson 04) is
+#   fitted to this number.
+#
+# Every line names its flag: pass the flag to override the rule.
+#
+# ## What to expect
+#
+# A healthy pretraining curve has recognizable phases (watch the validation bits per
+# byte, the red curve below):
+#
+# 1. **the first few percent of steps**: a steep fall from about $\log_2 V$ bits per token
+#    (uniform guessing) as the model learns which tokens are common, then which follow
+#    which (unigram and bigram statistics);
+# 2. **the long middle**: a slow, steady decline, roughly a straight line when plotted
+#    against log-steps, as it learns words, syntax and longer patterns;
+# 3. **the warmdown** (the last part, where the LR falls to near zero): a visible extra
+#    drop, as the weights settle.
+#
+# Warning signs: a loss that jumps up and does not come back (LR too high; the trainer
+# stops on NaN), validation rising while training falls (too many epochs over too little
+# data), or a curve flat from the start (LR far too low, or broken data).
+#
+# Typical numbers: at `smoke` the run is far too short to learn much (10 steps: it only
+# gets through phase 1). At `laptop`, the 4-layer model on the offline corpus (Python's
+# own documentation and source) went from 3.88 bits per byte at step 0 to 2.67 at step 50,
+# 2.42 at step 100 and 2.07 at step 300 in our measurement: phase 1 is over within the
+# first 50 steps, the rest is the slow middle and the warmdown. Its samples look like
+# code-shaped noise. A GPT-2-class d12 trained for hours on GPUs goes much further; the
+# reference curve below, once added, shows a real GPU run of ours.
+#
 # ## Launch
 #
 # `launch` runs `torchrun` as a subprocess: rank 0's output streams into this cell, every
@@ -237,11 +299,60 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## Samples
+# ### A reference curve from a GPU run
 #
-# The last checkpoint, loaded back (safetensors + JSON, never a pickle), continues a few
-# prompts. A base model continues text; a chat model (after mid-training or SFT) answers in
-# the chat format.
+# The maintainers keep one real GPU run's validation curve in
+# `docs/results/pretrain_d12_reference.json` (a d12 on one GPU, labelled with its data,
+# hardware and duration). When that file exists, this cell draws it beside your run,
+# against tokens seen (so runs with different batch sizes compare); until then it says so.
+
+# %%
+# --- GPU reference curve: docs/results/pretrain_d12_reference.json (added by the maintainers) ---
+repo = paths.repo_root() or Path("..").resolve()
+reference_file = repo / "docs" / "results" / "pretrain_d12_reference.json"
+ours = [(r["tokens"], r["val_bpb"]) for r in read_metrics(runs[0]) if "val_bpb" in r and "tokens" in r]
+if reference_file.is_file():
+    ref = json.loads(reference_file.read_text())
+    records = ref.get("records", ref if isinstance(ref, list) else [])
+    curve = [(r["tokens"], r["val_bpb"]) for r in records if "val_bpb" in r and "tokens" in r]
+    plt.figure(figsize=(6.5, 3.5))
+    plt.plot(*zip(*curve), label=ref.get("label", "GPU reference run") if isinstance(ref, dict)
+             else "GPU reference run")
+    if ours:
+        plt.plot(*zip(*ours), "o--", label=f"this run ({PRESET})")
+    plt.xscale("log")
+    plt.xlabel("tokens seen")
+    plt.ylabel("val bits per byte")
+    plt.legend()
+    plt.show()
+else:
+    print(f"no reference curve yet ({reference_file.relative_to(repo)} is added by the "
+          f"maintainers after a GPU run); this run's validation: "
+          + ", ".join(f"{bpb:.3f} at {tok:,} tokens" for tok, bpb in ours[-3:]))
+
+# %% [markdown]
+# ## Samples across the run
+#
+# The run saved checkpoints along the way (`save_every`). Loaded back (safetensors + JSON,
+# never a pickle), each continues the same prompt with the same seed, so the only thing
+# that changes is how far training got: noise, then frequent tokens, then words and
+# fragments of syntax.
+
+# %%
+saved = checkpoint.complete_steps(runs[0])[-4:]  # [(step, folder)], the last few
+for step, folder in saved:
+    ck = checkpoint.load(folder, device="cpu" if PRESET != "full" else None)
+    ids = [ck.tokenizer.bos_id] + ck.tokenizer.encode("def ")
+    text = "".join(stream_text(ck.model, ck.tokenizer, ids, 24, temperature=0.8, top_k=50,
+                               seed=0, stop=[ck.tokenizer.bos_id]))
+    print(f"step {step:>6,}  val bpb {ck.meta.get('val_bpb') or float('nan'):.3f}:  "
+          f"{'def ' + text!r}")
+
+# %% [markdown]
+# ## Samples from the final model
+#
+# The last checkpoint continues a few prompts. A base model continues text; a chat model
+# (after mid-training or SFT) answers in the chat format.
 
 # %%
 final = checkpoint.load(runs[-1], device="cpu" if PRESET != "full" else None)

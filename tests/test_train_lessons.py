@@ -31,6 +31,7 @@ def test_papermill_runs_09_at_smoke_with_two_ranks(tmp_path, monkeypatch):
     meta = ck.read_meta(run)
     assert meta["world_size"] == 2 and meta["finished"] and meta["step"] == 10
     assert f"checkpoint: {run / 'step_000010'}" in text
+    assert "step      5  val bpb" in text and "step     10  val bpb" in text  # samples across the run
 
 
 def test_tiny_checkpoints_are_cached_and_load():
