@@ -65,6 +65,8 @@ def _substitute(cmd: str, work: dict) -> str:
 
 def _plan(cmd: str, work: dict) -> tuple[list[str], str | list[str]]:
     """(argv to run, what must appear in its output) for one README command."""
+    if " | " in cmd:  # `echo ... | python -m ...`: check the command the text is piped into
+        return _plan(cmd.rsplit(" | ", 1)[1], work)
     argv = shlex.split(_substitute(cmd, work))
     head = argv[0]
     if head == "source":  # activation: the script must exist
@@ -113,6 +115,8 @@ def _plan(cmd: str, work: dict) -> tuple[list[str], str | list[str]]:
         if module in ("nanogpt_course.tokenizer", "nanogpt_course.data", "nanogpt_course.env"):
             return argv, ""  # CPU, small: run as written (with the sandbox's paths)
         return ["python", "-m", module, "--help"], ""  # other CLIs: they must at least start
+    if head == "python" and argv[1].endswith(".py"):  # a script: it must at least start
+        return ["python", argv[1], "--help"], "usage"
     raise AssertionError(f"README command {cmd!r} has no rule in tests/test_readme_commands.py; "
                          "add how to check it (run it small, --help, or make -n)")
 
