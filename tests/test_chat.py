@@ -228,6 +228,20 @@ def test_widget_say_streams_and_matches_the_template(chat_model, capsys):
     assert "earlier chat" in ui._widgets["transcript"].value
 
 
+def test_widget_takes_a_model_in_memory(chat_model):
+    pytest.importorskip("ipywidgets")
+    from nanogpt_course.chat.widget import ChatUI
+
+    with pytest.raises(TypeError, match="tokenizer"):
+        ChatUI(chat_model.model)
+    ui = ChatUI(chat_model.model, tokenizer=chat_model.tokenizer, kind="chat", temperature=0,
+                max_tokens=24)
+    assert ui.say("Hello!", echo=False) == _greedy_reply(chat_model,
+                                                         [{"role": "user", "content": "Hello!"}])
+    base = ChatUI(chat_model.model, tokenizer=chat_model.tokenizer)  # kind defaults to base
+    assert not base.chat_model.is_chat
+
+
 def test_widget_stop_ends_a_reply(chat_model):
     pytest.importorskip("ipywidgets")
     from nanogpt_course.chat.widget import ChatUI

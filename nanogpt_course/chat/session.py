@@ -121,13 +121,23 @@ class ChatModel:
             pieces.close()
 
 
-def load_chat_model(source, *, device=None) -> ChatModel:
+def load_chat_model(source, *, device=None, tokenizer=None, kind: str = "base") -> ChatModel:
     """A :class:`ChatModel` from a checkpoint path (step or run folder), a loaded
-    :class:`~nanogpt_course.checkpoint.Checkpoint`, or a ChatModel (returned as is)."""
+    :class:`~nanogpt_course.checkpoint.Checkpoint`, a ChatModel (returned as is), or a GPT
+    in memory with its ``tokenizer`` (``kind`` says whether it was chat-trained)."""
+    import torch
+
     from .. import checkpoint as ck
 
     if isinstance(source, ChatModel):
         return source
+    if isinstance(source, torch.nn.Module):
+        if tokenizer is None:
+            raise TypeError("a model in memory needs its tokenizer: pass tokenizer=...")
+        if kind not in ("base", "chat"):
+            raise ValueError(f"kind must be 'base' or 'chat', got {kind!r}")
+        return ChatModel(source.eval(), tokenizer, kind, name=f"{type(source).__name__} "
+                         "(in memory)")
     if isinstance(source, (str, Path)):
         source = ck.load(source, device=device)
     if isinstance(source, ck.Checkpoint):

@@ -39,8 +39,9 @@ def _render(messages: list[dict], notices: list[str], streaming: str | None = No
 
 
 class ChatUI:
-    """A chat with ``checkpoint_or_model`` (a checkpoint folder, a loaded Checkpoint or a
-    ChatModel; default: the shipped chat model).
+    """A chat with ``checkpoint_or_model`` (a checkpoint folder, a loaded Checkpoint, a
+    ChatModel, or a GPT in memory with ``tokenizer=`` and ``kind=``; default: the shipped
+    chat model).
 
     ``say(text)`` → the reply (str); ``stop()`` ends the reply being generated;
     ``new_chat()`` archives the conversation into ``history`` and starts afresh.
@@ -48,12 +49,14 @@ class ChatUI:
 
     def __init__(self, checkpoint_or_model=None, *, system: str | None = None,
                  temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
-                 max_tokens: int = 256, seed: int | None = None, device=None):
+                 max_tokens: int = 256, seed: int | None = None, device=None,
+                 tokenizer=None, kind: str = "base"):
         if checkpoint_or_model is None:
             from . import default_checkpoint
 
             checkpoint_or_model = default_checkpoint("chat")
-        self.chat_model = load_chat_model(checkpoint_or_model, device=device)
+        self.chat_model = load_chat_model(checkpoint_or_model, device=device,
+                                          tokenizer=tokenizer, kind=kind)
         sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p,
                             max_tokens=max_tokens, seed=seed)
         self.conversation = Conversation(self.chat_model, system=system, sampling=sampling)
