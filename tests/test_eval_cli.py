@@ -182,3 +182,13 @@ def test_download_upstream_style_gzip(server, tmp_path, monkeypatch):
     got = datasets.fetch_file(entry, progress=False)
     assert hashlib.sha256(got.read_bytes()).hexdigest() == datasets.HUMANEVAL_SHA256
     assert sorted(p.name for p in got.parent.iterdir()) == ["HumanEval.jsonl"]
+
+
+def test_lesson_10_takes_the_headless_parameters(repo):
+    """papermill -p CHECKPOINT ... -p NPROC 8 -p MAX_PER_TASK -1 needs these names; nbval runs
+    the lesson at smoke, where NPROC defaults to 2 (2 gloo ranks on the CPU)."""
+    source = (repo / "lessons" / "10_evaluation.py").read_text()
+    cell = source.split('# %% tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+    names = [line.split("=")[0].strip() for line in cell.strip().splitlines()]
+    assert names == ["PRESET", "CHECKPOINT", "TASKS", "MAX_PER_TASK", "NPROC"]
+    assert "smoke=2" in source.split("NPROC = int(", 1)[1].split("\n", 1)[0]
