@@ -297,3 +297,10 @@ def test_sweep_restarts_a_cut_off_run_and_honours_the_time_budget(tmp_path, tiny
     assert calls == [1] and [r["run_id"] for r in rows] == ["d1-c1e+09"]
     assert rows[0]["status"] == "ok" and not stale.exists()
     assert [d for d, _ in sweep.pending(cfg)] == [1]  # the second budget is still to run
+
+
+def test_three_sizes_per_budget_give_no_bootstrap_interval():
+    rows = [r for r in fit.synthetic_sweep(noise=0.01, points=3)]
+    result = fit.fit_sweep(rows, n_boot=50)
+    assert result.a.samples == 0 and math.isnan(result.a.low)
+    assert "no bootstrap interval" in fit.summary(result)

@@ -111,6 +111,9 @@ class Interval:
     samples: int
 
     def __str__(self) -> str:
+        if not self.samples:
+            return (f"{self.value:.3f} (no bootstrap interval: a budget has only 3 model sizes, "
+                    "which its parabola fits exactly; sweep 4 or more depths)")
         return f"{self.value:.3f} (95% bootstrap interval {self.low:.3f} to {self.high:.3f})"
 
 
@@ -178,8 +181,11 @@ def bootstrap(groups: dict[float, list[dict]], *, n_boot: int = 1000, seed: int 
     residual of that budget drawn with replacement (scaled by ``sqrt(n / (n - 3))`` for the
     three fitted coefficients). It measures how much the exponents move with the run-to-run
     noise of the losses. A resample whose parabola has no minimum is drawn again (at most
-    20·n_boot draws). Returns two arrays of exponents."""
+    20·n_boot draws). Returns two arrays of exponents; both empty when a budget has only 3
+    sizes (its parabola passes through them: there is no residual to draw)."""
     rng = np.random.default_rng(seed)
+    if min(len(runs) for runs in groups.values()) <= 3:  # an exact fit: no residuals to draw
+        return np.array([]), np.array([])
     base = {}
     for budget, runs in groups.items():
         bf = fit_budget(budget, runs, loss_key=loss_key)

@@ -71,8 +71,8 @@ def optima_figure(fit: ScalingFit):
             (axes[0], [bf.n_opt for bf in fit.budgets], fit.n_law, fit.a, "N_opt (params)"),
             (axes[1], [bf.d_opt for bf in fit.budgets], fit.d_law, fit.b, "D_opt (tokens)")):
         ax.loglog(c, values, "o", ms=8)
-        ax.loglog(grid, law(grid), "-", label=f"∝ C^{law.exponent:.3f} "
-                                               f"[{interval.low:.2f}, {interval.high:.2f}]")
+        spread = f" [{interval.low:.2f}, {interval.high:.2f}]" if interval.samples else ""
+        ax.loglog(grid, law(grid), "-", label=f"∝ C^{law.exponent:.3f}{spread}")
         ax.set_xlabel("compute C (FLOPs)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
