@@ -47,7 +47,7 @@ PRESETS = {
     "gpu-offline": dict(depths="1,2,3,4,5", budgets="1e14,3e14,1e15", data="offline",
                         data_mb=None, tokenizer="data/scaling/tokenizer-offline-8k",
                         train_args="--seq-len 2048 --head-dim 64 --device-batch-size 16 "
-                                   "--eval-tokens 2097152",
+                                   "--eval-tokens 1048576",
                         name="gpu_offline"),
     "seed": dict(depths="6,8,10,12,14", budgets="1e18,2e18,6e18", data="fineweb_edu",
                  data_mb=None, tokenizer="gpt2", train_args="--compile", name="seed"),
