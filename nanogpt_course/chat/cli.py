@@ -88,7 +88,12 @@ def run(conversation: Conversation, lines, out, *, interactive: bool) -> None:
             out.flush()
         try:
             line = next(lines)
-        except (StopIteration, KeyboardInterrupt, EOFError):
+        except KeyboardInterrupt:
+            if not interactive:
+                return
+            out.write("\n(Ctrl-D or /quit leaves)\n")  # Ctrl-C at the prompt: a fresh line
+            continue
+        except (StopIteration, EOFError):
             if interactive:
                 out.write("\n")
             return
@@ -110,12 +115,18 @@ def run(conversation: Conversation, lines, out, *, interactive: bool) -> None:
         _say(conversation, text, out)
 
 
-def _stdin_lines():
-    while True:
+class _StdinLines:
+    """Lines of stdin; an iterator class (not a generator) so Ctrl-C during a read does not
+    end it."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
         line = sys.stdin.readline()
         if not line:
-            return
-        yield line
+            raise StopIteration
+        return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,5 +146,5 @@ def main(argv: list[str] | None = None) -> int:
     interactive = sys.stdin.isatty()
     print(_banner(chat_model, interactive), flush=True)
     conversation = Conversation(chat_model, system=args.system, sampling=sampling)
-    run(conversation, _stdin_lines(), sys.stdout, interactive=interactive)
+    run(conversation, _StdinLines(), sys.stdout, interactive=interactive)
     return 0
