@@ -141,7 +141,9 @@ def _device(model) -> torch.device:
 def letter_logits(model, prompts: list[list[int]], *, pad: int, autocast=None) -> torch.Tensor:
     """Logits (N, vocab) at the last position of each prompt (right-padded batch)."""
     autocast = autocast if autocast is not None else contextlib.nullcontext()
-    width = max(len(p) for p in prompts)
+    from .icl import _bucket
+
+    width = _bucket(max(len(p) for p in prompts), _device(model), model.config.sequence_len)
     idx = torch.full((len(prompts), width), pad, dtype=torch.long)
     for b, p in enumerate(prompts):
         idx[b, :len(p)] = torch.tensor(p, dtype=torch.long)

@@ -154,6 +154,15 @@ def example_rows(kind: str, item: dict, index: int, data: Sequence[dict], shots:
 
 
 # ---------------------------------------------------------------------------- scoring
+def _bucket(width: int, device: torch.device, limit: int | None) -> int:
+    """On a GPU, pad batch widths up to a multiple of 128 (never past the context): a few
+    distinct shapes instead of hundreds keeps attention kernels and caches reused."""
+    if device.type != "cuda":
+        return width
+    padded = -(-width // 128) * 128
+    return min(padded, limit) if limit else padded
+
+
 @torch.no_grad()
 def score_rows(model, rows: list[Row], *, pad: int, autocast=None,
                max_tokens: int = 16384) -> list[tuple[float, bool]]:
@@ -171,8 +180,9 @@ def score_rows(model, rows: list[Row], *, pad: int, autocast=None,
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
     out: list[tuple[float, bool]] = [(float("nan"), False)] * len(rows)
     i = 0
+    limit = getattr(getattr(model, "config", None), "sequence_len", None)
     while i < len(order):
-        width = len(rows[order[i]].tokens)
+        width = _bucket(len(rows[order[i]].tokens), device, limit)
         n = max(1, min(len(order) - i, max_tokens // max(width, 1)))
         batch = [rows[j] for j in order[i:i + n]]
         idx = torch.full((len(batch), width), pad, dtype=torch.long)
