@@ -2,18 +2,18 @@
 
 Each role is one optimizer group. The table (:data:`ROLES`) is the whole recipe:
 
-================  =====  ================  =====  ===========  =====  =========================
-role              update  learning rate    × lr   betas        decay  what
-================  =====  ================  =====  ===========  =====  =========================
-matrix            Muon   ``matrix_lr``     1      --           λ      2-D weights in the blocks
-gate              AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      value-embedding gates
-residual          AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      ``resid_lambdas``
-x0                AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      ``x0_lambdas``
-embedding         AdamW  ``embedding_lr``  1 · s  (0.8, 0.95)  0      token embedding
-value_embedding   AdamW  ``embedding_lr``  1 · s  (0.8, 0.95)  0      value embeddings
-unembedding       AdamW  ``unembedding_lr`` 1 · s (0.8, 0.95)  0      ``lm_head``
-scalar            AdamW  ``scalar_lr``     1      (0.8, 0.95)  0      any other vector/scalar
-================  =====  ================  =====  ===========  =====  =========================
+===============  ======  ==================  ======  ===========  =====  =======================
+role             update  learning rate       factor  betas        decay  parameters
+===============  ======  ==================  ======  ===========  =====  =======================
+matrix           Muon    ``matrix_lr``       1       --           λ      2-D block weights
+gate             AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      value-embedding gates
+residual         AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      ``resid_lambdas``
+x0               AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      ``x0_lambdas``
+embedding        AdamW   ``embedding_lr``    s       (0.8, 0.95)  0      token embedding
+value_embedding  AdamW   ``embedding_lr``    s       (0.8, 0.95)  0      value embeddings
+unembedding      AdamW   ``unembedding_lr``  s       (0.8, 0.95)  0      ``lm_head``
+scalar           AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      other vectors, biases
+===============  ======  ==================  ======  ===========  =====  =======================
 
 So ``--scalar-lr`` sets the gates, the residual and the x0 scalars (each × its factor),
 ``--embedding-lr`` the token and value embeddings, ``--unembedding-lr`` the head, and
