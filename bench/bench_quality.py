@@ -226,9 +226,10 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
         return dict(common, depth=4, tokens_per_param=tpp, seed=0, recipe="project",
                     weight_decay=wd, flops=None, batch=None, name=name, **kw)
 
-    sweep = [d4(2, 1.0), d4(2, 3.0), d4(6, 1.0), d4(6, name="groups_nanochat_d4_tpp6",
-                                                   roles="nanochat"),
-             d4(6, 0.5), d4(2, 0.5), d4(6, 2.0)]
+    # x6 at 2 tokens per parameter is the old rule's λ (6.48): the direct A/B of the rules
+    sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
+             d4(6, name="groups_nanochat_d4_tpp6", roles="nanochat"),
+             d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0)]
     return pairs[:2] + sweep + pairs[2:]
 
 
