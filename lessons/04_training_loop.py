@@ -86,6 +86,8 @@ print(f"preset {PRESET!r}: {STEPS} steps (sweep runs of {SWEEP_STEPS}) of {ACCUM
 # token, so position `t` is asked to predict token `t + 1`.
 
 # %%
+print(f"tokenizer ({VOCAB} ids) and shards of {CORPUS / 1e6:.0f} MB of the offline corpus: "
+      "built on first use (up to a minute), then loaded from the cache", flush=True)
 tok_folder = tiny.corpus_tokenizer(vocab_size=VOCAB, max_bytes=CORPUS)
 tokenizer = Tokenizer.load(tok_folder)
 prepared = tiny.corpus_data(tokenizer, max_bytes=CORPUS)

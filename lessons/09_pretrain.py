@@ -116,6 +116,8 @@ if PRESET == "full":
 else:
     vocab, corpus = presets.choose(PRESET, smoke=(512, 2_000_000), laptop=(4096, 24_000_000),
                                    full=None)
+    print(f"tokenizer ({vocab} ids) and shards of {corpus / 1e6:.0f} MB of the offline corpus: "
+          "built on first use (a minute or two on a CPU), then loaded from the cache", flush=True)
     if TOKENIZER is None and CHECKPOINT is None:
         TOKENIZER = str(tiny.corpus_tokenizer(vocab_size=vocab, max_bytes=corpus))
     if DATA is None and MODE in ("pretraining", "all"):
