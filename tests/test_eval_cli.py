@@ -79,25 +79,40 @@ def _launch(nproc, out, *args):
     return json.loads(next(out.glob("*.json")).read_text())
 
 
+def _in_process(run, path, **kwargs):
+    """The 1-process reference, with one thread like each gloo rank (same kernels)."""
+    import torch
+
+    from nanogpt_course import checkpoint as ck
+
+    c = ck.load(path, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run(c.model, c.tokenizer, log=lambda line: None, **kwargs)["report"]
+    finally:
+        torch.set_num_threads(threads)
+    return {r.task: (r.n, r.correct) for r in report.results}
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_gloo_ranks_equal_one_process(tiny_checkpoint, tiny_chat_checkpoint, shared_data,
                                           tmp_path):
-    core_args = ("core", "--checkpoint", str(tiny_checkpoint), "--max-per-task", "24",
-                 "--tasks", "arc_easy,winograd,lambada_openai")
-    one = _launch(1, tmp_path / "core1", *core_args)
-    two = _launch(2, tmp_path / "core2", *core_args)
-    assert one["meta"]["world_size"] == 1 and two["meta"]["world_size"] == 2
-    for task, row in one["tasks"].items():
-        assert (row["n"], row["correct"]) == (two["tasks"][task]["n"], two["tasks"][task]["correct"]), task
-    assert one["score"] == two["score"]
-    chat_args = ("chatcore", "--checkpoint", str(tiny_chat_checkpoint), "--max-per-task", "20",
-                 "--tasks", "ARC-Easy,GSM8K,HumanEval")
-    one = _launch(1, tmp_path / "chat1", *chat_args)
-    two = _launch(2, tmp_path / "chat2", *chat_args)
-    for task, row in one["tasks"].items():
-        assert (row["n"], row["correct"]) == (two["tasks"][task]["n"], two["tasks"][task]["correct"]), task
-    assert any("sandbox:" in note for note in one["notes"])
+    from nanogpt_course.eval import evaluate_chatcore, evaluate_core
+
+    tasks = "arc_easy,winograd,lambada_openai"
+    two = _launch(2, tmp_path / "core2", "core", "--checkpoint", str(tiny_checkpoint),
+                  "--max-per-task", "24", "--tasks", tasks)
+    one = _in_process(evaluate_core, tiny_checkpoint, max_per_task=24, tasks=tasks)
+    assert two["meta"]["world_size"] == 2
+    assert {t: (r["n"], r["correct"]) for t, r in two["tasks"].items()} == one
+    chat = "ARC-Easy,GSM8K,HumanEval"
+    two = _launch(2, tmp_path / "chat2", "chatcore", "--checkpoint", str(tiny_chat_checkpoint),
+                  "--max-per-task", "20", "--tasks", chat)
+    one = _in_process(evaluate_chatcore, tiny_chat_checkpoint, max_per_task=20, tasks=chat)
+    assert {t: (r["n"], r["correct"]) for t, r in two["tasks"].items()} == one
+    assert any("sandbox:" in note for note in two["notes"])
 
 
 @pytest.mark.slow
