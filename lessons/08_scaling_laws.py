@@ -35,8 +35,8 @@
 # 6. analyse the committed sweep (`data/scaling/`) with the same tools.
 #
 # Run time on 2 CPU cores (measured on a busy shared machine): `smoke` about 20 s, `laptop`
-# about 1.5 minutes. `full` reruns the committed CPU sweep's setting (depths 2-5 × budgets
-# 3e11-3e12 on 24 MB of the offline corpus, `data/scaling/cpu_offline.csv`): about 10 minutes
+# about 1.5 minutes. `full` reruns the committed CPU sweep's setting (depths 1-5 × budgets
+# 1e11-1e12 on 24 MB of the offline corpus, `data/scaling/cpu_offline.csv`): about 10 minutes
 # of an idle 2-core CPU (estimated from its runs' speed; much longer on a busy machine).
 
 # %%
@@ -60,14 +60,14 @@ PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
 SEED = 0
 
 # %% [markdown]
-# The preset sizes the sweep of part 4 (and the FLOP-counting models): smoke is a handful of
-# runs of a few seconds, laptop a dozen runs of about ten seconds.
+# The preset sizes the sweep of part 4 (and the FLOP-counting models): smoke is six runs of
+# a second or two, laptop eight runs of a few seconds to a minute.
 
 # %%
 PRESET = presets.validate(PRESET)
-SWEEP_DEPTHS = presets.choose(PRESET, smoke=[1, 2, 3], laptop=[1, 2, 3, 4], full=[2, 3, 4, 5])
-SWEEP_BUDGETS = presets.choose(PRESET, smoke=[1e9, 3e9], laptop=[1e10, 2.5e10, 6e10],
-                               full=[3e11, 1e12, 3e12])
+SWEEP_DEPTHS = presets.choose(PRESET, smoke=[1, 2, 3], laptop=[1, 2, 3, 4], full=[1, 2, 3, 4, 5])
+SWEEP_BUDGETS = presets.choose(PRESET, smoke=[1e9, 3e9], laptop=[1e10, 3e10],
+                               full=[1e11, 3e11, 1e12])
 SEQ = presets.choose(PRESET, smoke=64, laptop=64, full=128)
 EVAL_BATCHES = presets.choose(PRESET, smoke=8, laptop=32, full=32)
 MICRO_BATCH = presets.choose(PRESET, smoke=16, laptop=16, full=32)
@@ -317,10 +317,15 @@ print(f"N_opt ∝ C^{a_hat:.3f} (true exponent {a_true:.3f})")
 assert abs(a_hat - a_true) < 0.03
 
 # %% [markdown]
-# The library does the same (`fit.fit_sweep`) and adds a **bootstrap**: resample the runs of
-# each budget with replacement, refit everything, and read the spread of the exponents.
+# The library does the same (`fit.fit_sweep`) and adds a **bootstrap**: add to each budget's
+# fitted parabola its own residuals, drawn with replacement, refit everything, and read the
+# spread of the exponents (with 3 sizes per budget the parabola is exact and there is no
+# spread to read: sweep 4 or more depths for an interval).
+#
 # Now your CPU sweep. At the `smoke` preset its runs are a few dozen steps each, too short
-# for a clean U; the fit says so rather than inventing a minimum.
+# for a clean U; at `laptop` a few hundred at most, so one noisy run can move a budget's
+# minimum to an edge. The fit says so (a budget without a minimum is skipped, one at an edge
+# is flagged) rather than inventing a minimum.
 
 # %%
 try:
@@ -337,8 +342,8 @@ except ValueError as err:
 # ## 6. The committed sweeps
 #
 # `data/scaling/` holds sweeps run with the same runner, each CSV with a README (command,
-# machine, corpus hash, date). `cpu_offline.csv` is the real CPU sweep: depths 2-5 (41k to
-# 425k scaling parameters) × budgets 3e11, 1e12, 3e12 FLOPs on 24 MB of the offline corpus.
+# machine, corpus hash, date). `cpu_offline.csv` is the real CPU sweep: depths 1-5 (11k to
+# 425k scaling parameters) × budgets 1e11, 3e11, 1e12 FLOPs on 24 MB of the offline corpus.
 # A GPU sweep (`gpu_offline.csv`, depths 1-5 × 1e14-1e15 FLOPs on the GPU machine's corpus)
 # is prepared there, ready to run.
 
