@@ -228,7 +228,8 @@ class _Runner:
         self.weights = InferenceWeights(model, dtype)
         self.compile, self.graph = compile, graph
         self.steps: dict[int, DecodeStep] = {}
-        self.failed: dict[int, str] = {}
+        self.failed: dict[int, str] = {}  # batch sizes served by the eager decoder
+        self.errors: dict[int, list[str]] = {}  # why a step was built in a simpler way
 
     def step_for(self, batch: int) -> DecodeStep | None:
         if self.weights.sync():
@@ -236,14 +237,23 @@ class _Runner:
         if batch in self.failed:
             return None
         if batch not in self.steps:
-            try:
-                self.steps[batch] = DecodeStep(self.weights, batch, compile=self.compile,
-                                               graph=self.graph)
-            except Exception as err:  # a broken fast path must not break generation
-                self.failed[batch] = f"{type(err).__name__}: {err}"
+            errors = []
+            for compile in dict.fromkeys((self.compile, False)):  # compiled, then plain
+                try:
+                    self.steps[batch] = DecodeStep(self.weights, batch, compile=compile,
+                                                   graph=self.graph)
+                    break
+                except Exception as err:  # a broken fast path must not break generation
+                    errors.append(f"compile={compile}: {type(err).__name__}: {err}")
+            self.errors[batch] = errors
+            if batch not in self.steps:
+                self.failed[batch] = "; ".join(errors)
                 warnings.warn(f"fast decoding unavailable ({self.failed[batch]}); using the "
                               f"eager decoder", RuntimeWarning, stacklevel=3)
                 return None
+            if errors:
+                warnings.warn(f"decode step not compiled ({errors[0]}); replaying it "
+                              f"uncompiled", RuntimeWarning, stacklevel=3)
         return self.steps[batch]
 
 
