@@ -304,3 +304,29 @@ def test_three_sizes_per_budget_give_no_bootstrap_interval():
     result = fit.fit_sweep(rows, n_boot=50)
     assert result.a.samples == 0 and math.isnan(result.a.low)
     assert "no bootstrap interval" in fit.summary(result)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sweep_runs_each_run_under_torchrun_with_nproc(tmp_path, tiny_data):
+    """--nproc 2: the run goes through torchrun (2 gloo ranks on the CPU) and the row says so;
+    the plan was resolved for 2 ranks (total batch = 2 x device batch x seq)."""
+    import os
+
+    args = [*TINY_ARGS[:TINY_ARGS.index("--total-batch-size")],
+            "--total-batch-size", "1024",
+            *TINY_ARGS[TINY_ARGS.index("--total-batch-size") + 2:]]
+    cfg = _config(tmp_path, tiny_data, depths=[1], budgets=[1e9], nproc=2, train_args=args)
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        (row,) = sweep.run_sweep(cfg, epoch_tokens=tiny_data[3])
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    assert row["status"] == "ok", row.get("error")
+    assert row["nproc"] == 2 and row["batch_tokens"] == 1024
+    log = (cfg.runs / row["run_id"] / "train.log").read_text()
+    assert "torch.distributed.run" in log.splitlines()[0] and "--nproc_per_node=2" in log
