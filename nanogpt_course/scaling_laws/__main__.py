@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--core", action="store_true", help="CORE at the end of each run")
     s.add_argument("--retry-failed", action="store_true", help="run failed rows again")
     s.add_argument("--time-budget-s", type=float,
-                   help="start no run predicted to end after this many seconds")
+                   help="start no run predicted to end more than this many seconds after "
+                        "the command started (data preparation included)")
     s.add_argument("--keep-checkpoints", action="store_true")
     s.add_argument("--train-args", help="extra trainer flags, quoted (replace the preset's)")
     s.add_argument("--dry-run", action="store_true",
@@ -132,8 +133,11 @@ def resolve_sweep_args(args) -> dict:
 
 
 def cmd_sweep(args) -> int:
+    import time
+
     from . import sweep
 
+    started = time.perf_counter()  # --time-budget-s counts data preparation too
     opts = resolve_sweep_args(args)
     try:
         depths, budgets = _ints(opts["depths"]), _floats(opts["budgets"])
@@ -169,6 +173,7 @@ def cmd_sweep(args) -> int:
                             corpus_hash=digest, train_args=shlex.split(opts["train_args"]),
                             nproc=args.nproc, max_epochs=args.max_epochs, core=args.core,
                             retry_failed=args.retry_failed, time_budget_s=args.time_budget_s,
+                            started_at=started,
                             keep_checkpoints=args.keep_checkpoints, echo=not args.quiet)
     print(f"[sweep] preset {opts['preset']}: depths {depths} x budgets {budgets}; data "
           f"{folder} ({epoch_tokens:,} training tokens, corpus sha256 {digest[:12]}); "

@@ -55,7 +55,8 @@ class SweepConfig:
     max_epochs: float = 1.0
     core: bool = False
     retry_failed: bool = False
-    time_budget_s: float | None = None  # start no run expected to end after this
+    time_budget_s: float | None = None  # start no run expected to end after this...
+    started_at: float | None = None  # ...many seconds after this time.perf_counter() value
     keep_checkpoints: bool = False
     echo: bool = True
 
@@ -371,7 +372,8 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
     total = len(cfg.depths) * len(cfg.budgets)
     say = (lambda m: print(f"[sweep] {m}", flush=True)) if cfg.echo else (lambda m: None)
     say(f"{total - len(todo)} of {total} runs already in {cfg.results}; {len(todo)} to go")
-    t0, rates, written = time.perf_counter(), [], []
+    t0 = cfg.started_at if cfg.started_at is not None else time.perf_counter()
+    rates, written = [], []
     for depth, budget in todo:
         elapsed = time.perf_counter() - t0
         if cfg.time_budget_s is not None and rates:
