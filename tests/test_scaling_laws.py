@@ -248,6 +248,13 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ")
     assert not (tmp_path / "o").exists()
     assert main(["sweep", "--preset", "cpu", "--depths", "0", "--dry-run"]) == 2
+    capsys.readouterr()
+    for bad in ("--no-such-flag 3", "--seq-len abc"):
+        assert main(["sweep", "--preset", "cpu", "--train-args", bad, "--results",
+                     str(tmp_path / "r.csv"), "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --train-args"), err
+    assert not (tmp_path / "r.csv").exists()
 
 
 @pytest.mark.slow

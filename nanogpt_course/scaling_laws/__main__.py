@@ -2,10 +2,13 @@
 
 Examples::
 
-    python -m nanogpt_course.scaling_laws sweep                       # tiny CPU sweep (minutes)
-    python -m nanogpt_course.scaling_laws sweep --preset gpu-offline --results data/scaling/gpu_offline.csv
-    python -m nanogpt_course.scaling_laws sweep --depths 6,8,10,12,14 --budgets 1e18,2e18,6e18 --nproc 8
-    python -m nanogpt_course.scaling_laws fit --results data/scaling/cpu_offline.csv --out docs/scaling
+    python -m nanogpt_course.scaling_laws sweep            # the tiny CPU sweep (about 10 minutes)
+    python -m nanogpt_course.scaling_laws sweep --preset gpu-offline \
+        --results data/scaling/gpu_offline.csv
+    python -m nanogpt_course.scaling_laws sweep --depths 6,8,10,12,14 \
+        --budgets 1e18,2e18,6e18 --nproc 8
+    python -m nanogpt_course.scaling_laws fit --results data/scaling/cpu_offline.csv \
+        --out docs/scaling
     python -m nanogpt_course.scaling_laws flops --depths 2,4,6
 
 Presets (explicit flags override them): ``cpu`` (the default without CUDA), ``gpu-offline``
@@ -132,6 +135,27 @@ def resolve_sweep_args(args) -> dict:
     return out
 
 
+def _check_train_args(text: str) -> str | None:
+    """The trainer's parser on ``--train-args`` (before any data work): a message, or None."""
+    import contextlib
+    import io
+
+    from ..train.config import build_parser
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            _, unknown = build_parser().parse_known_args(shlex.split(text))
+    except SystemExit:
+        last = captured.getvalue().strip().splitlines()[-1:] or ["invalid value"]
+        reason = last[0].split("error: ", 1)[-1]
+        return f"--train-args: {reason} (see python -m nanogpt_course.train --help)"
+    if unknown:
+        return (f"--train-args: the trainer has no flag(s) {' '.join(unknown)} "
+                "(see python -m nanogpt_course.train --help)")
+    return None
+
+
 def cmd_sweep(args) -> int:
     import time
 
@@ -147,6 +171,9 @@ def cmd_sweep(args) -> int:
         return _fail("--depths needs positive integers and --budgets positive numbers")
     if args.nproc < 1:
         return _fail(f"--nproc must be >= 1, got {args.nproc}")
+    problem = _check_train_args(opts["train_args"])
+    if problem:
+        return _fail(problem)
     tokenizer = opts.get("tokenizer")
     if tokenizer is None:
         from ..train.tiny import corpus_tokenizer

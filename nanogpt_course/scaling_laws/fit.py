@@ -252,7 +252,8 @@ def summary(fit: ScalingFit, *, source: str = "") -> str:
     lines += [f"  N_opt ∝ C^a, a = {fit.a}",
               f"  D_opt ∝ C^b, b = {fit.b}",
               f"  a + b = {fit.a.value + fit.b.value:.3f} (C ≈ 6ND makes it 1)",
-              f"  frontier: loss ≈ {fit.loss_law.coefficient:.4g} · C^{fit.loss_law.exponent:.4f}",
+              f"  frontier: loss ≈ {fit.loss_law.coefficient:.4g} · "
+              f"C^{fit.loss_law.exponent:.4f}",
               "  tokens per parameter at the optimum: "
               + ", ".join(f"{r:.1f}" for r in fit.tokens_per_param)
               + f" (Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAM:.0f}, nanochat "

@@ -296,7 +296,7 @@ def run_one(cfg: SweepConfig, depth: int, budget: float, *, epoch_tokens: int,
     argv = train_argv(cfg, depth, budget, out)
     try:
         run = plan_run(cfg, argv)
-    except Exception as err:  # noqa: BLE001 - a bad setting is this run's error, not the sweep's
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - this run's error, not the sweep's
         row.update(status="failed", error=f"{type(err).__name__}: {err}"[:500])
         return _stamp(row, start)
     p = run.plan
