@@ -122,30 +122,40 @@ print(f"head_dim {cfg.head_dim}, {cfg.n_head} query heads sharing {cfg.n_kv_head
 
 # %%
 def draw_residual_stream(ax):
-    """Boxes and arrows for one block of the stream, with the x0 and value-embedding paths."""
-    box = dict(boxstyle="round,pad=0.35", fc="#eef3fb", ec="#4a6fa5")
-    side = dict(boxstyle="round,pad=0.35", fc="#fdf1e3", ec="#c77d2a")
-    arrow = dict(arrowstyle="->", color="#333333", lw=1.2)
-    texts = {  # name: (x, y, label, style)
-        "tok": (0.5, 0.02, "token ids (B, T)", box), "wte": (0.5, 0.12, "wte → RMSNorm", box),
-        "mix": (0.5, 0.27, "x ← λᵢ·x + μᵢ·x0", box), "attn": (0.5, 0.42, "RMSNorm → attention", box),
-        "mlp": (0.5, 0.60, "RMSNorm → ReLU² MLP", box), "head": (0.5, 0.80, "RMSNorm → lm_head → softcap", box),
-        "out": (0.5, 0.93, "logits (B, T, V)", box), "x0": (0.08, 0.27, "x0", side),
-        "ve": (0.92, 0.42, "value embedding\nveᵢ[ids] · gate", side)}
-    for x, y, label, style in texts.values():
-        ax.text(x, y, label, ha="center", va="center", bbox=style, fontsize=9)
-    for a, b in [("tok", "wte"), ("wte", "mix"), ("mix", "attn"), ("attn", "mlp"), ("mlp", "head"),
-                 ("head", "out"), ("x0", "mix"), ("ve", "attn")]:
-        (xa, ya, *_), (xb, yb, *_) = texts[a], texts[b]
-        ax.annotate("", xy=(xb + (0.18 if a == "ve" else -0.12 if a == "x0" else 0), yb),
-                    xytext=(xa, ya + 0.03 if ya < yb else ya), arrowprops=arrow)
-    ax.annotate("", xy=(0.08, 0.25), xytext=(0.33, 0.12), arrowprops=dict(arrow, ls="--"))
-    for y0, y1, label in [(0.27, 0.46, "+ (residual add)"), (0.46, 0.64, "+ (residual add)")]:
-        ax.annotate("", xy=(0.78, y1), xytext=(0.78, y0), arrowprops=dict(arrow, color="#4a6fa5"))
-        ax.text(0.80, (y0 + y1) / 2 + 0.02, label, fontsize=8, color="#4a6fa5")
-    ax.add_patch(plt.Rectangle((0.2, 0.21), 0.6, 0.46, fill=False, ls=":", ec="grey"))
-    ax.text(0.21, 0.69, "block i (repeated n_layer times)", fontsize=8, color="grey")
-    ax.set_xlim(0, 1.05), ax.set_ylim(-0.03, 1), ax.axis("off")
+    """The stream (a vertical line) with one block's two branches and the two side paths."""
+    blue = dict(boxstyle="round,pad=0.35", fc="#eef3fb", ec="#4a6fa5")
+    orange = dict(boxstyle="round,pad=0.35", fc="#fdf1e3", ec="#c77d2a")
+    node = dict(boxstyle="circle,pad=0.15", fc="white", ec="#333333")
+    box = {}
+    for name, (x, y, text, style) in {
+            "tok": (0.35, 0.02, "token ids (B, T)", blue), "wte": (0.35, 0.12, "wte → RMSNorm", blue),
+            "x0": (0.06, 0.12, "x0", orange), "mix": (0.35, 0.26, "x ← λᵢ·x + μᵢ·x0", blue),
+            "add1": (0.35, 0.46, "+", node), "attn": (0.70, 0.38, "RMSNorm → attention", blue),
+            "ve": (0.70, 0.24, "value embedding veᵢ[ids] · gate", orange),
+            "add2": (0.35, 0.68, "+", node), "mlp": (0.70, 0.60, "RMSNorm → ReLU² MLP", blue),
+            "head": (0.35, 0.83, "RMSNorm → lm_head → softcap", blue),
+            "out": (0.35, 0.94, "logits (B, T, V)", blue)}.items():
+        box[name] = ax.text(x, y, text, ha="center", va="center", bbox=style, fontsize=9)
+
+    def arrow(a, b, src=(0.5, 1), dst=(0.5, 0), **style):
+        props = dict(arrowstyle="->", color="#333333", lw=1.2, shrinkA=2, shrinkB=2)
+        ax.annotate("", xy=dst, xycoords=box[b], xytext=src, textcoords=box[a],
+                    arrowprops={**props, **style})
+
+    for a, b in [("tok", "wte"), ("wte", "mix"), ("mix", "add1"), ("add1", "add2"),
+                 ("add2", "head"), ("head", "out")]:
+        arrow(a, b)  # the stream itself: straight up, nothing but additions on the way
+    arrow("wte", "x0", src=(0, 0.5), dst=(1, 0.5), ls="--")  # keep the embedding aside
+    arrow("x0", "mix", src=(0.5, 1), dst=(0, 0.5))
+    arrow("ve", "attn")
+    for branch, add in (("attn", "add1"), ("mlp", "add2")):  # read a normed copy, add back
+        ax.annotate("", xy=(0, 0.5), xycoords=box[branch], textcoords="data",
+                    xytext=(0.35, box[branch].get_position()[1]),
+                    arrowprops=dict(arrowstyle="->", color="#4a6fa5", lw=1.2, shrinkB=2))
+        arrow(branch, add, src=(0.5, 1), dst=(1, 0.5), color="#4a6fa5")
+    ax.add_patch(plt.Rectangle((0.2, 0.19), 0.78, 0.55, fill=False, ls=":", ec="grey"))
+    ax.text(0.21, 0.755, "block i (repeated n_layer times)", fontsize=8, color="grey")
+    ax.set_xlim(-0.05, 1.05), ax.set_ylim(-0.03, 1), ax.axis("off")
 
 
 fig, ax = plt.subplots(figsize=(7, 6))
