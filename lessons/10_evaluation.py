@@ -42,8 +42,9 @@
 # with the progress streaming into the cell, and ends with the chart and the table. The
 # command line equivalent is `python -m nanogpt_course.eval core --checkpoint CKPT`.
 #
-# **Run time** (a shared 2-core CPU): `smoke` about 1 minute (2 processes, 8 examples per
-# task), `laptop` about 2 minutes (1 process, 60 examples per task). `full` on one GPU:
+# **Run time**, measured on a shared 2-core CPU: `smoke` about 1 minute (2 processes, 8
+# examples per task; most of it is starting the processes), `laptop` about 40 s (1 process,
+# 60 examples per task; the tiny model is fast). `full` on one GPU:
 # an **estimate** of 5 to 15 minutes for CORE with all examples on a d12 (the forward
 # passes are batched; about 90,000 examples with up to 10 in-context examples each).
 
