@@ -418,7 +418,7 @@ print(f"{len(reference.state_dict())} tensors loaded; GPTModel logits == library
 
 # %% [markdown]
 # From here on the two are the same model: you can train `GPTModel` and hand its weights
-# to the library (section 9 does that for fast generation), or the other way round.
+# to the library (section 11 does that for fast generation), or the other way round.
 #
 # ## 8. The logit softcap and the loss
 #
@@ -447,7 +447,7 @@ plt.show()
 
 # %%
 model = GPTModel(cfg)
-model.load_state_dict(GPT(cfg).state_dict())  # the library's initialization (lesson 04 explains it)
+model.load_state_dict(GPT(cfg).state_dict())  # the library's init: zero output projections, tiny lm_head
 x_ids, y_ids = idx[:, :-1], idx[:, 1:].clone()
 y_ids[:, :10] = -1  # ignore the first 10 targets of each row
 with torch.no_grad():
