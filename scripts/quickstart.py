@@ -45,9 +45,10 @@ BATCH = dict(device_batch_size=16, total_batch_size=16 * 256)
 LRS = dict(matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5,
            weight_decay=0.1)
 PROMPTS = ("The", "def", "import", "This module", "Returns the")
-# Below this many steps the samples are mostly noise (measured: 20 steps gave 2.57 bits per
-# byte and noise, 285 steps 1.49 and code-like text on a quiet 2-core machine).
-MIN_USEFUL_STEPS = 150
+# Below this many steps the samples are mostly noise (measured on 2 cores: 8 steps gave 2.64
+# bits per byte and noise, 20 steps 2.57 and noise, 122 steps 1.86 and code-like text with
+# real imports, 285 steps 1.49).
+MIN_USEFUL_STEPS = 100
 SEGMENT_SECONDS = 30.0  # re-plan the number of steps this often
 MIN_SEGMENT_STEPS = 5  # a segment's start-up (data, model, checkpoint) must not dominate
 STATE = "quickstart.json"  # what this script decided about its model (undertrained, ...)
@@ -151,8 +152,25 @@ def what_to_do(state: dict, finished: bool, has_checkpoint: bool) -> str:
     return "resume"
 
 
-def calibrate(tokenizer, steps: int = 4) -> float:
-    """Seconds per training step of the quickstart model on this machine (random tokens)."""
+def calibrate(tokenizer, steps: int = 3) -> float:
+    """Seconds per training step of the quickstart model on this machine (random tokens),
+    with the faster of all cores and one thread, which is then kept: on a machine busy with
+    other jobs, one thread is often several times faster than two that wait for each other
+    (measured 1.9 s vs 5-12 s per step at load average 6 on 2 cores)."""
+    candidates = [torch.get_num_threads()] + ([1] if torch.get_num_threads() > 1 else [])
+    timed = []
+    for threads in candidates:
+        torch.set_num_threads(threads)
+        timed.append((_step_seconds(tokenizer, steps), threads))
+    per_step, threads = min(timed)
+    torch.set_num_threads(threads)
+    say("calibration: " + ", ".join(f"{n} thread(s) {t * 1000:.0f} ms per step" for t, n in timed)
+        + f" -> training with {threads}")
+    return per_step
+
+
+def _step_seconds(tokenizer, steps: int) -> float:
+    """Median seconds per training step (random tokens, first step excluded)."""
     from nanogpt_course.model import GPT, GPTConfig
     from nanogpt_course.optim import build_optimizer
 
@@ -321,7 +339,11 @@ def train_model(args, root: Path, run: Path, tok, prepared, corpus_sha: str, sta
     if args.steps:
         per_step, est_total = None, args.steps
     else:
-        per_step = float(state["per_step"]) if resume and "per_step" in state else calibrate(tok)
+        if resume and "per_step" in state:
+            per_step = float(state["per_step"])
+            torch.set_num_threads(int(state.get("threads", torch.get_num_threads())))
+        else:
+            per_step = calibrate(tok)
         est_total = plan_total(done, spent, budget, per_step)
         say(f"this machine: {per_step * 1000:.0f} ms per step of {BATCH['total_batch_size']:,} "
             f"tokens -> about {est_total} steps in {args.minutes:g} minutes (re-planned every "
@@ -334,7 +356,7 @@ def train_model(args, root: Path, run: Path, tok, prepared, corpus_sha: str, sta
     warmup = int(kept.get("warmup_steps", min(40, max(1, est_total // 10))))
     eval_every = int(kept.get("eval_every", max(MIN_SEGMENT_STEPS, est_total // 8)))
     write_state(root, corpus_sha256=corpus_sha, warmup_steps=warmup, eval_every=eval_every,
-                minutes=args.minutes, undertrained=False)
+                minutes=args.minutes, undertrained=False, threads=torch.get_num_threads())
     base = TrainConfig(mode="pretraining", data=str(prepared), tokenizer=str(root / "tokenizer"),
                        out=str(run), eval_every=eval_every, eval_tokens=32 * 1024,
                        sample_every=-1, log_every=max(1, est_total // 50),
