@@ -115,8 +115,13 @@ def test_humaneval_program_assembly(shared_data):
     assert body.rstrip().endswith(f"check({p['entry_point']})")
     whole = "```python\ndef has_close_elements(numbers, threshold):\n    return False\n```"
     program = chatcore.humaneval_program(p, whole)
-    assert program.startswith("from typing import List\n\ndef has_close_elements(")
+    assert program.startswith(p["prompt"].rstrip() + "\n\n\ndef has_close_elements(numbers, threshold):")
     assert re.search(r"^def check\(candidate\):", program, re.M)
+    compile(program, "program.py", "exec")  # the stub, then the redefinition: valid Python
+    helper = problems[10]  # make_palindrome uses is_palindrome, defined in the prompt
+    assert "def is_palindrome" in helper["prompt"]
+    full = "```python\ndef make_palindrome(string: str) -> str:\n" + helper["canonical_solution"] + "```"
+    assert "def is_palindrome" in chatcore.humaneval_program(helper, full)
 
 
 def test_task_selection():

@@ -48,6 +48,13 @@ def test_every_canonical_solution_passes_and_a_wrong_one_fails(problems):
     assert wrong.status == "failed" and "AssertionError" in wrong.stderr
 
 
+def test_a_whole_function_using_a_prompt_helper_passes(problems):
+    p = problems[10]  # make_palindrome calls is_palindrome from the prompt
+    completion = ("```python\ndef make_palindrome(string: str) -> str:\n"
+                  + p["canonical_solution"] + "```\n")
+    assert sandbox.run_program(humaneval_program(p, completion), FAST).passed
+
+
 def test_a_whole_function_in_a_code_block_counts(problems):
     p = problems[2]  # truncate_number
     completion = ("Here you go:\n```python\ndef truncate_number(number: float) -> float:\n"

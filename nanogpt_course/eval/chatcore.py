@@ -120,13 +120,13 @@ def extract_code(completion: str) -> str:
 
 
 def humaneval_program(problem: dict, completion: str) -> str:
-    """The program that tests a completion: a whole function keeps the prompt's imports; a
-    bare body is appended to the prompt (the function header)."""
+    """The program that tests a completion. The prompt always comes first (its imports and
+    helper functions; its stub, a function holding only a docstring, is valid Python): a
+    completion that writes the whole function redefines the stub after it, a bare body is
+    appended to the stub's header."""
     code = extract_code(completion)
     if re.search(rf"^\s*def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.M):
-        imports = "\n".join(line for line in problem["prompt"].splitlines()
-                            if line.startswith(("import ", "from ")))
-        head = imports + "\n\n" + code
+        head = problem["prompt"].rstrip() + "\n\n\n" + code
     else:
         head = problem["prompt"] + code
     return f"{head}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
