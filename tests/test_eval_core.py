@@ -272,3 +272,19 @@ def test_bpb_equals_a_naive_token_loop(tiny_checkpoint):
             nats -= logp
             nbytes += len(c.tokenizer.decode_bytes([target]))
     assert got == pytest.approx(nats / (math.log(2) * nbytes), rel=1e-5)
+
+
+def test_report_without_matplotlib_still_writes_csv_and_json(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    files = Report("CORE", [TaskResult("copa", 4, 3, 0.5, 0.1)], expected=22).write(tmp_path)
+    assert sorted(files) == ["csv", "json"] and not (tmp_path / "core.png").exists()
+    assert json.loads((tmp_path / "core.json").read_text())["tasks"]["copa"]["centered"] == 0.5

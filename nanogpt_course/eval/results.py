@@ -99,7 +99,11 @@ class Report:
                 writer.writerow(r.row())
         files["json"].write_text(json.dumps(_finite(self.to_dict()), indent=2) + "\n",
                                  encoding="utf-8")
-        plot(self, files["png"])
+        try:
+            plot(self, files["png"])
+        except ImportError as err:  # a bare GPU box may lack matplotlib: the numbers still count
+            print(f"note: no chart ({err}); the CSV and JSON are written", flush=True)
+            del files["png"]
         return files
 
 
