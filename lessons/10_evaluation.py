@@ -415,10 +415,9 @@ else:
 # |---|---|---|
 # | OpenAI GPT-2 1.5B (2019) | 0.2565 | nanochat `dev/LEADERBOARD.md` (the bar its speedrun must clear) |
 # | OpenAI GPT-2 124M | 0.108 | a user's run of nanochat's `base_eval --hf-path openai-community/gpt2` (karpathy/nanochat issue #772) |
-# | nanochat d20 (561M) trained on a TPU | 0.12 | listed in karpathy/nanochat issue #284 |
+# | a JAX port of nanochat's d20 (561M, 11.2B tokens, one TPU v6e) | 0.12 | listed in karpathy/nanochat issue #284 |
 #
-# A tiny model scores about 0; a GPT-2-small-class model trained on a few billion tokens
-# lands near 0.1; GPT-2 XL at 0.26. Our own d12 number, trained here on the `offline`
+# A tiny model scores about 0; GPT-2 small (124M) about 0.11; GPT-2 XL (1.5B) 0.26. Our own d12 number, trained here on the `offline`
 # corpus, is in docs/EVALUATION.md. Two cautions when comparing: this data mirror's
 # HellaSwag file is a close substitute for the bundle's (same items, slightly different
 # text cleaning), and CoQA is missing, so our CORE covers 21 of 22 tasks (SQuAD is rebuilt
