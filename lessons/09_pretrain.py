@@ -38,9 +38,9 @@
 # Several nodes are launched with `torchrun`'s rendezvous flags rather than from a notebook;
 # the command is printed below (section "The command").
 #
-# **Run time**: `smoke` (2 processes, 10 steps) about 30 s; `laptop` (one process, 300
-# steps of a 4-layer model, 1.2 M tokens) 11 minutes, about 2,000-4,000 tokens per second.
-# Both measured under papermill on a 2-core CPU shared with other jobs (load average 2 to
+# **Run time**: `smoke` (2 processes, 10 steps) about 30 s; `laptop` (one process, 150
+# steps of a 4-layer model, 0.6 M tokens) 4 minutes, about 2,000-4,400 tokens per second.
+# Both measured under papermill on a 2-core CPU shared with other jobs (load average 3 to
 # 10), so an idle laptop is faster; the launch cell prints a progress line with an ETA. `full` is an
 # **estimate**, printed by the cell "What the depth rules decided" from the FLOPs of the
 # run and an assumed 40% MFU (a d12 on one H100: a few hours; 8 GPUs: about 8 times less).
@@ -107,7 +107,7 @@ cuda = torch.cuda.is_available()
 NPROC = int(NPROC or presets.choose(PRESET, smoke=2, laptop=1,
                                     full=max(1, torch.cuda.device_count())))
 DEPTH = int(DEPTH or presets.choose(PRESET, smoke=2, laptop=4, full=12))
-MAX_STEPS = int(MAX_STEPS) if MAX_STEPS else presets.choose(PRESET, smoke=10, laptop=300,
+MAX_STEPS = int(MAX_STEPS) if MAX_STEPS else presets.choose(PRESET, smoke=10, laptop=150,
                                                             full=None)
 if PRESET == "full":
     TOKENIZER = TOKENIZER or "gpt2"
@@ -135,8 +135,8 @@ SIZES = presets.choose(PRESET, smoke=dict(aspect_ratio=32, head_dim=32, seq_len=
                                           weight_decay=0.1),
                        laptop=dict(aspect_ratio=48, head_dim=48, seq_len=256,
                                    device_batch_size=16, total_batch_size=4096,
-                                   eval_tokens=65536, eval_every=50, sample_every=300,
-                                   save_every=100, matrix_lr=0.02, embedding_lr=0.3,
+                                   eval_tokens=65536, eval_every=25, sample_every=150,
+                                   save_every=50, matrix_lr=0.02, embedding_lr=0.3,
                                    unembedding_lr=0.008, scalar_lr=0.5, weight_decay=0.1),
                        full=dict(eval_every=250, sample_every=1000, save_every=1000,
                                  keep_last=3, compile=cuda))
@@ -254,10 +254,11 @@ print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 s
 #
 # Typical numbers: at `smoke` the run is far too short to learn much (10 steps: it only
 # gets through phase 1). At `laptop`, the 4-layer model on the offline corpus (Python's
-# own documentation and source) went from 3.88 bits per byte at step 0 to 2.67 at step 50,
-# 2.42 at step 100 and 2.07 at step 300 in our measurement: phase 1 is over within the
-# first 50 steps, the rest is the slow middle and the warmdown. Its samples look like
-# code-shaped noise. A GPT-2-class d12 trained for hours on GPUs goes much further; the
+# own documentation and source) went from 3.88 bits per byte at step 0 to 2.86 at step 25,
+# 2.68 at step 50, 2.37 at step 100 and 2.20 at step 150 in our measurement: phase 1 is
+# over within the first 25 steps, the rest is the slow middle and the warmdown. (Twice the
+# steps, 300, reached 2.07.) Its samples are code-shaped noise and can fall into
+# repetition. A GPT-2-class d12 trained for hours on GPUs goes much further; the
 # reference curve below, once added, shows a real GPU run of ours.
 #
 # ## Launch
@@ -337,8 +338,9 @@ else:
 #
 # The run saved checkpoints along the way (`save_every`). Loaded back (safetensors + JSON,
 # never a pickle), each continues the same prompt with the same seed, so the only thing
-# that changes is how far training got: noise, then frequent tokens, then words and
-# fragments of syntax.
+# that changes is how far training got. Small models go from noise to frequent tokens to
+# fragments of words and syntax; they also fall into loops (the same few tokens over and
+# over), which longer training and sampling settings such as `top_k` make rarer.
 
 # %%
 saved = checkpoint.complete_steps(runs[0])[-4:]  # [(step, folder)], the last few
