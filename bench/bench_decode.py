@@ -252,7 +252,7 @@ def bf16_vs_eager(model, steps: int = 32) -> dict:
 
     prompt = torch.tensor([prompt_of(300, model.config.vocab_size, 11)],
                           device=next(model.parameters()).device)
-    eager = engine._Decoder(model, prompt, 1, steps, True)
+    eager = engine._Decoder(model, prompt, 1, steps + 1, True)
     fast = fast_decode.open_decoder(model, prompt, 1)
     errs, same = [], []
     try:
