@@ -320,7 +320,8 @@ def run_cuda(args, out: Path) -> dict:
         print("graphed bf16 step vs eager bf16 decoder:", report["bf16_vs_eager"], flush=True)
         save()
         profile_steps(model, out.parent)
-        for mode, batch in (("graph", 1), ("static", 1), ("eager", 1)):
+        for mode, batch in (("graph", 1), ("eager", 1)) + ((("static", 1),) if not args.quick
+                                                          else ()):
             row = measure(model, prompt_len=512, batch=batch, new=32 if mode != "graph"
                           else NEW_TOKENS, mode=mode, repeats=2)
             row["depth"] = 12
@@ -329,12 +330,13 @@ def run_cuda(args, out: Path) -> dict:
             show(row)
             save()
 
-    depth_rows(12, [(1, 512), (16, 512), (1, 2048), (16, 2048)], other_decoders)
     if args.nanochat:
         nanochat_rows(args, report, device)
         save()
-    if not args.quick:
-        depth_rows(20, [(1, 512), (1, 2048)])
+    depth_rows(12, [(1, 512), (16, 512), (1, 2048), (16, 2048)], other_decoders)
+    if args.quick:
+        return report
+    depth_rows(20, [(1, 512), (1, 2048)])
     # prefill of a windowed model goes through FlexAttention: no recompile per length
     model = build(12, device, seq_len=2048 + NEW_TOKENS, window_pattern="SSSL")
     for prompt in (512, 2048):
@@ -446,7 +448,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--nanochat", default=None, help="path of a nanochat checkout")
-    parser.add_argument("--quick", action="store_true", help="d12 at prompt 512 only")
+    parser.add_argument("--quick", action="store_true",
+                        help="d12 only (no d20, windowed prefill, FlexAttention compiles)")
     parser.add_argument("--no-flex", dest="flex", action="store_false",
                         help="skip the FlexAttention recompile measurement")
     parser.add_argument("--out", type=Path, default=None)
