@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -181,10 +182,12 @@ def sliding_window_block_mask(seq_len: int, window: int | None, device=None,
 
 
 # How the stand-alone FlexAttention kernel is compiled (outside a compiled model):
-# "dynamic" (default) compiles once with symbolic batch and sequence sizes; "static"
-# specializes on every shape, as before: dynamo then recompiled for every new sequence
-# length (every prefill, every evaluation length) until its recompile limit (8) made it
-# fall back to the eager kernel, which materializes the full score matrix.
+# "dynamic" (default) compiles once with symbolic batch and sequence sizes; "static" is the
+# former ``dynamic=False``, which specializes on every shape: dynamo then recompiles for
+# every new sequence length (every prefill, every evaluation length) until its recompile
+# limit makes it run the eager kernel, which materializes the full score matrix. If the
+# dynamic compile fails, the static one is used (with a warning). bench/bench_decode.py
+# measures both.
 FLEX_SHAPES = "dynamic"
 _compiled_flex: dict = {}
 
@@ -207,7 +210,16 @@ def flex_attention(q, k, v, block_mask):
     gqa = q.shape[1] != k.shape[1]
     if q.device.type != "cuda" or torch.compiler.is_compiling():
         return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
-    return _compiled_flex_fn(FLEX_SHAPES)(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    global FLEX_SHAPES
+    try:
+        return _compiled_flex_fn(FLEX_SHAPES)(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    except Exception as err:
+        if FLEX_SHAPES != "dynamic":
+            raise
+        warnings.warn(f"FlexAttention with dynamic shapes failed ({type(err).__name__}: "
+                      f"{err}); compiling it per shape instead", RuntimeWarning, stacklevel=2)
+        FLEX_SHAPES = "static"
+        return _compiled_flex_fn("static")(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 
 
 def causal_attention(q, k, v, *, window: int | None = None, backend: str = "auto",

@@ -338,3 +338,17 @@ def test_unknown_decode_mode(decode_mode):
     decode_mode("turbo")
     with pytest.raises(ValueError, match="NANOGPT_COURSE_DECODE"):
         list(generate(make_model(), [1], 2))
+
+
+def test_decode_step_self_check_catches_a_wrong_step():
+    """A compiled/graphed step is compared with the plain step when it is built; a step
+    that computes something else is refused (the runner then falls back)."""
+    weights = fast_decode.InferenceWeights(make_model(n_kv_head=1), torch.float32)
+    weights.sync()
+    step = fast_decode.DecodeStep(weights, 2, compile=False, graph=False)
+    plain = step._fn
+    step.cache.to_device_mode()
+    assert step.self_check(plain) < 1e-6
+    step.run = lambda: (plain(), step.logits.mul_(1.01))
+    with pytest.raises(RuntimeError, match="self-check"):
+        step.self_check(plain)
