@@ -17,6 +17,10 @@ Which kernel runs (``backend="auto"``):
 - a sliding window elsewhere (CPU, MPS): SDPA with an explicit boolean (Tq, Tk) mask.
   That is O(T²) memory, which is fine at CPU sizes and is the simplest correct path.
 
+Against a KV cache: :func:`prefix_attention` (new queries over every cached position) and
+:func:`cached_attention` (queries over a whole preallocated cache through a mask, for the
+CUDA-graphed decode step of :mod:`nanogpt_course.fast_decode`).
+
 :func:`reference_attention` is the plain softmax(QKᵀ/√d)V definition, for tests, lessons
 and the GPU check; it is never used for training.
 """

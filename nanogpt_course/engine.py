@@ -12,8 +12,12 @@ full O(context²) forward pass.
 - :func:`generate`: yields token ids as they are produced.
 - :func:`stream_text`: yields text pieces that never split a multi-byte character.
 
-On CUDA each step runs under bf16 autocast; the only host synchronization per step is
-reading the sampled token(s) back, and the next step is queued on the GPU before that read.
+The decoder here is the readable one: eager, bf16 autocast on CUDA. On CUDA,
+:func:`generate` uses :mod:`nanogpt_course.fast_decode` instead (weights cast once, a
+static cache, a compiled step replayed as a CUDA graph; ``NANOGPT_COURSE_DECODE`` picks the
+decoder, see :data:`DECODE_MODE`); tests tie the two token for token. Either way the only
+host synchronization per step is reading the sampled token(s) back, and the next step is
+queued on the GPU before that read.
 """
 
 from __future__ import annotations
