@@ -52,11 +52,19 @@ class InferenceWeights:
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
-        self.model, self.dtype = model, dtype
+        # a weak reference: the per-model registry must not keep the model alive
+        self._model, self.dtype = weakref.ref(model), dtype
         self.shadow = None
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._where = self._versions = None
         self.rebuilt = 0  # how many times the shadow was built (a rebuild drops the graphs)
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of these inference weights was garbage-collected")
+        return model
 
     def _signature(self):
         params = list(self.model.parameters())

@@ -343,7 +343,8 @@ def test_unknown_decode_mode(decode_mode):
 def test_decode_step_self_check_catches_a_wrong_step():
     """A compiled/graphed step is compared with the plain step when it is built; a step
     that computes something else is refused (the runner then falls back)."""
-    weights = fast_decode.InferenceWeights(make_model(n_kv_head=1), torch.float32)
+    model = make_model(n_kv_head=1)
+    weights = fast_decode.InferenceWeights(model, torch.float32)
     weights.sync()
     step = fast_decode.DecodeStep(weights, 2, compile=False, graph=False)
     plain = step._fn
@@ -352,3 +353,17 @@ def test_decode_step_self_check_catches_a_wrong_step():
     step.run = lambda: (plain(), step.logits.mul_(1.01))
     with pytest.raises(RuntimeError, match="self-check"):
         step.self_check(plain)
+
+
+def test_fast_decoder_does_not_keep_the_model_alive(decode_mode):
+    import gc
+    import weakref
+
+    decode_mode("static")
+    model = make_model()
+    list(generate(model, [1, 2], 3, temperature=0))
+    assert len(fast_decode._RUNNERS) == 1
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None and len(fast_decode._RUNNERS) == 0
