@@ -105,8 +105,14 @@ def expected_model_tensors(model_config: dict) -> dict[str, tuple[tuple[int, ...
             for k, v in model.state_dict().items()}
 
 
-def _check_model_tensors(path: Path, header: dict, model_config: dict) -> None:
+def _check_model_tensors(path: Path, header: dict, model_config: dict,
+                         weights_dtype: str | None = None) -> None:
+    """``weights_dtype``: meta.json's declared storage dtype of the floating-point tensors
+    (an export such as the shipped models stores bfloat16; loading casts them back)."""
     want = expected_model_tensors(model_config)
+    if weights_dtype:
+        want = {k: (shape, weights_dtype if dtype.startswith(("float", "bfloat")) else dtype)
+                for k, (shape, dtype) in want.items()}
     missing = sorted(set(want) - set(header))
     extra = sorted(set(header) - set(want))
     if missing or extra:
@@ -153,7 +159,7 @@ def validate(path, *, hashes: bool = True, optimizer: bool = False) -> dict:
         raise ck.CheckpointError(f"{folder / ck.META} is corrupt: its model_config does not "
                                  f"describe a model ({type(err).__name__}: {err})") from err
     header = read_header(folder / ck.MODEL)
-    _check_model_tensors(folder / ck.MODEL, header, config)
+    _check_model_tensors(folder / ck.MODEL, header, config, meta.get("weights_dtype"))
     names = [ck.MODEL]
     if optimizer:
         world = ck.optimizer_world_size(folder)

@@ -57,15 +57,19 @@ def export(run: Path, dest: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     from nanogpt_course import checkpoint as ck
+    from nanogpt_course.checkpoint_verify import file_sums
 
     step = ck.latest(run)
     dest.mkdir(parents=True, exist_ok=True)
     weights = load_file(str(step / "model.safetensors"))
     weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
     save_file(weights, str(dest / "model.safetensors"))
-    for name in ("tokenizer.json", "meta.json"):
-        if (step / name).is_file():
-            shutil.copy2(step / name, dest / name)
+    if (step / "tokenizer.json").is_file():
+        shutil.copy2(step / "tokenizer.json", dest / "tokenizer.json")
+    meta = ck.read_meta(step)
+    meta.update(weights_dtype="bfloat16", has_optimizer=False, exported_from=str(step))
+    meta["sha256"] = file_sums(dest)  # the bf16 file's own sums, so `verify` checks it
+    (dest / "meta.json").write_text(json.dumps(meta, indent=1))
     say(f"exported {step} -> {dest} ({(dest / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
 
 
@@ -86,12 +90,23 @@ def main(argv=None) -> int:
     p.add_argument("--device-batch-size", type=int, default=64)
     p.add_argument("--mid-epochs", type=float, default=3.0)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cpu", action="store_true",
+                   help="the CPU recipe (no GPU lent): 24 MB corpus, seq 512, 8,192-token "
+                        "steps, the quickstart's explicit LRs, --pretrain-steps/--mid-steps")
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--mid-steps", type=int, default=150)
     p.add_argument("--tiny", action="store_true", help="seconds on a CPU: checks the stages")
     args = p.parse_args(argv)
     if args.tiny:
         args.corpus_mb, args.vocab, args.depth, args.seq_len = 2, 512, 2, 128
         args.tokens_per_param, args.total_batch_size, args.device_batch_size = 0.5, 4096, 8
         args.mid_epochs = 0.02
+    lrs, pre_steps, mid_steps = {}, None, None
+    if args.cpu:  # depth rules are anchored at 2^19-token batches: too timid at 8k tokens
+        args.corpus_mb, args.tokenizer_mb, args.seq_len = 24, 24, 512
+        args.total_batch_size, args.device_batch_size = 8192, 16
+        lrs = dict(matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5)
+        pre_steps, mid_steps = args.pretrain_steps, args.mid_steps
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -115,15 +130,16 @@ def main(argv=None) -> int:
     base, chat = root / "base", root / "chat"
     if not (ck.latest(base) and ck.read_meta(base).get("finished")):
         train(TrainConfig(mode="pretraining", data=str(prepared), tokenizer=str(root / "tokenizer"),
-                          out=str(base), tokens_per_param=args.tokens_per_param, eval_every=50,
-                          sample_every=-1, log_every=10,
+                          out=str(base), eval_every=50, sample_every=-1, log_every=10,
+                          **({"max_steps": pre_steps, "weight_decay": 0.1} if pre_steps
+                             else {"tokens_per_param": args.tokens_per_param}), **lrs,
                           resume=ck.latest(base) is not None, **model))
     say(f"base model done after {time.perf_counter() - t0:.0f} s")
     if not (ck.latest(chat) and ck.read_meta(chat).get("finished")):
         mix = data.prepare("task_mixture", tok, online=False)
         tokens = data.read_meta(mix)["splits"]["train"]["tokens"]
         batch = args.total_batch_size or ck.read_meta(base)["plan"]["total_batch_size"]
-        steps = max(1, int(args.mid_epochs * tokens // batch))
+        steps = mid_steps or max(1, int(args.mid_epochs * tokens // batch))
         resume = ck.latest(chat) is not None
         train(TrainConfig(mode="mid-training", data=str(mix), out=str(chat), max_steps=steps,
                           checkpoint=None if resume else str(base), resume=resume,
