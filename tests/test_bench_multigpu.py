@@ -33,7 +33,7 @@ COMPARISON_FIELDS = {"scaling_efficiency", "opt_state_ratio_max", "opt_state_ide
 @pytest.mark.distributed
 def test_cpu_dry_run_two_ranks_match_one(bench, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    report = bench.main(["--cpu", "--tiny", "--nprocs", "1,2", "--steps", "3", "--out",
+    report = bench.main(["--cpu", "--tiny", "--nprocs", "1,2", "--steps", "6", "--out",
                          str(out), "--work-dir", str(work), "--echo-every", "1000"])
     saved = json.loads((out / "multigpu.json").read_text())
     assert saved == json.loads(json.dumps(report))
@@ -46,14 +46,16 @@ def test_cpu_dry_run_two_ranks_match_one(bench, tmp_path):
     assert set(runs) == {1, 2}
     for run in runs.values():
         assert RUN_FIELDS <= set(run), RUN_FIELDS - set(run)
-        assert run["status"] == "finished" and run["steps_done"] == 3
+        assert run["status"] == "finished" and run["steps_done"] == 6
         assert run["total_batch_size"] == 512 and run["tok_per_sec"] > 0
         assert run["peak_mem_kind"] == "max_rss" and all(m > 0 for m in run["peak_mem_bytes"])
     assert (runs[1]["grad_accum"], runs[2]["grad_accum"]) == (4, 2)  # same total batch
 
     # same losses: 2 ranks x 2 micro-batches = 1 rank x 4 (fp32, only sums reordered)
     one, two = ([loss for _, loss in runs[n]["losses"]] for n in (1, 2))
-    assert one[0] - one[-1] > 0.1  # training moved the loss: the comparison has teeth
+    # training moved the loss: the comparison has teeth (6 steps: at 512-token batches and
+    # these LRs the first 3 steps are noisy since the optimizer groups follow their roles)
+    assert one[0] - one[-1] > 0.1
     assert two == pytest.approx(one, rel=1e-5)
 
     # ZeRO-2: each of 2 ranks holds half the optimizer state. Tolerance 2%: the AdamW
@@ -66,11 +68,11 @@ def test_cpu_dry_run_two_ranks_match_one(bench, tmp_path):
 
     cmp = {c["nproc"]: c for c in saved["comparisons"]}
     assert COMPARISON_FIELDS <= set(cmp[2]), COMPARISON_FIELDS - set(cmp[2])
-    assert cmp[2]["loss_ok"] and cmp[2]["opt_state_ok"] and cmp[2]["loss_steps_compared"] == 3
+    assert cmp[2]["loss_ok"] and cmp[2]["opt_state_ok"] and cmp[2]["loss_steps_compared"] == 6
     assert cmp[2]["efficiency_target"] is None  # CPU: no throughput verdict
 
     # a second call finds both runs finished and reruns nothing; --merge rebuilds the report
-    again = bench.main(["--cpu", "--tiny", "--nprocs", "1,2", "--steps", "3", "--out",
+    again = bench.main(["--cpu", "--tiny", "--nprocs", "1,2", "--steps", "6", "--out",
                         str(tmp_path / "out2"), "--work-dir", str(work)])
     assert [r["losses"] for r in again["runs"]] == [r["losses"] for r in saved["runs"]]
     merged = bench.main(["--merge", str(out), "--out", str(tmp_path / "merged")])
