@@ -104,7 +104,7 @@ def test_val_bpb_matches_a_naive_sum(base):
     assert got == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
 
 
-def test_core_hooks_announce_or_run(tmp_path, capsys):
+def test_core_hooks_announce_or_run(tmp_path, capsys, shared_data):  # CORE needs the bundle
     out = tmp_path / "run"
     train(tiny_cfg(out, max_steps=2, core_every=1, chatcore_every=1), echo=True)
     text = capsys.readouterr().out
