@@ -397,9 +397,10 @@ for layer in range(2):
 # window* of $W$ lets each token see only itself and the $W-1$ tokens before it: $O(TW)$.
 # The library's model can mix both: `GPTConfig(window_pattern="SSSL")` gives three
 # short-window layers, then one full-context layer, repeated (and the last layer is always
-# full), so information still travels the whole context, a few hops at a time. (The
-# trainer does not set a pattern yet: the models this course trains use full context in
-# every layer. Lesson 03 builds a model with the pattern `"SL"`.)
+# full), so information still travels the whole context, a few hops at a time. The
+# trainer's default is `L` (full context in every layer); `python -m nanogpt_course.train
+# --window-pattern SSSL [--short-window N]` trains with windows. Lesson 03 builds a model
+# with the pattern `"SL"`.
 #
 # ### Exercise: the window mask
 #

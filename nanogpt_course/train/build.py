@@ -26,6 +26,7 @@ DEFAULT_SEQ_LEN = 2048
 FIXED_ON_RESUME = ("mode", "depth", "data", "tokenizer", "seq_len", "total_batch_size",
                    "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
                    "target_flops", "tokens_per_param", "seed", "aspect_ratio", "head_dim",
+                   "window_pattern", "short_window",
                    "warmup_steps", "warmdown_ratio", "final_lr_frac")
 
 
@@ -131,7 +132,9 @@ def resolve_run(cfg: TrainConfig, *, world_size: int = 1, loaders=None,
         model_config = GPTConfig.from_depth(cfg.depth or DEFAULT_DEPTH,
                                             vocab_size=tokenizer.vocab_size,
                                             sequence_len=cfg.seq_len or DEFAULT_SEQ_LEN,
-                                            aspect_ratio=cfg.aspect_ratio, head_dim=cfg.head_dim)
+                                            aspect_ratio=cfg.aspect_ratio, head_dim=cfg.head_dim,
+                                            window_pattern=cfg.window_pattern.upper(),
+                                            short_window=cfg.short_window)
     depth = model_config.n_layer
     seq_len = cfg.seq_len or model_config.sequence_len
     cfg = cfg.replace(depth=depth, seq_len=seq_len,
@@ -150,7 +153,9 @@ def resolve_run(cfg: TrainConfig, *, world_size: int = 1, loaders=None,
         return model_stats(GPTConfig.from_depth(d, vocab_size=tokenizer.vocab_size,
                                                 sequence_len=model_config.sequence_len,
                                                 aspect_ratio=cfg.aspect_ratio,
-                                                head_dim=cfg.head_dim))
+                                                head_dim=cfg.head_dim,
+                                                window_pattern=model_config.window_pattern,
+                                                short_window=model_config.short_window))
 
     lrs = {k: getattr(cfg, k) for k in scaling.REF_LRS}
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.0 if finetune else None)

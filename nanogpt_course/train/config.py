@@ -63,6 +63,8 @@ class TrainConfig:
     device: str | None = None
     aspect_ratio: int = 64
     head_dim: int = 128
+    window_pattern: str = "L"  # per layer, repeated: L = full context, S = short window
+    short_window: int | None = None  # tokens an S layer sees; None = seq_len // 2
     # ---- Python API only (tests, lessons): stop after this many steps as if preempted
     stop_at: int | None = None
 
@@ -139,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     b("--device", help="cuda | cuda:N | mps | cpu (default: CUDA when present)")
     b("--aspect-ratio", type=_positive_int, default=64, help="width = depth x this (rounded)")
     b("--head-dim", type=_positive_int, default=128, help="attention head size")
+    b("--window-pattern", default="L",
+      help="sliding-window attention per layer, repeated over the depth: L = full context, "
+           "S = --short-window tokens (e.g. SSSL); the last layer always sees everything")
+    b("--short-window", type=_positive_int,
+      help="tokens an S layer attends to (default: half the sequence length)")
     return p
 
 
@@ -165,6 +172,12 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
     if cfg.weight_decay is not None and cfg.weight_decay < 0:
         raise ConfigError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+    pattern = cfg.window_pattern or ""
+    if not pattern or set(pattern.upper()) - {"S", "L"}:
+        raise ConfigError(f"--window-pattern {cfg.window_pattern!r}: use the letters S (short "
+                          "window) and L (full context), e.g. L or SSSL")
+    if cfg.short_window is not None and cfg.short_window < 1:
+        raise ConfigError(f"--short-window must be >= 1, got {cfg.short_window}")
     if cfg.target_flops is not None and cfg.tokens_per_param is not None:
         raise ConfigError("--target-flops and --tokens-per-param both set the horizon; give one")
     if cfg.target_flops is not None and not cfg.target_flops > 0:

@@ -213,6 +213,10 @@ class Trainer:
         run, cfg = self.run, self.cfg
         num_steps = run.plan.num_steps
         self.log.note(run.plan.describe())
+        mc = run.model_config
+        if mc.window_pattern.upper() != "L":
+            self.log.note(f"  attention windows {mc.window_pattern} (keys per layer: "
+                          f"{mc.window_sizes()})")
         self.log.note(f"{run.grad_accum} micro-step(s) of {cfg.device_batch_size} x "
                       f"{cfg.seq_len} tokens per rank x {self.rt.world_size} rank(s) = "
                       f"{run.plan.total_batch_size:,} tokens per step; out: {run.out}")
