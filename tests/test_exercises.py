@@ -176,3 +176,48 @@ def test_lesson01_hints_do_not_give_the_solution_first(key):
     tiers = exercises.get(key).tiers
     assert len(tiers) >= 2, f"{key}: give the idea first, code-like help last"
     assert not any(code in tiers[0] for code in ("(", "[", "=", "zip", "join")), tiers[0]
+
+
+# ---------------------------------------------------------------------------- lesson 11
+def test_lesson11_checkers_catch_the_usual_mistakes():
+    """Masking the user's tokens too, or not learning <|im_end|>, fails render_with_mask;
+    counting masked or special targets fails assistant_bits_per_byte."""
+    import math
+
+    import torch
+
+    solutions = _load_solutions("11_midtraining")
+
+    def mask_everything(tok, messages):
+        ids, mask = solutions.render_with_mask(tok, messages)
+        return ids, [1] * len(mask)
+
+    def forget_im_end(tok, messages):
+        ids, mask = solutions.render_with_mask(tok, messages)
+        end = tok.encode_special("<|im_end|>")
+        return ids, [0 if i == end else m for i, m in zip(ids, mask)]
+
+    def every_target(losses, targets, token_bytes):
+        nbytes = token_bytes[targets.clamp(min=0)].double()
+        return float(losses.double().sum() / math.log(2) / nbytes.sum())
+
+    for key, wrong in [("11_midtraining.render_with_mask", mask_everything),
+                       ("11_midtraining.render_with_mask", forget_im_end),
+                       ("11_midtraining.assistant_bits_per_byte", every_target)]:
+        report = exercises.run(key, wrong)
+        assert not report.passed, f"{key} accepted {wrong.__name__}"
+    # the reference agrees with the library's evaluate_bpb on a real masked batch
+    from nanogpt_course.eval import evaluate_bpb
+
+    g = torch.Generator().manual_seed(0)
+    model = lambda x, y, reduction="none": torch.rand(y.shape, generator=g, dtype=torch.float64)
+    model.parameters = lambda: iter([torch.zeros(1)])
+    model.training, model.eval = False, lambda: None
+    x = torch.zeros(2, 6, dtype=torch.long)
+    y = torch.tensor([[-1, -1, 3, 4, 0, 5], [2, -1, 1, 7, 7, -1]])
+    token_bytes = torch.tensor([0, 1, 2, 3, 1, 2, 4, 1])
+    g.manual_seed(0)
+    expected = evaluate_bpb(model, [(x, y)], token_bytes)
+    g.manual_seed(0)
+    losses = model(x, y)
+    assert solutions.assistant_bits_per_byte(losses, y, token_bytes) == pytest.approx(expected)
