@@ -35,9 +35,9 @@
 #
 # **Run time**, measured under nbval on a shared 2-core CPU (load average 4–5) with the
 # tiny base model already cached and the data mirror: `smoke` 8–15 s, `laptop` 32 s, kernel
-# start included (the first run adds about 15 s to train and cache the tiny model). `full`
-# is an estimate: about 3 minutes on a CPU. With a larger base model the step count is cut
-# to a fixed compute budget per preset (see `SIZE`), so the time stays about the same.
+# start included (the very first run also trains and caches the tiny model). `full` is an
+# estimate: about 3 minutes on a CPU. With a larger base model (the shipped one) the step
+# count is cut to a fixed compute budget per preset (`SIZE`); its times are not measured.
 
 # %%
 import json
