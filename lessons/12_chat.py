@@ -379,7 +379,9 @@ first = ui.say("Hello!")
 second = ui.say("What is 2 plus 3?")
 print(f"\n{len(ui.messages)} messages in the conversation, the last reply has "
       f"{len(tok.encode(second))} tokens")
-assert [m["role"] for m in ui.messages] == ["user", "assistant", "user", "assistant"]
+roles = [m["role"] for m in ui.messages]
+# two exchanges, unless the context was full and the oldest one was dropped (a notice says so)
+assert roles in (["user", "assistant"] * 2, ["user", "assistant"]), roles
 ui.new_chat()  # archived in ui.history; the widget's history list shows it
 print(f"history: {len(ui.history)} earlier chat(s); new conversation: {ui.messages}")
 
