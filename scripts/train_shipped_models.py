@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--total-batch-size", type=int, help="default: the depth rule")
     p.add_argument("--device-batch-size", type=int, default=64)
     p.add_argument("--mid-epochs", type=float, default=3.0)
+    p.add_argument("--identity-copies", type=int, default=8,
+                   help="passes over the identity conversations per mid-training epoch")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU recipe (no GPU lent): 24 MB corpus, seq 512, 8,192-token "
@@ -136,7 +138,8 @@ def main(argv=None) -> int:
                           resume=ck.latest(base) is not None, **model))
     say(f"base model done after {time.perf_counter() - t0:.0f} s")
     if not (ck.latest(chat) and ck.read_meta(chat).get("finished")):
-        mix = data.prepare("task_mixture", tok, online=False)
+        mix = data.prepare("task_mixture", tok, online=False,
+                           identity_copies=args.identity_copies)
         tokens = data.read_meta(mix)["splits"]["train"]["tokens"]
         batch = args.total_batch_size or ck.read_meta(base)["plan"]["total_batch_size"]
         steps = mid_steps or max(1, int(args.mid_epochs * tokens // batch))
@@ -145,7 +148,8 @@ def main(argv=None) -> int:
                           checkpoint=None if resume else str(base), resume=resume,
                           eval_every=max(1, steps // 5), sample_every=-1,
                           log_every=max(1, steps // 40), seq_len=args.seq_len,
-                          total_batch_size=batch, device_batch_size=args.device_batch_size, compile=args.compile, seed=0))
+                          total_batch_size=batch, device_batch_size=args.device_batch_size,
+                          compile=args.compile, seed=0, **lrs))
     say(f"chat model done after {time.perf_counter() - t0:.0f} s")
     if args.export:
         for name, run in (("base", base), ("chat", chat)):

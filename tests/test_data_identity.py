@@ -43,3 +43,25 @@ def test_mixture_identity_part_never_says_nanochat():
     assert len(convs) == len(kept) + len(identity_conversations())
     text = json.dumps(convs).lower()
     assert "nanochat" not in text and "karpathy" not in text
+
+
+@pytest.mark.skipif(not os.environ.get("NANOGPT_COURSE_DATA"),
+                    reason="needs the data mirror (NANOGPT_COURSE_DATA) for the chat sample")
+def test_identity_copies_repeat_only_identity_and_keep_each_conversation_in_one_split():
+    from nanogpt_course.data.tasks import TaskMixture
+
+    def docs(copies):
+        resolved = TaskMixture().resolve(download=False, online=False, identity_copies=copies)
+        return list(resolved.documents())
+
+    one, three = docs(1), docs(3)
+    parts = lambda ds, p: [d for d in ds if d.key.split(":")[0] == p]
+    assert len(parts(three, "identity")) == 3 * len(parts(one, "identity")) > 0
+    for p in ("gsm8k", "mmlu_dev"):
+        assert len(parts(three, p)) == len(parts(one, p)) > 0
+    split_of = {d.key: d.split for d in one}
+    for d in parts(three, "identity"):  # a copy lands where its original does: no leak into val
+        assert d.split == split_of[d.key.split("#")[0]]
+    assert len({d.key for d in three}) == len(three)  # copies have their own names
+    with pytest.raises(ValueError, match="identity_copies"):
+        TaskMixture().resolve(download=False, online=False, identity_copies=0)

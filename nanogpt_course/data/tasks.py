@@ -140,7 +140,12 @@ class TaskMixture(Source):
     online = True
 
     def resolve(self, *, download: bool = True, online: bool | None = None,
-                val_fraction: float = 0.02, **options) -> Resolved:
+                val_fraction: float = 0.02, identity_copies: int = 1, **options) -> Resolved:
+        """``identity_copies``: how many times each identity conversation is seen per epoch
+        (a small model needs several passes over the few hundred conversations that say who
+        it is; the copies share their split, so none leaks into validation)."""
+        if identity_copies < 1:
+            raise ValueError(f"identity_copies must be >= 1, got {identity_copies}")
         if options:
             raise TypeError(f"dataset {self.name!r} does not take option(s) {sorted(options)}")
         local = {part: paths.find_raw(rel) for part, rel in OFFLINE_PARTS.items()}
@@ -150,6 +155,8 @@ class TaskMixture(Source):
             online = False
         parts: dict[str, Callable[[], Iterator[list[dict]]]] = {}
         described: dict = {"online": online, "val_fraction": val_fraction, "parts": {}}
+        if identity_copies != 1:  # recorded only when used: existing cache folders keep their names
+            described["identity_copies"] = identity_copies
         if online:
             for part, (repo, config, split) in ONLINE_PARTS.items():
                 parts[part] = _online_part(part)
@@ -172,8 +179,11 @@ class TaskMixture(Source):
 
         def documents() -> Iterator[Document]:
             for part, conversations in parts.items():
-                for n, messages in enumerate(conversations()):
-                    key = f"{part}:{n}"
-                    yield Document(key, hash_split(key, val_fraction), messages=messages)
+                copies = identity_copies if part == "identity" else 1
+                for copy in range(copies):
+                    for n, messages in enumerate(conversations()):
+                        key = f"{part}:{n}"  # the split follows the conversation, not the copy
+                        name = key if copy == 0 else f"{key}#{copy}"
+                        yield Document(name, hash_split(key, val_fraction), messages=messages)
 
         return Resolved(self.name, "chat", documents, described)
