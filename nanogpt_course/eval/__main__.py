@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch.distributed as dist
         if dist.is_initialized():
+            # leave together: a rank that tears gloo down while rank 0 still writes its
+            # report can abort at exit ("terminate called without an active exception")
+            dist.barrier()
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001
         pass

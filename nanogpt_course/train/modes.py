@@ -80,8 +80,10 @@ def train(cfg: TrainConfig | None = None, *, loaders=None, echo: bool = True, **
     cfg = (cfg or TrainConfig()).replace(**overrides) if overrides else (cfg or TrainConfig())
     runtime = init_runtime(cfg.device)
     try:
-        if cfg.mode == "all":
-            return run_all(cfg, runtime, loaders=loaders, echo=echo)
-        return run_one(cfg, runtime, loaders=loaders, echo=echo)
-    finally:
-        runtime.close()
+        run = run_all if cfg.mode == "all" else run_one
+        result = run(cfg, runtime, loaders=loaders, echo=echo)
+    except BaseException:
+        runtime.close(together=False)
+        raise
+    runtime.close()
+    return result

@@ -87,8 +87,13 @@ class Runtime:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def close(self) -> None:
+    def close(self, *, together: bool = True) -> None:
+        """Tear the process group down. ``together``: wait for every rank first (a rank that
+        tears gloo down while another still works can abort at exit); off after an error,
+        where the other ranks may never arrive."""
         if self.owns_group and dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 
