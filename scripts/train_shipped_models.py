@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--total-batch-size", type=int, help="default: the depth rule")
     p.add_argument("--device-batch-size", type=int, default=64)
     p.add_argument("--mid-epochs", type=float, default=3.0)
-    p.add_argument("--identity-copies", type=int, default=8,
+    p.add_argument("--identity-copies", type=int, default=3,
                    help="passes over the identity conversations per mid-training epoch")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cpu", action="store_true",
