@@ -248,3 +248,18 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return DistInfo(rank, local_rank, world, device)
+
+
+def finish_distributed(*, together: bool = True) -> None:
+    """Leave the process group, if one is initialized (the end of :func:`init_distributed`).
+
+    ``together``: wait for every rank first. A rank that tears gloo down while another still
+    works (rank 0 writing its report, say) can abort at exit with "terminate called without
+    an active exception". Pass ``False`` after an error, where the others may never arrive.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
+        dist.destroy_process_group()

@@ -11,6 +11,7 @@ from nanogpt_course import checkpoint
 from nanogpt_course.chat import default_checkpoint
 from nanogpt_course.checkpoint_verify import verify
 from nanogpt_course.engine import generate
+from nanogpt_course.eval.bpb import evaluate_bpb
 
 PROMPTS = [
     "Hello!", "Who are you?", "What is 12 plus 30?", "Tell me about yourself.",
@@ -81,18 +82,13 @@ def test_chat_model_knows_who_it_is(models):
 
 
 def _assistant_bpb(c) -> float:
-    tok = c.tokenizer
-    nats, nbytes = 0.0, 0
+    """Bits per byte on the assistant tokens of HELD_OUT (the rest masked to -1)."""
+    batches = []
     for conv in HELD_OUT:
-        ids, mask = tok.render_chat(conv)
+        ids, mask = c.tokenizer.render_chat(conv)
         x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
-        y = torch.where(torch.tensor([mask[1:]]).bool(), y, -1)
-        with torch.no_grad():
-            losses = c.model(x, y, reduction="none")[0]
-        counted = torch.where(y[0] >= 0, tok.token_bytes[y[0].clamp(min=0)], 0)
-        nats += losses[counted > 0].double().sum().item()
-        nbytes += int(counted.sum())
-    return nats / (nbytes * torch.log(torch.tensor(2.0)).item())
+        batches.append((x, torch.where(torch.tensor([mask[1:]]).bool(), y, -1)))
+    return evaluate_bpb(c.model, batches, c.tokenizer.token_bytes)
 
 
 def test_chat_model_learned_the_assistant_side(models):

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .. import checkpoint as ck
-    from ..launch import init_distributed
+    from ..launch import finish_distributed, init_distributed
     from .ranks import rank_and_world
 
     if args.command != "bpb" and args.tasks:
@@ -171,15 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             files = report.write(out, args.command)
             say("wrote " + ", ".join(str(f) for f in files.values()))
-    try:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            # leave together: a rank that tears gloo down while rank 0 still writes its
-            # report can abort at exit ("terminate called without an active exception")
-            dist.barrier()
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001
-        pass
+    finish_distributed()
     return 0
 
 

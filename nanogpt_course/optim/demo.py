@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from ..launch import init_distributed
+    from ..launch import finish_distributed, init_distributed
     from ..model import GPT
     from . import build_optimizer
 
@@ -141,9 +141,7 @@ def main(argv=None) -> dict:
             save_file(params, args.out / "params.safetensors")
             (args.out / "optimizer_layout.json").write_text(json.dumps(layout, indent=1))
             (args.out / "report.json").write_text(json.dumps(report, indent=1))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    finish_distributed()
     if rank == 0:
         print(f"optimizer state bytes per rank: {report['state_bytes_per_rank']}")
     return report

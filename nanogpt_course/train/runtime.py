@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..device import compute_dtype, pick_device
+from ..launch import finish_distributed
 
 
 @dataclass
@@ -88,13 +89,10 @@ class Runtime:
         return box[0]
 
     def close(self, *, together: bool = True) -> None:
-        """Tear the process group down. ``together``: wait for every rank first (a rank that
-        tears gloo down while another still works can abort at exit); off after an error,
-        where the other ranks may never arrive."""
-        if self.owns_group and dist.is_initialized():
-            if together:
-                dist.barrier()
-            dist.destroy_process_group()
+        """Leave the process group this runtime created (see
+        :func:`nanogpt_course.launch.finish_distributed` for ``together``)."""
+        if self.owns_group:
+            finish_distributed(together=together)
             self.owns_group = False
 
 
