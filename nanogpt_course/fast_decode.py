@@ -18,9 +18,15 @@ keeps the same model code (``GPT.hidden`` / ``GPT.head``) and removes those cost
 - :class:`DecodeStep` compiles the one-token step (``torch.compile``, fused kernels) and
   captures it as a CUDA graph; a step is then one ``replay()``. One per batch size, made on
   first use (compile: tens of seconds once per process) and kept with the model.
-- :class:`FastDecoder` is what :func:`engine.generate` drives: ``start()`` prefills (eager,
-  so no recompilation for a new prompt length) and returns the first logits, ``step(token)``
-  replays the graph. Sampling stays in the engine (on the GPU, one host read per token).
+- :class:`PrefillGraphs` replays the prefill too: the prompt is padded on the right to a
+  bucket length (64, 96, 128, 192, 256, ...; causal attention means the padding changes
+  nothing before it) and each bucket's eager prefill is captured once as a CUDA graph, so a
+  prompt costs one replay instead of ~600 launches from Python. No compilation, so a new
+  length costs one capture (two eager passes), not a recompile.
+- :class:`FastDecoder` is what :func:`engine.generate` drives: ``start()`` prefills (a
+  graph when one serves the prompt, else eagerly) and returns the first logits,
+  ``step(token)`` replays the step. Sampling stays in the engine (on the GPU, one host read
+  per token).
 
 Prefill writes row 0 only; the prompt's keys are then copied to the other rows (several
 samples of one prompt). Slots past the current position may hold keys of an earlier
@@ -30,6 +36,7 @@ generation: the mask hides them.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import warnings
 import weakref
@@ -39,8 +46,11 @@ import torch.nn as nn
 
 from .attention import cached_attention, prefix_attention, visible
 
-__all__ = ["InferenceWeights", "StaticKVCache", "DecodeStep", "FastDecoder", "open_decoder",
-           "release"]
+__all__ = ["InferenceWeights", "StaticKVCache", "DecodeStep", "PrefillGraphs", "FastDecoder",
+           "open_decoder", "prefill_bucket", "release"]
+
+# NANOGPT_COURSE_PREFILL_GRAPH=0 keeps the prefill eager (the decode step is still graphed).
+PREFILL_GRAPHS = os.environ.get("NANOGPT_COURSE_PREFILL_GRAPH", "1") != "0"
 
 
 class InferenceWeights:
@@ -164,6 +174,12 @@ class StaticKVCache:
         else:
             self._pos += n
 
+    def set_filled(self, n: int) -> None:
+        """Host mode: the first ``n`` positions hold the prompt (after a padded prefill
+        wrote more; the slots past ``n`` are junk that the decode mask hides and the
+        following steps overwrite)."""
+        self._pos, self.on_device = n, False
+
     def to_device_mode(self, rows_filled: int = 1) -> None:
         """After a prefill of the first ``rows_filled`` rows: copy row 0's prompt to every
         other row (several samples of one prompt) and move the position to the device."""
@@ -224,6 +240,8 @@ class DecodeStep:
             self.self_check(step)
         cache.pos_t.zero_()  # warm-up wrote junk at slots 0-2: the prefill overwrites them
         cache.reset()
+        self.prefill = PrefillGraphs(shadow, cache, autocast=autocast) \
+            if graph and PREFILL_GRAPHS else None
 
     def self_check(self, reference, steps: int = 3) -> float:
         """Run ``steps`` steps through :meth:`run` and through ``reference`` (the plain
@@ -260,6 +278,110 @@ class DecodeStep:
         else:
             with torch.no_grad():
                 self._fn()
+
+
+def prefill_bucket(T: int, max_len: int, smallest: int = 64) -> int:
+    """The padded prompt length that serves ``T`` tokens: the smallest of 64, 96, 128, 192,
+    256, 384, ... (powers of two and 1.5x powers of two) that holds T, capped at ``max_len``.
+    At most half of a bucket is padding, and a context of 2,048 needs 11 buckets."""
+    b = smallest
+    while b < T:
+        b = b * 3 // 2 if b & (b - 1) == 0 else b // 3 * 4
+    return min(b, max_len)
+
+
+class PrefillGraphs:
+    """The prefill of one prompt (1, T) into row 0 of a :class:`StaticKVCache`, padded to a
+    bucket length and, on CUDA, replayed as one CUDA graph per bucket.
+
+    Why padding is exact: every layer is causal (attention looks back only; norms, MLPs,
+    RoPE and embeddings act per position), so the pad tokens after the prompt change neither
+    the prompt's hidden states nor its keys and values. The logits are taken at position
+    T-1 (an index held in a device tensor, so one graph serves every T of its bucket), and
+    the cache is told that only T positions are filled.
+
+    Built lazily per bucket: one eager pass to warm up, one captured pass, then one check of
+    the graph's logits against the plain eager prefill of the same prompt (bf16 rounding
+    tolerance). A failure turns graphs off for this cache with a warning (prefill then runs
+    eagerly, as before). ``graph=False`` runs the same padded function eagerly: the CPU
+    tests use it to check the padding.
+    """
+
+    def __init__(self, shadow: nn.Module, cache: StaticKVCache, *, autocast: bool,
+                 graph: bool = True):
+        self.shadow, self.cache, self.autocast = shadow, cache, autocast
+        self.graph = graph
+        self.pool = torch.cuda.graph_pool_handle() if graph else None  # shared by buckets
+        self.entries: dict[int, dict] = {}
+        self.failed: str | None = None
+        self.check_error: dict[int, float] = {}  # bucket -> graph vs eager difference
+
+    def serves(self, T: int) -> bool:
+        """Whether a padded prefill serves a prompt of T tokens (else: eager prefill)."""
+        if self.failed or self.shadow.attention_backend not in ("auto", "sdpa"):
+            return False
+        bucket = prefill_bucket(T, self.cache.max_len)
+        # a sliding window shorter than the bucket needs a FlexAttention mask: not captured
+        return T <= bucket and min(self.shadow.windows) >= bucket
+
+    def _forward(self, tokens, last, logits) -> None:
+        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            self.cache.reset()
+            h = self.shadow.hidden(tokens, self.cache)  # (1, bucket, C)
+            logits.copy_(self.shadow.head(h.index_select(1, last)[:, 0]))
+
+    def _entry(self, bucket: int, device) -> dict:
+        if bucket in self.entries:
+            return self.entries[bucket]
+        vocab = self.shadow.config.vocab_size
+        e = dict(tokens=torch.zeros(1, bucket, dtype=torch.long, device=device),
+                 last=torch.zeros(1, dtype=torch.long, device=device),
+                 logits=torch.zeros(1, vocab, dtype=torch.float32, device=device), graph=None)
+        if self.graph:
+            side = torch.cuda.Stream(device)  # capture needs a warmed-up side stream
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.no_grad(), torch.cuda.stream(side):
+                self._forward(e["tokens"], e["last"], e["logits"])
+            torch.cuda.current_stream(device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(g, pool=self.pool):
+                self._forward(e["tokens"], e["last"], e["logits"])
+            e["graph"] = g
+        self.entries[bucket] = e
+        return e
+
+    def run(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Prefill ``prompt`` (1, T); its last logits (1, vocab_size), a static buffer."""
+        T = prompt.shape[1]
+        bucket = prefill_bucket(T, self.cache.max_len)
+        new = bucket not in self.entries
+        e = self._entry(bucket, prompt.device)
+        e["tokens"][:, :T].copy_(prompt)
+        e["tokens"][:, T:].zero_()
+        e["last"].fill_(T - 1)
+        if e["graph"] is not None:
+            e["graph"].replay()
+        else:
+            with torch.no_grad():
+                self._forward(e["tokens"], e["last"], e["logits"])
+        if new and e["graph"] is not None:
+            self._check(bucket, prompt, e["logits"])
+        self.cache.set_filled(T)
+        return e["logits"]
+
+    def _check(self, bucket: int, prompt: torch.Tensor, got: torch.Tensor) -> None:
+        """Graph vs the plain eager prefill of the same prompt; raises beyond rounding."""
+        got = got.clone()
+        with torch.no_grad(), torch.autocast(prompt.device.type, dtype=torch.bfloat16,
+                                             enabled=self.autocast):
+            self.cache.reset()
+            ref = self.shadow.head(self.shadow.hidden(prompt, self.cache)[:, -1])
+        err = float((got.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+        tol = 2e-2 if self.autocast else 1e-3
+        if not math.isfinite(err) or err > tol:
+            raise RuntimeError(f"prefill graph (bucket {bucket}): logits differ from the eager "
+                               f"prefill by {err:.2e} (tolerance {tol:g})")
+        self.check_error[bucket] = err
 
 
 class _Runner:
@@ -328,6 +450,16 @@ class FastDecoder:
     def start(self) -> torch.Tensor:
         """Prefill the prompt (1, T) into row 0; the first logits, (n, vocab_size)."""
         shadow, cache = self.weights.shadow, self.decode.cache
+        prefill = self.decode.prefill
+        if prefill is not None and prefill.serves(self.prompt.shape[1]):
+            try:
+                logits = prefill.run(self.prompt)
+                cache.to_device_mode(rows_filled=1)
+                return logits.expand(self.n, -1)
+            except Exception as err:  # a broken fast path must not break generation
+                prefill.failed = f"{type(err).__name__}: {err}"
+                warnings.warn(f"prefill graphs off ({prefill.failed}); prefilling eagerly",
+                              RuntimeWarning, stacklevel=2)
         cache.reset()
         dev = self.prompt.device
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16,

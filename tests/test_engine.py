@@ -367,3 +367,65 @@ def test_fast_decoder_does_not_keep_the_model_alive(decode_mode):
     del model
     gc.collect()
     assert ref() is None and len(fast_decode._RUNNERS) == 0
+
+
+# -- padded prefill (on CUDA replayed as one graph per bucket) ---------------------------
+def test_prefill_buckets():
+    sizes = [fast_decode.prefill_bucket(t, 2048) for t in (1, 64, 65, 96, 97, 129, 500, 2048)]
+    assert sizes == [64, 64, 96, 96, 128, 192, 512, 2048]
+    assert fast_decode.prefill_bucket(40, 48) == 48  # capped at the context
+    # never more than half padding past the smallest bucket, 11 buckets up to 2,048
+    assert all(fast_decode.prefill_bucket(t, 4096) < 1.5 * t + 1 for t in range(64, 4096))
+    assert len({fast_decode.prefill_bucket(t, 2048) for t in range(1, 2049)}) == 11
+
+
+def _padded_prefill(model, n, decode_mode):
+    """The static decoder for ``n`` samples with a padded prefill run eagerly (the CUDA
+    graph's function, uncaptured): what the graph computes, checkable on the CPU."""
+    decode_mode("static")
+    list(generate(model, [1], 2, temperature=0, num_samples=n))  # builds the step
+    runner = next(iter(fast_decode._RUNNERS[model].values()))
+    step = runner.steps[n]
+    step.prefill = fast_decode.PrefillGraphs(runner.weights.shadow, step.cache, autocast=False,
+                                             graph=False)
+    return step.prefill
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(value_embeds=False, residual_scalars=False,
+                                                n_kv_head=1)])
+def test_padded_prefill_matches_the_readable_decoder(overrides, decode_mode):
+    """Pad tokens after the prompt change nothing before them (every layer is causal): the
+    padded prefill's logits equal the full forward's, and generation gives the readable
+    decoder's tokens, for prompts in several buckets and with several samples."""
+    model = make_model(sequence_len=200, **overrides)
+    for n in (1, 3):
+        prefill = _padded_prefill(model, n, decode_mode)
+        for T in (1, 5, 64, 70, 150, 195):
+            prompt = torch.randint(0, 256, (1, T), generator=torch.Generator().manual_seed(T))
+            assert prefill.serves(T)
+            logits = prefill.run(prompt).clone()
+            with torch.no_grad():
+                torch.testing.assert_close(logits, model(prompt)[:, -1], atol=1e-5, rtol=0)
+            assert prefill.cache.pos == T
+            kw = dict(temperature=0) if n == 1 else dict(seed=T, num_samples=n)
+            decode_mode("eager")
+            expected = list(generate(model, prompt[0].tolist(), 10, **kw))
+            decode_mode("static")
+            assert list(generate(model, prompt[0].tolist(), 10, **kw)) == expected, (n, T)
+        assert sorted(prefill.entries) == [64, 96, 192, 200]
+        fast_decode.release()
+
+
+def test_padded_prefill_leaves_windows_to_the_eager_path(decode_mode):
+    """A sliding window shorter than the bucket needs a mask that is not captured: such
+    prompts are prefilled eagerly (and still decode correctly)."""
+    model = make_model(sequence_len=200, window_pattern="SL", short_window=80)
+    prefill = _padded_prefill(model, 1, decode_mode)
+    assert prefill.serves(60) and not prefill.serves(90)  # buckets 64 (<= 80) and 96
+    for T in (60, 90):
+        prompt = list(range(3, 3 + T))
+        decode_mode("eager")
+        expected = list(generate(model, prompt, 8, temperature=0))
+        decode_mode("static")
+        assert list(generate(model, prompt, 8, temperature=0)) == expected
+    assert sorted(prefill.entries) == [64]
