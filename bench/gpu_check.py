@@ -422,10 +422,18 @@ def check_decode_graph_vs_eager(ctx: Context) -> dict:
             a, b = eager.step(t), dec.step(t).clone()
     finally:
         dec.close()
+    # prefill graphs captured above (graph vs eager prefill at capture) and their failures
+    steps_built = [s for r in fast_decode._RUNNERS.get(model, {}).values() for s in r.steps.values()]
+    out["prefill_graph_check_errors"] = {f"rows{s.cache.batch_size}_bucket{b}": e
+                                         for s in steps_built if s.prefill
+                                         for b, e in s.prefill.check_error.items()}
+    out["prefill_graph_failed"] = [s.prefill.failed for s in steps_built
+                                   if s.prefill and s.prefill.failed]
     fast_decode.release(model)
     out.update(bf16_max_rel_err=max(errs), bf16_argmax_agreement=sum(same) / len(same),
                bf16_tolerance=2e-2)
-    out["ok"] = all(agree) and max(errs) < 2e-2 and math.isfinite(max(errs))
+    out["ok"] = all(agree) and max(errs) < 2e-2 and math.isfinite(max(errs)) \
+        and not out["prefill_graph_failed"]
     return out
 
 
