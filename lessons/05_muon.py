@@ -37,11 +37,10 @@
 # 5. train a tiny GPT with Muon + AdamW and with a fair AdamW baseline (the same groups and
 #    learning rates, only the matrix update changed), and compare loss curves.
 #
-# **Run time**, measured as a script on a 2-core CPU shared with other jobs
-# (`OMP_NUM_THREADS=1`): `smoke` 7 s; `laptop` 3.8 minutes with a load average of 3 to 9,
-# 8.5 minutes at 7 to 10 (an idle machine is faster; the training cells print progress
-# with the elapsed time). `full` is an estimate: about 20 minutes on a CPU, a few minutes
-# on a GPU.
+# **Run time**, measured as a script on a 2-core CPU: `smoke` 7 s; `laptop` 1.6 minutes
+# on an idle machine (3.8 minutes when other jobs kept the load average at 3 to 9; the
+# training cells print progress with the elapsed time). `full` is an estimate: about 20
+# minutes on a CPU, a few minutes on a GPU.
 
 # %%
 import os

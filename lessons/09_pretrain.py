@@ -39,9 +39,9 @@
 # the command is printed below (section "The command").
 #
 # **Run time**: `smoke` (2 processes, 10 steps) about 30 s; `laptop` (one process, 150
-# steps of a 4-layer model, 0.6 M tokens) 4 minutes, about 2,000-4,400 tokens per second.
-# Both measured under papermill on a 2-core CPU shared with other jobs (load average 3 to
-# 10), so an idle laptop is faster; the launch cell prints a progress line with an ETA. `full` is an
+# steps of a 4-layer model, 0.6 M tokens) 3.6 minutes on an idle 2-core CPU (about 4,000
+# tokens per second; 4 minutes when other jobs kept the load average at 3 to 10), both
+# measured under papermill; the launch cell prints a progress line with an ETA. `full` is an
 # **estimate**, printed by the cell "What the depth rules decided" from the FLOPs of the
 # run and an assumed 40% MFU (a d12 on one H100: a few hours; 8 GPUs: about 8 times less).
 # No multi-GPU `full` run of this notebook has been measured yet.
