@@ -37,15 +37,29 @@ def curve_records(metrics: list[dict]) -> list[dict]:
 
 
 def samples_from_log(text: str) -> list[dict]:
-    """The trainer's ``step N/M ...`` lines followed by ``  sample: ...`` lines."""
-    found, step = [], None
+    """The trainer's ``  sample: ...`` lines, each with its step: the trainer prints a
+    step's samples before that step's ``step N/M ...`` line (evaluation, then the log)."""
+    found, pending = [], []
     for line in text.splitlines():
         m = re.match(r"step (\d+)/", line.strip())
         if m:
-            step = int(m.group(1))
-        elif line.strip().startswith("sample:") and step is not None:
-            found.append({"step": step, "text": line.strip()[len("sample:"):].strip()})
+            found += [{"step": int(m.group(1)), "text": t} for t in pending]
+            pending = []
+        elif line.strip().startswith("sample:"):
+            pending.append(line.strip()[len("sample:"):].strip())
     return found
+
+
+def plan_from_log(text: str) -> list[str]:
+    """The depth rules' printout (the lines from ``depth rules`` to the micro-step line)."""
+    lines, on = [], False
+    for line in text.splitlines():
+        on = on or line.startswith("depth rules")
+        if on:
+            lines.append(line.rstrip())
+            if "micro-step" in line:
+                break
+    return lines
 
 
 def main(argv=None) -> int:
@@ -57,27 +71,30 @@ def main(argv=None) -> int:
     p.add_argument("--hardware", required=True)
     p.add_argument("--command", required=True)
     p.add_argument("--date", default=None)
+    p.add_argument("--depth", type=int, help="when the run folder has no checkpoint left")
     args = p.parse_args(argv)
 
     from nanogpt_course import checkpoint as ck
 
     metrics = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
-    meta = ck.read_meta(ck.latest(args.run))
+    latest = ck.latest(args.run)  # None when only metrics.jsonl came back from the GPU
+    meta = ck.read_meta(latest) if latest else {}
     records = curve_records(metrics)
     times = [r["time"] for r in metrics if "time" in r]
-    plan = meta.get("plan", {})
-    depth = meta["model_config"].get("n_layer")
+    log = args.log.read_text() if args.log else ""
+    depth = meta.get("model_config", {}).get("n_layer", args.depth)
     last_val = [r for r in records if "val_bpb" in r][-1]
     label = args.label or (f"d{depth} on {args.hardware}, {last_val['tokens'] / 1e6:.0f}M "
                            f"tokens ({(times[-1] - times[0]) / 60:.1f} min)")
     report = {"label": label, "hardware": args.hardware, "command": args.command,
               "date": args.date, "data": meta.get("data"), "depth": depth,
-              "model_config": meta["model_config"], "plan": plan,
+              "model_config": meta.get("model_config"), "plan": meta.get("plan"),
+              "plan_printout": plan_from_log(log),
               "duration_s": round(times[-1] - times[0], 1) if times else None,
               "final_val_bpb": last_val["val_bpb"], "tokens": last_val["tokens"],
               "records": records,
-              "samples": samples_from_log(args.log.read_text()) if args.log else []}
+              "samples": samples_from_log(log)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}: {len(records)} records, final val bpb {last_val['val_bpb']:.4f} "

@@ -22,10 +22,15 @@ def test_records_and_samples():
         {"step": 0, "tokens": 0, "val_bpb": 2.5},
         {"step": 10, "tokens": 1000, "loss": 3.25, "tok_per_sec": 9.0},
         {"step": 20, "tokens": 2000, "loss": 3.0, "val_bpb": 2.0}]
-    log = ("step 00000/00020 | val bpb 2.5\nstep 00010/00020 | loss 3.2\n"
-           "  sample: 'def ' -> 'x = 1'\n  sample: 'The' -> ' end'\n")
+    log = ("depth rules (reference: ...)\n  params 1\n1 micro-step(s) of 4 x 8\n"
+           "step 00000/00020 | val bpb 2.5\nstep 00010/00020 | loss 3.2\n"
+           "  sample: 'def ' -> 'x = 1'\n  sample: 'The' -> ' end'\n"
+           "step 00020/00020 | loss 3.0 | val bpb 2.0\n")
+    # a step's samples are printed before its log line
     assert reference_curve.samples_from_log(log) == [
-        {"step": 10, "text": "'def ' -> 'x = 1'"}, {"step": 10, "text": "'The' -> ' end'"}]
+        {"step": 20, "text": "'def ' -> 'x = 1'"}, {"step": 20, "text": "'The' -> ' end'"}]
+    assert reference_curve.plan_from_log(log) == [
+        "depth rules (reference: ...)", "  params 1", "1 micro-step(s) of 4 x 8"]
 
 
 def test_script_on_a_real_run(tiny_checkpoint, tmp_path):

@@ -32,6 +32,8 @@ def test_papermill_runs_09_at_smoke_with_two_ranks(tmp_path, monkeypatch):
     assert meta["world_size"] == 2 and meta["finished"] and meta["step"] == 10
     assert f"checkpoint: {run / 'step_000010'}" in text
     assert "step      5  val bpb" in text and "step     10  val bpb" in text  # samples across the run
+    # the committed GPU reference curve is drawn, with its last samples
+    assert "reference run, step 120:" in text and "no reference curve yet" not in text
 
 
 def test_tiny_checkpoints_are_cached_and_load():
