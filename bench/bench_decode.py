@@ -32,15 +32,15 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
+import perf_summary  # noqa: E402  (bench/ is not a package)
 import torch  # noqa: E402
 
 from nanogpt_course import attention, engine  # noqa: E402
@@ -289,7 +289,7 @@ def run_cuda(args, out: Path) -> dict:
     device = torch.device(getattr(args, "device", "cuda"))
     torch.backends.cuda.matmul.allow_tf32 = True
     report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-              "date": datetime.date.today().isoformat(), "commit": git_commit(),
+              "date": datetime.date.today().isoformat(), "commit": perf_summary.git_commit(),
               "rows": [], "notes": {}}
     bw = copy_bandwidth(device)
     report["copy_bandwidth_gb_s"] = round(bw / 1e9, 1)
@@ -379,7 +379,8 @@ def run_cpu(args) -> dict:
     """CPU: a d4 model (vocab 32768, context 512); the readable decoder and the static one."""
     device = torch.device("cpu")
     report = {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "date": datetime.date.today().isoformat(), "commit": git_commit(), "rows": []}
+              "date": datetime.date.today().isoformat(), "commit": perf_summary.git_commit(),
+              "rows": []}
     model = build(4, device, seq_len=512)
     modes = ["auto", "static"] if hasattr(engine, "DECODE_MODE") else ["auto"]
     for mode in modes:
@@ -398,14 +399,6 @@ def show(row: dict) -> None:
           f"{row['prompt']:5d}: {row['tok_per_sec']:9.1f} tok/s  TTFT {row['ttft_ms']:7.2f} ms "
           f"(first {row['ttft_first_ms']:.2f}), prefill {row['prefill_tok_per_sec']} tok/s"
           f"{bound}", flush=True)
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except Exception:
-        return os.environ.get("GIT_COMMIT")
 
 
 def summary(report: dict) -> dict:
@@ -427,20 +420,14 @@ def summary(report: dict) -> dict:
 
 
 def merge(report_path: Path, summary_path: Path) -> None:
+    """Replace the ``decode`` section of ``summary_path`` with ``report_path``'s numbers."""
     report = json.loads(report_path.read_text())
-    data = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     decode = summary(report)
     if report.get("nanochat"):
         decode["nanochat_d12"] = {f"batch{r['batch']}_prompt{r['prompt']}":
                                   {"tok_per_sec": r["tok_per_sec"], "ttft_ms": r["ttft_ms"]}
                                   for r in report["nanochat"]}
-    decode.update(device=report["device"], torch=report["torch"], date=report["date"],
-                  commit=report["commit"])
-    data["decode"] = decode
-    for key in ("device", "torch", "date", "commit"):  # top-level fields: only if absent
-        data.setdefault(key, report[key])
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps(data, indent=2) + "\n")
+    perf_summary.merge_section(summary_path, "decode", decode, report)
     print(f"decode section written to {summary_path}")
 
 
@@ -456,7 +443,7 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", type=Path, default=None,
                         help="a CUDA report: write its decode section into --summary")
     parser.add_argument("--summary", type=Path,
-                        default=ROOT / "docs" / "results" / "perf_summary.json")
+                        default=perf_summary.DEFAULT_PATH)
     args = parser.parse_args(argv)
     if args.merge:
         merge(args.merge, args.summary)

@@ -9,6 +9,8 @@ tokenizer keep data and tokenization out of the measurement (as in DESIGN.md's t
     torchrun --nproc_per_node=8 bench/bench_train.py --depth 20 --compile  # several
     python bench/bench_train.py --dry-run                                # CPU, seconds
     python bench/bench_train.py --depth 12 --compile --optimizer zero2     # ZeRO-2 hooks, 1 GPU
+    python bench/bench_train.py --depth 12 --compile --nanochat .nanochat \
+        --merge-summary docs/results/perf_summary.json                     # + nanochat, 1 GPU
 
 ``--optimizer``: ``auto`` (the trainer's choice: MuonAdamW on one GPU, DistMuonAdamW with
 gradients sharded in backward on several), ``zero2`` (DistMuonAdamW, gradients sharded in
@@ -17,13 +19,36 @@ gradients reduce-scattered in ``step()``, whole-model compile). On one GPU the t
 DistMuonAdamW choices run on a one-rank NCCL group, so the collectives are real calls: the
 hooks' overhead against today's path.
 
-Prints one JSON object (and writes it to ``--json`` when given).
+``--nanochat PATH`` (one process only): after ours, in the same process, nanochat's model
+and MuonAdamW at commit 92d63d4 (``bench/nanochat_ref.py``: window pattern "L", its SDPA
+attention) at the same depth, vocabulary, sequence length and micro-batch, on the same
+random tokens, with ``torch.compile(model, dynamic=False)`` under ``--compile`` and one
+optimizer step per ``--accum`` micro-batches, timed over the same steps with the same
+warm-up steps left out. Its precision is its own, as base_train.py runs it: nanochat
+92d63d4 has no autocast; its ``Linear`` casts the fp32 master weights to ``COMPUTE_DTYPE``
+(bf16 on CUDA from SM 80, fp32 on a CPU) and it stores its embeddings in that dtype, so
+its matmuls run in bf16 as ours do under autocast. Our model and optimizer are freed and
+the CUDA cache emptied first, so each side's peak memory is its own. Both MFUs use one
+FLOPs-per-token count, ours (``GPT.estimate_flops``, the depth rules' number): the MFU
+ratio is the throughput ratio; nanochat's own count is reported beside it.
+A CPU ``--dry-run`` runs nanochat eagerly in fp32 (dynamo off, as bench_quality's dry run),
+so its compiled optimizer steps need no compiler.
+
+``NANOGPT_COURSE_LOSS=chunked`` measures our model with the opt-in chunked loss
+(``nanogpt_course/chunked_loss.py``; the report's ``loss_impl`` says which one ran).
+
+Prints one JSON object (and writes it to ``--json`` when given). ``--merge-summary [PATH]``
+(default docs/results/perf_summary.json) also writes the ``train`` section's entry for this
+depth into that file, keeping its other sections and depths (``bench/perf_summary.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,17 +56,23 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # this checkout's package, then bench/
 
-from nanogpt_course.model import GPTConfig
-from nanogpt_course.train import scaling
-from nanogpt_course.train.build import RunPlan, model_stats
-from nanogpt_course.train.config import TrainConfig, check_batch
-from nanogpt_course.train.data import MemoryLoaders
-from nanogpt_course.train.loop import Trainer
-from nanogpt_course.train.metrics import read_metrics
-from nanogpt_course.train.runtime import init_runtime
-from nanogpt_course.train.schedule import Schedule
+import nanochat_ref  # noqa: E402  (bench/ is not a package)
+import perf_summary  # noqa: E402
+import torch  # noqa: E402
+
+from nanogpt_course import chunked_loss  # noqa: E402
+from nanogpt_course.model import GPTConfig  # noqa: E402
+from nanogpt_course.train import scaling  # noqa: E402
+from nanogpt_course.train.build import RunPlan, model_stats  # noqa: E402
+from nanogpt_course.train.config import TrainConfig, check_batch  # noqa: E402
+from nanogpt_course.train.data import MemoryLoaders  # noqa: E402
+from nanogpt_course.train.loop import Trainer  # noqa: E402
+from nanogpt_course.train.metrics import device_peak_flops, mfu, read_metrics  # noqa: E402
+from nanogpt_course.train.runtime import init_runtime  # noqa: E402
+from nanogpt_course.train.schedule import Schedule  # noqa: E402
 
 
 class RandomTokenizer:
@@ -73,11 +104,65 @@ def main(argv=None) -> dict:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
+    p.add_argument("--nanochat", metavar="PATH",
+                   help="also measure nanochat (a checkout at commit 92d63d4) in this process")
+    p.add_argument("--merge-summary", nargs="?", const=perf_summary.DEFAULT_PATH, type=Path,
+                   metavar="PATH", help="write this depth's train entry into PATH "
+                   "(default docs/results/perf_summary.json)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     if args.dry_run:
         args.depth, args.vocab, args.seq_len, args.device_batch_size, args.steps = 2, 512, 64, 2, 6
+    ref = load_nanochat(args.nanochat, eager=args.dry_run) if args.nanochat else None
     rt = init_runtime("cpu" if args.dry_run else None)
+    if ref is not None and rt.world_size > 1:
+        raise SystemExit("--nanochat measures one process (nanochat's single-GPU path): run "
+                         "it without torchrun")
+    total = args.device_batch_size * args.seq_len * rt.world_size * args.accum
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (total * 4 + args.seq_len + 1,), generator=g)
+    report = measure_ours(args, rt, tokens)
+    if rt.is_main and ref is not None:
+        free_memory(rt.device)
+        side = measure_nanochat(ref, args, rt.device, tokens,
+                                flops_per_token=report["flops_per_token"])
+        report["nanochat"] = side
+        report["ratio"] = report["tok_per_sec"] / side["tok_per_sec"]
+        if report["peak_mem_gib"] and side["peak_mem_gib"]:
+            report["peak_mem_ratio"] = report["peak_mem_gib"] / side["peak_mem_gib"]
+    if rt.is_main:
+        print(json.dumps(report, indent=1), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        if args.merge_summary:
+            meta = perf_summary.run_meta(report["device"])
+            perf_summary.merge_section(args.merge_summary, "train",
+                                       {f"d{args.depth}": summary_entry(report, meta)}, meta,
+                                       replace=False)
+            print(f"train section (d{args.depth}) written to {args.merge_summary}", flush=True)
+    rt.close()
+    return report
+
+
+def steady(values: list) -> list:
+    """The steps that count: the first ``max(2, n // 3)`` (compile, warm-up) are left out,
+    at least one is kept. Used for both sides."""
+    skip = min(len(values) - 1, max(2, len(values) // 3))
+    return values[skip:]
+
+
+def device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def peak_gib(device) -> float | None:
+    """Allocator peak since the last reset (CUDA), None elsewhere."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
+    """Our trainer on ``tokens``: the report's project side (empty on ranks other than 0).
+    The trainer, its model and optimizer are dropped before returning."""
     total = args.device_batch_size * args.seq_len * rt.world_size * args.accum
     config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq_len)
     stats = lambda d: model_stats(config if d == args.depth else GPTConfig.from_depth(  # noqa: E731
@@ -89,8 +174,6 @@ def main(argv=None) -> dict:
                       device_batch_size=args.device_batch_size, max_steps=args.steps,
                       compile=args.compile, eval_every=-1, sample_every=-1, out=str(out),
                       data="random", tokenizer="random")
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, args.vocab, (total * 4 + args.seq_len + 1,), generator=g)
     loaders = MemoryLoaders(tokens)
     run = RunPlan(cfg=cfg, out=out, kind="base", tokenizer=RandomTokenizer(args.vocab),
                   model_config=config, plan=plan,
@@ -103,39 +186,139 @@ def main(argv=None) -> dict:
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
     start = time.perf_counter()
-    result = Trainer(run, rt, loaders, echo=rt.is_main).fit()
+    trainer = Trainer(run, rt, loaders, echo=rt.is_main)
+    result = trainer.fit()
     wall = time.perf_counter() - start
+    peak = peak_gib(rt.device)
+    del trainer  # its model, optimizer and compiled forward: nanochat's peak is its own
     report = {}
     if rt.is_main:
-        recs = [r for r in read_metrics(out) if "loss" in r]
-        skip = min(len(recs) - 1, max(2, len(recs) // 3))  # compile / warmup steps
-        steady = recs[skip:]
-        tok_s = statistics.median(r["tok_per_sec"] for r in steady)
-        mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
+        recs = steady([r for r in read_metrics(out) if "loss" in r])
+        tok_s = statistics.median(r["tok_per_sec"] for r in recs)
+        mfus = [r["mfu"] for r in recs if r.get("mfu") is not None]
         report = {
-            "device": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
-            else "cpu", "torch": torch.__version__, "world_size": rt.world_size,
+            "device": device_name(rt.device), "torch": torch.__version__,
+            "world_size": rt.world_size,
             "depth": args.depth, "width": config.n_embd, "vocab": args.vocab,
             "seq_len": args.seq_len, "device_batch_size": args.device_batch_size,
             "grad_accum": run.grad_accum, "compile": args.compile,
-            "optimizer": args.optimizer,
+            "optimizer": args.optimizer, "loss_impl": chunked_loss.loss_impl_from_env(),
             "params": plan.num_params, "scaling_params": plan.scaling_params,
             "flops_per_token": plan.flops_per_token, "steps": args.steps,
             "tok_per_sec": tok_s, "tok_per_sec_per_gpu": tok_s / rt.world_size,
             "mfu_percent": statistics.median(mfus) if mfus else None,
-            "step_ms": statistics.median(r["dt_ms"] for r in steady),
-            "peak_mem_gib": torch.cuda.max_memory_allocated(rt.device) / 2**30
-            if rt.device.type == "cuda" else None,
-            "final_loss": result.final_loss, "wall_s": wall,
+            "step_ms": statistics.median(r["dt_ms"] for r in recs),
+            "peak_mem_gib": peak, "final_loss": result.final_loss, "wall_s": wall,
         }
-        print(json.dumps(report, indent=1), flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=1))
-        import shutil
-
         shutil.rmtree(out, ignore_errors=True)
-    rt.close()
     return report
+
+
+def free_memory(device) -> None:
+    """Drop what the last side left (compiled graphs included) and restart the CUDA peak."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # --optimizer zero1/zero2's one-rank group: nanochat's
+        dist.destroy_process_group()  # MuonAdamW would run its collectives on it
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def token_batches(tokens: torch.Tensor, rows: int, seq_len: int):
+    """Endless (x, y) pairs of int64 (rows, seq_len) CPU batches: consecutive windows of
+    ``tokens`` (each ``seq_len + 1`` long, y = x shifted by one), cycled."""
+    windows = (tokens.numel() - 1) // seq_len
+    i = 0
+    while True:
+        starts = [(i + r) % windows * seq_len for r in range(rows)]
+        batch = torch.stack([tokens[s:s + seq_len + 1] for s in starts])
+        i += rows
+        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # nanochat .view()s y
+
+
+def load_nanochat(path, *, eager: bool):
+    """``nanochat_ref.load`` (checks the pinned commit: fails before our side runs).
+
+    ``eager`` (the CPU dry run): ``TORCHDYNAMO_DISABLE=1`` while nanochat's modules are
+    imported, as bench_quality's dry run sets it, so its ``@torch.compile(fullgraph=True)``
+    optimizer functions stay plain functions (a CPU compile of them takes longer than the
+    run; dynamo's ``disable`` flag at call time makes fullgraph raise instead)."""
+    if not eager:
+        return nanochat_ref.load(path)
+    before = os.environ.get("TORCHDYNAMO_DISABLE")
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"  # read by torch.compile when it decorates
+    try:
+        return nanochat_ref.load(path)
+    finally:
+        if before is None:
+            del os.environ["TORCHDYNAMO_DISABLE"]
+        else:
+            os.environ["TORCHDYNAMO_DISABLE"] = before
+
+
+def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,
+                     flops_per_token: float) -> dict:
+    """nanochat's model and optimizer on ``tokens``, timed like ours (see the docstring)."""
+    B, T, accum = args.device_batch_size, args.seq_len, args.accum
+    compile_model = args.compile and not args.dry_run
+    model = nanochat_ref.build_model(ref, args.depth, vocab_size=args.vocab, sequence_len=T,
+                                     device=device, seed=0)
+    rules = nanochat_ref.base_train_rules(ref, model, args.depth, vocab_size=args.vocab,
+                                          sequence_len=T, total_batch_size=B * T * accum)
+    optimizer = nanochat_ref.build_optimizer(model, rules)
+    forward = torch.compile(model, dynamic=False) if compile_model else model
+    batches = token_batches(tokens, B, T)
+    seconds, loss_value = [], None
+    start = time.perf_counter()
+    for step in range(args.steps):  # base_train.py's step, with our timing
+        t0 = time.perf_counter()
+        nanochat_ref.apply_schedule(optimizer, step, args.steps, rules["weight_decay"])
+        for _ in range(accum):
+            x, y = next(batches)
+            loss = forward(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            (loss / accum).backward()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        loss_value = loss.item()  # a sync point each step, as in base_train.py and ours
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - start
+    tok_s = statistics.median(B * T * accum / dt for dt in steady(seconds))
+    return {"commit": nanochat_ref.PINNED, "compute_dtype": str(ref.gpt.COMPUTE_DTYPE),
+            "compile": compile_model, "window_pattern": model.config.window_pattern,
+            "params": sum(p.numel() for p in model.parameters()),
+            "flops_per_token": float(model.estimate_flops()),
+            "tok_per_sec": tok_s,
+            "mfu_percent": mfu(tok_s, flops_per_token, device_peak_flops(device)),
+            "step_ms": 1000 * statistics.median(steady(seconds)),
+            "peak_mem_gib": peak_gib(device), "final_loss": loss_value, "wall_s": wall}
+
+
+def summary_entry(report: dict, meta: dict) -> dict:
+    """One depth's entry of perf_summary.json's ``train`` section (nanochat's fields None
+    without ``--nanochat``). It names its own device, date and commit: the section's
+    other depths may come from other runs."""
+    side = report.get("nanochat") or {}
+    r = lambda v, n: None if v is None else round(v, n)  # noqa: E731
+    return {"tok_per_sec": r(report["tok_per_sec"], 1),
+            "mfu_percent": r(report["mfu_percent"], 2),
+            "peak_mem_gib": r(report["peak_mem_gib"], 2),
+            "flops_per_token": report["flops_per_token"], "params": report["params"],
+            "device_batch_size": report["device_batch_size"],
+            "nanochat_tok_per_sec": r(side.get("tok_per_sec"), 1),
+            "nanochat_peak_mem_gib": r(side.get("peak_mem_gib"), 2),
+            "ratio": r(report.get("ratio"), 3),
+            "nanochat_mfu_percent": r(side.get("mfu_percent"), 2),
+            "nanochat_flops_per_token": side.get("flops_per_token"),
+            "nanochat_params": side.get("params"),
+            "seq_len": report["seq_len"], "grad_accum": report["grad_accum"],
+            "compile": report["compile"], "loss_impl": report["loss_impl"],
+            **{key: meta[key] for key in ("device", "date", "commit")}}
 
 
 def _force_dist_optimizer(kind: str, rt) -> None:

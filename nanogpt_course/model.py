@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import chunked_loss
 from .attention import BACKENDS, causal_attention, sliding_window_block_mask
 from .rope import apply_rope, rope_cos_sin
 
@@ -241,6 +242,9 @@ class GPT(nn.Module):
         # "auto" picks flash/FlexAttention on CUDA, masked SDPA elsewhere; the GPU check
         # sets "mask" to get a dense fp32 reference on the same weights.
         self.attention_backend = "auto"
+        # "standard": head + F.cross_entropy (readable, the default); "chunked": the
+        # opt-in chunked loss that never holds the (B·T, V) logits (chunked_loss.py).
+        self.loss_impl = chunked_loss.loss_impl_from_env()
         V, C, L = config.padded_vocab_size, config.n_embd, config.n_layer
         kv_dim = config.n_kv_head * config.head_dim
         self.wte = nn.Embedding(V, C)
@@ -348,11 +352,23 @@ class GPT(nn.Module):
         scalar; NaN when every target is -1, as in PyTorch); ``"sum"`` sums them; ``"none"``
         returns (B, T) per-token losses, 0 where ignored.
         """
-        logits = self.head(self.hidden(idx, kv_cache))
+        h = self.hidden(idx, kv_cache)
         if targets is None:
-            return logits
+            return self.head(h)
+        return self.loss(h, targets, reduction)
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+        """Cross-entropy of the head's logits for hidden states ``h`` (B, T, n_embd) against
+        ``targets`` (B, T); see :meth:`forward`. ``loss_impl == "chunked"`` computes the
+        "mean" and "sum" reductions without materializing the logits (same values)."""
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if chunked_loss.check_impl(self.loss_impl) == "chunked" and reduction != "none":
+            cfg = self.config
+            return chunked_loss.linear_softcap_cross_entropy(
+                h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                vocab_size=cfg.vocab_size, softcap=cfg.softcap, reduction=reduction)
+        logits = self.head(h)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1,
                                reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss

@@ -20,15 +20,14 @@ backward, the whole model otherwise (one GPU: MuonAdamW, the faster single graph
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["BlockwiseCompiled", "compile_for_training"]
 
 
 def _head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The mean cross-entropy of ``GPT.forward(idx, targets)`` from hidden states (B, T, C)."""
-    logits = model.head(h)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+    """The mean cross-entropy of ``GPT.forward(idx, targets)`` from hidden states (B, T, C)
+    (``GPT.loss``: the model's ``loss_impl`` applies here too)."""
+    return model.loss(h, targets)
 
 
 class BlockwiseCompiled:

@@ -1,0 +1,80 @@
+"""bench/bench_train.py side by side with nanochat (issue #18): its CPU dry run measures both
+trainers and merges a ``train`` entry into a perf summary without touching the rest.
+
+nanochat is not part of this repository: the dry run needs a local copy at commit 92d63d4
+in ``$NANOCHAT_DIR`` or ``<repo>/.nanochat`` (git-ignored) and the test skips without one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+import nanochat_ref  # noqa: E402  (bench/ is not a package)
+import perf_summary  # noqa: E402
+
+UNRELATED = {"decode": {"d12": {"batch1": {"tok_per_sec": 1176.0}}, "device": "NVIDIA H200"},
+             "train": {"d20": {"tok_per_sec": 1.0, "device": "NVIDIA H100"}},
+             "device": "NVIDIA H200", "commit": "1c59cda"}
+
+
+@pytest.fixture(scope="module")
+def nanochat_dir(repo) -> Path:
+    folder = Path(os.environ.get("NANOCHAT_DIR", repo / ".nanochat"))
+    if not (folder / "nanochat" / "gpt.py").is_file():
+        pytest.skip(f"side-by-side dry run: no local nanochat copy at {folder} (set NANOCHAT_DIR)")
+    commit = (folder / "COMMIT").read_text().strip() if (folder / "COMMIT").is_file() else ""
+    if not commit.startswith(nanochat_ref.PINNED):
+        pytest.skip(f"{folder}/COMMIT says {commit!r}: the bench is pinned to nanochat "
+                    f"{nanochat_ref.PINNED}")
+    return folder
+
+
+def test_dry_run_measures_both_sides_and_merges(repo, nanochat_dir, tmp_path):
+    summary = tmp_path / "perf_summary.json"
+    summary.write_text(json.dumps(UNRELATED))
+    report_path = tmp_path / "report.json"
+    cmd = [sys.executable, str(repo / "bench" / "bench_train.py"), "--dry-run", "--nanochat",
+           str(nanochat_dir), "--merge-summary", str(summary), "--json", str(report_path)]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    side = report["nanochat"]
+    for key in ("tok_per_sec", "params", "flops_per_token", "step_ms"):
+        assert report[key] > 0 and side[key] > 0, key
+    assert report["ratio"] == pytest.approx(report["tok_per_sec"] / side["tok_per_sec"])
+    assert side["commit"] == nanochat_ref.PINNED and side["window_pattern"] == "L"
+    assert side["compute_dtype"] == "torch.float32"  # nanochat on the CPU: fp32
+
+    merged = json.loads(summary.read_text())
+    assert merged["decode"] == UNRELATED["decode"]  # other sections untouched
+    assert merged["train"]["d20"] == UNRELATED["train"]["d20"]  # other depths kept
+    assert merged["device"] == "NVIDIA H200" and merged["commit"] == "1c59cda"
+    entry = merged["train"][f"d{report['depth']}"]
+    for key in ("tok_per_sec", "flops_per_token", "params", "device_batch_size",
+                "nanochat_tok_per_sec", "ratio"):
+        assert entry[key] > 0, key
+    assert {"mfu_percent", "peak_mem_gib", "nanochat_peak_mem_gib"} <= set(entry)  # None on CPU
+    assert merged["train"]["device"] == "cpu" and entry["device"] == "cpu"
+
+
+def test_merge_section_replaces_or_updates(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(UNRELATED))
+    meta = {"device": "cpu", "torch": "x", "date": "2026-01-01", "commit": "abc"}
+    perf_summary.merge_section(path, "train", {"d12": {"tok_per_sec": 2.0}}, meta,
+                               replace=False)
+    data = json.loads(path.read_text())
+    assert set(data["train"]) >= {"d12", "d20"} and data["train"]["commit"] == "abc"
+    perf_summary.merge_section(path, "decode", {"d4": {}}, meta)  # replace: decode's way
+    data = json.loads(path.read_text())
+    assert "d12" not in data["decode"] and data["decode"]["device"] == "cpu"
+    assert data["train"]["d20"] == UNRELATED["train"]["d20"] and data["device"] == "NVIDIA H200"
