@@ -212,3 +212,23 @@ def test_concurrent_prepare_builds_once(tmp_path, cache, monkeypatch):
     for t in threads:
         t.join()
     assert len(runs) == 1 and len(set(results)) == 1 and len(results) == 3
+
+
+def test_an_unguarded_script_prepares_with_workers(tmp_path):
+    """A script with no ``if __name__ == "__main__":`` (a lesson run as ``python lesson.py``)
+    prepares data with worker processes: the spawned workers must not re-run the script
+    (they used to, each waiting for the parent's lock: a hang)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "doc.txt").write_text(("a line of text for the tokenizer. " * 30 + "\n\n") * 200)
+    (tmp_path / "run.py").write_text(
+        "from nanogpt_course import data\n"
+        "print('top level ran', flush=True)\n"
+        "out = data.prepare('doc.txt', 'gpt2', workers=2, progress=False)\n"
+        "print('prepared', flush=True)\n")
+    env = dict(os.environ, NANOGPT_COURSE_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "run.py"], cwd=tmp_path, env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("top level ran") == 1 and "prepared" in done.stdout

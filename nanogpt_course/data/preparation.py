@@ -27,6 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -224,6 +225,30 @@ def _batches(docs: Iterator[sources.Document]) -> Iterator[list[tuple[int, objec
         yield batch
 
 
+@contextmanager
+def _main_script_hidden():
+    """Start spawned workers without re-running the main script.
+
+    A spawned process first re-runs the script the parent was started with (``python
+    run.py``), which is harmless only behind ``if __name__ == "__main__":``. A lesson run as
+    a script, or any unguarded script that prepares data at its top level, would have every
+    worker prepare the data again and wait for the lock the parent holds: a hang. The
+    workers need nothing from the script (their functions live in this module), so its path
+    is hidden while they start. ``python -m module`` is imported under another name and
+    needs nothing.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def _results(batches, tok, workers: int):
     """Tokenized batches in order; at most ``2 * workers`` batches in flight."""
     if workers <= 0:
@@ -231,7 +256,9 @@ def _results(batches, tok, workers: int):
             yield encode_documents(batch, tok)
         return
     ctx = mp.get_context("spawn")  # never fork a process that may hold threads (torch, tqdm)
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(tok,)) as pool:
+    with _main_script_hidden():  # the workers start here
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok,))
+    with pool:
         pending: deque = deque()
         for batch in batches:
             pending.append(pool.apply_async(encode_documents, (batch,)))
