@@ -53,6 +53,19 @@ __all__ = ["InferenceWeights", "StaticKVCache", "DecodeStep", "PrefillGraphs", "
 PREFILL_GRAPHS = os.environ.get("NANOGPT_COURSE_PREFILL_GRAPH", "1") != "0"
 
 
+def check_close(got: torch.Tensor, reference: torch.Tensor, *, low_precision: bool,
+                what: str) -> float:
+    """Relative difference ``|got - reference| / |reference|`` (float64 norms); raises when
+    it is not finite or beyond rounding (2e-2 in bf16, 1e-3 in fp32). The rule a fast path
+    must pass against its plain version before it is used."""
+    got, reference = got.double(), reference.double()
+    err = float((got - reference).norm() / reference.norm().clamp_min(1e-30))
+    tol = 2e-2 if low_precision else 1e-3
+    if not math.isfinite(err) or err > tol:
+        raise RuntimeError(f"{what} by {err:.2e} (tolerance {tol:g})")
+    return err
+
+
 class InferenceWeights:
     """A shadow of ``model`` whose ``nn.Linear`` weights are ``dtype`` copies, cast once.
 
@@ -262,15 +275,12 @@ class DecodeStep:
                 with torch.no_grad():
                     run()
                 got.append(logits.clone())
-            outs.append(torch.stack(got).double())
+            outs.append(torch.stack(got))
         ref, fast = outs
-        err = float((fast - ref).norm() / ref.norm().clamp_min(1e-30))
-        tol = 2e-2 if self.low_precision else 1e-3
-        if not math.isfinite(err) or err > tol:
-            raise RuntimeError(f"decode step self-check: logits differ from the plain step by "
-                               f"{err:.2e} (tolerance {tol:g})")
-        self.check_error = err
-        return err
+        self.check_error = check_close(fast, ref, low_precision=self.low_precision,
+                                       what="decode step self-check: logits differ from "
+                                            "the plain step")
+        return self.check_error
 
     def run(self) -> None:
         if self.graph is not None:
@@ -386,13 +396,9 @@ class PrefillGraphs:
         """The first replay against the eager pass over the same padded tokens; raises
         beyond rounding. (That padding changes nothing is the CPU tests' and gpu_check's
         job: token for token against the full forward.)"""
-        err = float((got.double() - reference.double()).norm()
-                    / reference.double().norm().clamp_min(1e-30))
-        tol = 2e-2 if self.autocast else 1e-3
-        if not math.isfinite(err) or err > tol:
-            raise RuntimeError(f"prefill graph (bucket {bucket}): logits differ from the eager "
-                               f"prefill by {err:.2e} (tolerance {tol:g})")
-        self.check_error[bucket] = err
+        self.check_error[bucket] = check_close(
+            got, reference, low_precision=self.autocast,
+            what=f"prefill graph (bucket {bucket}): logits differ from the eager prefill")
 
 
 class _Runner:
@@ -460,26 +466,30 @@ class FastDecoder:
 
     def start(self) -> torch.Tensor:
         """Prefill the prompt (1, T) into row 0; the first logits, (n, vocab_size)."""
-        shadow, cache = self.weights.shadow, self.decode.cache
-        prefill = self.decode.prefill
-        if prefill is not None and prefill.serves(self.prompt.shape[1]):
-            try:
-                logits = prefill.run(self.prompt)
-                cache.to_device_mode(rows_filled=1)
-                return logits.expand(self.n, -1)
-            except Exception as err:  # a broken fast path must not break generation
-                prefill.failed = f"{type(err).__name__}: {err}"
-                warnings.warn(f"prefill graphs off ({prefill.failed}); prefilling eagerly",
-                              RuntimeWarning, stacklevel=2)
-        cache.reset()
-        dev = self.prompt.device
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16,
-                                             enabled=self.decode.low_precision
-                                             and dev.type == "cuda"):
-            h = shadow.hidden(self.prompt, cache)
-            logits = shadow.head(h[:, -1])
-        cache.to_device_mode(rows_filled=1)
+        logits = self._prefill_padded()
+        if logits is None:  # eager, unpadded
+            shadow, cache, dev = self.weights.shadow, self.decode.cache, self.prompt.device
+            cache.reset()
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                 enabled=self.decode.low_precision
+                                                 and dev.type == "cuda"):
+                logits = shadow.head(shadow.hidden(self.prompt, cache)[:, -1])
+        self.decode.cache.to_device_mode(rows_filled=1)
         return logits.expand(self.n, -1)
+
+    def _prefill_padded(self) -> torch.Tensor | None:
+        """The prefill graphs' logits (1, vocab_size), or None where they do not serve the
+        prompt or just failed (then turned off with a warning)."""
+        prefill = self.decode.prefill
+        if prefill is None or not prefill.serves(self.prompt.shape[1]):
+            return None
+        try:
+            return prefill.run(self.prompt)
+        except Exception as err:  # a broken fast path must not break generation
+            prefill.failed = f"{type(err).__name__}: {err}"
+            warnings.warn(f"prefill graphs off ({prefill.failed}); prefilling eagerly",
+                          RuntimeWarning, stacklevel=3)
+            return None
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Feed the sampled tokens (n,); the next logits (a static buffer, n × vocab)."""
