@@ -27,7 +27,6 @@ Writes ``--out`` (default ``$OUT/bench_decode.json`` or ``runs/bench_decode/``);
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -288,9 +287,8 @@ def profile_steps(model, out_dir: Path | None) -> None:
 def run_cuda(args, out: Path) -> dict:
     device = torch.device(getattr(args, "device", "cuda"))
     torch.backends.cuda.matmul.allow_tf32 = True
-    report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-              "date": datetime.date.today().isoformat(), "commit": perf_summary.git_commit(),
-              "rows": [], "notes": {}}
+    report = {**perf_summary.run_meta(torch.cuda.get_device_name(device)), "rows": [],
+              "notes": {}}
     bw = copy_bandwidth(device)
     report["copy_bandwidth_gb_s"] = round(bw / 1e9, 1)
     print(f"device {report['device']}, copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
@@ -378,9 +376,7 @@ def nanochat_rows(args, report, device) -> None:
 def run_cpu(args) -> dict:
     """CPU: a d4 model (vocab 32768, context 512); the readable decoder and the static one."""
     device = torch.device("cpu")
-    report = {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "date": datetime.date.today().isoformat(), "commit": perf_summary.git_commit(),
-              "rows": []}
+    report = {**perf_summary.run_meta("cpu"), "threads": torch.get_num_threads(), "rows": []}
     model = build(4, device, seq_len=512)
     modes = ["auto", "static"] if hasattr(engine, "DECODE_MODE") else ["auto"]
     for mode in modes:

@@ -55,6 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # this checkout's package, then bench/
@@ -249,15 +250,9 @@ def load_nanochat(path, *, eager: bool):
     run; dynamo's ``disable`` flag at call time makes fullgraph raise instead)."""
     if not eager:
         return nanochat_ref.load(path)
-    before = os.environ.get("TORCHDYNAMO_DISABLE")
-    os.environ["TORCHDYNAMO_DISABLE"] = "1"  # read by torch.compile when it decorates
-    try:
+    # read by torch.compile when it decorates; restored afterwards
+    with mock.patch.dict(os.environ, {"TORCHDYNAMO_DISABLE": "1"}):
         return nanochat_ref.load(path)
-    finally:
-        if before is None:
-            del os.environ["TORCHDYNAMO_DISABLE"]
-        else:
-            os.environ["TORCHDYNAMO_DISABLE"] = before
 
 
 def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,

@@ -75,9 +75,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from nanogpt_course import checkpoint as ck
+    from nanogpt_course.train.metrics import read_metrics
 
-    metrics = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
+    metrics = read_metrics(args.run)
     latest = ck.latest(args.run)  # None when only metrics.jsonl came back from the GPU
     meta = ck.read_meta(latest) if latest else {}
     records = curve_records(metrics)
