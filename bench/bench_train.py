@@ -105,6 +105,8 @@ def main(argv=None) -> dict:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
+    p.add_argument("--window-pattern", default="L", help="e.g. SSSL (the trainer's flag)")
+    p.add_argument("--fp8", action="store_true", help="the trainer's --fp8 (Hopper GPUs)")
     p.add_argument("--nanochat", metavar="PATH",
                    help="also measure nanochat (a checkout at commit 92d63d4) in this process")
     p.add_argument("--merge-summary", nargs="?", const=perf_summary.DEFAULT_PATH, type=Path,
@@ -138,9 +140,10 @@ def main(argv=None) -> dict:
         if args.merge_summary:
             meta = perf_summary.run_meta(report["device"])
             perf_summary.merge_section(args.merge_summary, "train",
-                                       {f"d{args.depth}": summary_entry(report, meta)}, meta,
+                                       {summary_key(args): summary_entry(report, meta)}, meta,
                                        replace=False)
-            print(f"train section (d{args.depth}) written to {args.merge_summary}", flush=True)
+            print(f"train section ({summary_key(args)}) written to {args.merge_summary}",
+                  flush=True)
     rt.close()
     return report
 
@@ -165,16 +168,19 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
     """Our trainer on ``tokens``: the report's project side (empty on ranks other than 0).
     The trainer, its model and optimizer are dropped before returning."""
     total = args.device_batch_size * args.seq_len * rt.world_size * args.accum
-    config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq_len)
+    config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq_len,
+                                  window_pattern=args.window_pattern.upper())
     stats = lambda d: model_stats(config if d == args.depth else GPTConfig.from_depth(  # noqa: E731
-        d, vocab_size=args.vocab, sequence_len=args.seq_len))
+        d, vocab_size=args.vocab, sequence_len=args.seq_len,
+        window_pattern=args.window_pattern.upper()))
     plan = scaling.plan(args.depth, stats, max_steps=args.steps, total_batch_size=total)
     out = Path(tempfile.mkdtemp(prefix="bench-train-")) if rt.is_main else Path("/nonexistent")
     out = Path(rt.broadcast_object(str(out)))
     cfg = TrainConfig(depth=args.depth, seq_len=args.seq_len, total_batch_size=total,
                       device_batch_size=args.device_batch_size, max_steps=args.steps,
                       compile=args.compile, eval_every=-1, sample_every=-1, out=str(out),
-                      data="random", tokenizer="random")
+                      data="random", tokenizer="random", fp8=args.fp8,
+                      window_pattern=args.window_pattern.upper())
     loaders = MemoryLoaders(tokens)
     run = RunPlan(cfg=cfg, out=out, kind="base", tokenizer=RandomTokenizer(args.vocab),
                   model_config=config, plan=plan,
@@ -204,6 +210,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "seq_len": args.seq_len, "device_batch_size": args.device_batch_size,
             "grad_accum": run.grad_accum, "compile": args.compile,
             "optimizer": args.optimizer, "loss_impl": chunked_loss.loss_impl_from_env(),
+            "window_pattern": config.window_pattern, "fp8": args.fp8,
             "params": plan.num_params, "scaling_params": plan.scaling_params,
             "flops_per_token": plan.flops_per_token, "steps": args.steps,
             "tok_per_sec": tok_s, "tok_per_sec_per_gpu": tok_s / rt.world_size,
@@ -294,6 +301,12 @@ def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,
             "peak_mem_gib": peak_gib(device), "final_loss": loss_value, "wall_s": wall}
 
 
+def summary_key(args) -> str:
+    """The ``train`` section's key: ``d12``, ``d12_SSSL``, ``d12_fp8`` (issue #19's names)."""
+    pattern = args.window_pattern.upper()
+    return f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}") + ("_fp8" * args.fp8)
+
+
 def summary_entry(report: dict, meta: dict) -> dict:
     """One depth's entry of perf_summary.json's ``train`` section (nanochat's fields None
     without ``--nanochat``). It names its own device, date and commit: the section's
@@ -313,6 +326,7 @@ def summary_entry(report: dict, meta: dict) -> dict:
             "nanochat_params": side.get("params"),
             "seq_len": report["seq_len"], "grad_accum": report["grad_accum"],
             "compile": report["compile"], "loss_impl": report["loss_impl"],
+            "window_pattern": report["window_pattern"], "fp8": report["fp8"],
             **{key: meta[key] for key in ("device", "date", "commit")}}
 
 

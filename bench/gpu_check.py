@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -350,6 +351,67 @@ def check_dist_muon_step(ctx):
     import bench_muon
 
     return bench_muon.dist_step_vs_cpu(ctx.device, tiny=ctx.tiny)
+
+
+FP8_TOLERANCE = {"first_loss_rel": 0.01, "grad_cosine_min": 0.98, "final_loss_rel": 0.03}
+
+
+@check("fp8_vs_bf16")
+def check_fp8_vs_bf16(ctx):
+    """``--fp8`` (nanogpt_course/fp8.py) against bf16 from the same weights, with MuonAdamW on
+    one fixed batch (a memorization run, so the loss moves): the first step's loss and the
+    converted layers' gradients, the loss after every step, and both paths' step time.
+    Tolerances: FP8_TOLERANCE. On a CPU (``--tiny``) the same math runs in fp32, uncompiled."""
+    from nanogpt_course import fp8
+    from nanogpt_course.optim import build_optimizer
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = ctx.config()
+    B, T = ctx.size(32, 2), cfg.sequence_len
+    g = torch.Generator(device=ctx.device).manual_seed(7)
+    idx = torch.randint(0, cfg.vocab_size, (B, T + 1), device=ctx.device, generator=g)
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+    warm, timed = 3, ctx.size(12, 2)
+    runs = {}
+    for name in ("bf16", "fp8"):
+        model = build(ctx, cfg, seed=4)
+        converted = fp8.enable_fp8(model) if name == "fp8" else []
+        opt = build_optimizer(model)
+        step_fn = ctx.maybe_compile(model)
+        losses, grads, times = [], None, []
+        for i in range(warm + timed):
+            ctx.sync()
+            t0 = time.perf_counter()
+            with ctx.autocast():
+                loss = step_fn(x, y)
+            loss.backward()
+            if i == 0:
+                grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters()
+                         if n.startswith("blocks.") and p.dim() == 2 and "ve_gate" not in n}
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            times.append(time.perf_counter() - t0)
+        runs[name] = {"losses": losses, "grads": grads, "converted": len(converted),
+                      "step_ms": 1e3 * statistics.median(times[warm:])}
+        del model, opt, step_fn
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+    a, b = runs["bf16"], runs["fp8"]
+    cos = min(cosine(b["grads"][n], a["grads"][n]) for n in a["grads"])
+    first = abs(b["losses"][0] - a["losses"][0]) / a["losses"][0]
+    final = abs(b["losses"][-1] - a["losses"][-1]) / a["losses"][-1]
+    tol = FP8_TOLERANCE
+    return {"ok": (first <= tol["first_loss_rel"] and cos >= tol["grad_cosine_min"]
+                   and final <= tol["final_loss_rel"]
+                   and all(math.isfinite(v) for v in b["losses"])),
+            "converted_layers": b["converted"], "first_loss_rel_diff": round(first, 5),
+            "grad_cosine_min": round(cos, 5), "final_loss_rel_diff": round(final, 5),
+            "loss_bf16": [round(v, 4) for v in a["losses"]],
+            "loss_fp8": [round(v, 4) for v in b["losses"]],
+            "step_ms_bf16": round(a["step_ms"], 2), "step_ms_fp8": round(b["step_ms"], 2),
+            "speedup": round(a["step_ms"] / b["step_ms"], 3), "micro_batch": B, "seq": T,
+            "tolerances": tol}
 
 
 def _greedy_reference(model, prompt: torch.Tensor, n: int) -> list[int]:

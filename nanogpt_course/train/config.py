@@ -65,6 +65,7 @@ class TrainConfig:
     head_dim: int = 128
     window_pattern: str = "L"  # per layer, repeated: L = full context, S = short window
     short_window: int | None = None  # tokens an S layer sees; None = seq_len // 2
+    fp8: bool = False  # the blocks' linear layers in FP8 while training (Hopper GPUs)
     # ---- Python API only (tests, lessons): stop after this many steps as if preempted
     stop_at: int | None = None
 
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
            "S = --short-window tokens (e.g. SSSL); the last layer always sees everything")
     b("--short-window", type=_positive_int,
       help="tokens an S layer attends to (default: half the sequence length)")
+    b("--fp8", action="store_true",
+      help="FP8 matmuls in the blocks' linear layers while training (H100/H200 only; "
+           "see nanogpt_course/fp8.py for the scaling recipe)")
     return p
 
 

@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ck
+from .. import fp8
 from .build import RunPlan, build_model, build_optimizer, load_optimizer_state
 from .compiling import compile_for_training
+from .config import ConfigError
 from .metrics import MetricsLogger, StepTimer, device_peak_flops, mfu, peak_memory_bytes
 from .schedule import apply as apply_schedule
 from .validation import eval_hooks_plan, evaluate_bpb, run_eval_hook, sample_texts
@@ -106,6 +108,14 @@ class Trainer:
         run, rt = self.run, self.rt
         self.model = build_model(run, rt.device)
         self.model.train()
+        if self.cfg.fp8:  # before compiling: the compiled graph traces the FP8 matmuls
+            try:
+                fp8.check_device(rt.device)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            converted = fp8.enable_fp8(self.model)
+            self.log.note(f"fp8: {len(converted)} linear layers in FP8 (tensorwise scaling; "
+                          "lm_head, embeddings and gates in bf16)")
         self.optimizer = build_optimizer(run, self.model, rt)
         self.train_batches = self.loaders.train(run, rt)
         self.step = 0
@@ -135,11 +145,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, step: int) -> float:
-        """Accumulate, reduce, check, update. Returns the mean loss (over micro-batches and
-        ranks); raises TrainingDiverged before the update if it is not finite."""
+        """Accumulate, update, then check. Returns the mean loss (over micro-batches and
+        ranks); raises TrainingDiverged if it is not finite.
+
+        The loss is read on the host only after ``optimizer.step()`` is queued: reading it
+        before would make the CPU wait for the backward pass, and the optimizer's kernels
+        could not be launched while the GPU still runs it (issue #18). A non-finite loss is
+        therefore caught one update late: the weights in memory are then spoiled, so the run
+        stops without logging or saving that step, and the checkpoints on disk stay good."""
         values = apply_schedule(self.optimizer, self.run.schedule, step)
         accum = self.run.grad_accum
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.rt.device)
+        # [sum of micro-batch losses, stop votes], summed over ranks on the device
+        totals = torch.zeros(2, dtype=torch.float64, device=self.rt.device)
         for _ in range(accum):
             x, y = next(self.train_batches)
             x = x.to(self.rt.device, non_blocking=True)
@@ -147,20 +164,22 @@ class Trainer:
             with self.rt.autocast():
                 loss = self.forward(x, y)
             (loss / accum).backward()
-            loss_sum += loss.detach().double()
-        total, stop_votes = self.rt.all_reduce_sum([loss_sum.item(), float(self._stop.requested)])
+            totals[0] += loss.detach().double()
+        if self._stop.requested:
+            totals[1] = 1.0
+        self.rt.all_reduce_sum_(totals)
+        self.optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        total, stop_votes = totals.tolist()  # the one host read of the step
         self._stop_all = stop_votes > 0
         mean = total / (accum * self.rt.world_size)
         if not math.isfinite(mean):
-            self.model.zero_grad(set_to_none=True)
             where = self.last_saved or "none (no checkpoint was saved yet)"
             raise TrainingDiverged(
-                f"loss is {mean} at step {step + 1}: training stopped before the update, "
-                f"nothing was saved after the last good checkpoint: {where}. Lower the "
+                f"loss is {mean} at step {step + 1}: training stopped; this step was neither "
+                f"logged nor saved, the last good checkpoint is: {where}. Lower the "
                 "learning rates (e.g. --matrix-lr, --embedding-lr), check the data, or resume "
                 "from that checkpoint.")
-        self.optimizer.step()
-        self.model.zero_grad(set_to_none=True)
         self._values = values
         return mean
 

@@ -72,6 +72,13 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
 
+    def all_reduce_sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over ranks in place, without a host synchronization on CUDA (NCCL queues
+        the reduction behind the kernels that produce ``t``). Returns ``t``."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
     def gather_objects(self, obj) -> list:
         """Every rank's ``obj`` (JSON-able data), on every rank. Rank order."""
         if not self.distributed:
