@@ -11,7 +11,9 @@ tokens; temperature 1, top-k 50):
 
 - per (depth, batch, prompt length): time to first token (prefill + first sample + host read)
   and decode tokens/s over the following tokens, after a warm-up generation of another prompt
-  length (so compile and graph capture are out, and a prefill of a new length is in);
+  length; the first prompt of the measured length is reported apart (``ttft_first_ms``: a
+  new length, what recompiles or captures would cost), then the second (which captures
+  that length's prefill graph), then the warm median (``ttft_ms``);
 - the same through the other decoders (``NANOGPT_COURSE_DECODE`` = eager, static, graph) on a
   few rows, for the before/after table;
 - the bandwidth limit: bytes one step must read (bf16 weights + the KV cache slots it reads)
@@ -92,19 +94,25 @@ def time_generate(model, prompt, new, batch, **kw) -> dict:
             "tok_per_sec": (steps - 1) * batch / (t2 - t1) if steps > 1 else None}
 
 
-def measure(model, *, prompt_len, batch, new, mode="auto", repeats=3, seed=0) -> dict:
-    """Warm up on another prompt length, then time ``repeats`` fresh prompts (median)."""
+def measure(model, *, prompt_len, batch, new, mode="auto", repeats=4, seed=0) -> dict:
+    """Warm up on another prompt length, then time ``repeats`` fresh prompts of
+    ``prompt_len`` tokens. The first of them meets a new prompt length (``ttft_first_ms``:
+    what a user's first prompt of that size waits), the second captures that length's
+    prefill graph (``ttft_second_ms``); ``ttft_ms`` is the median of the later ones (warm),
+    or of all of them when there are two or fewer."""
     engine.DECODE_MODE = mode
     vocab = model.config.vocab_size
     time_generate(model, prompt_of(prompt_len // 3 + 7, vocab, seed + 99), 8, batch)
     runs = [time_generate(model, prompt_of(prompt_len, vocab, seed + r), new, batch)
             for r in range(repeats)]
     engine.DECODE_MODE = "auto"
-    med = lambda key: statistics.median(r[key] for r in runs)
+    warm = runs[2:] or runs
+    med = lambda key, rs=runs: statistics.median(r[key] for r in rs)  # noqa: E731
     return {"mode": mode, "prompt": prompt_len, "batch": batch, "new_tokens": new,
-            "tok_per_sec": round(med("tok_per_sec"), 1), "ttft_ms": round(med("ttft_ms"), 2),
+            "tok_per_sec": round(med("tok_per_sec"), 1), "ttft_ms": round(med("ttft_ms", warm), 2),
             "ttft_first_ms": round(runs[0]["ttft_ms"], 2),
-            "prefill_tok_per_sec": round(prompt_len / (med("ttft_ms") / 1e3)),
+            "ttft_second_ms": round(runs[1]["ttft_ms"], 2) if len(runs) > 1 else None,
+            "prefill_tok_per_sec": round(prompt_len / (med("ttft_ms", warm) / 1e3)),
             "runs": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
                      for r in runs]}
 
@@ -393,7 +401,8 @@ def show(row: dict) -> None:
     bound = f"  {row['fraction_of_bound']:.1%} of bound" if "fraction_of_bound" in row else ""
     print(f"d{row['depth']}{extra} {row['mode']:6s} b{row['batch']:<3d} prompt "
           f"{row['prompt']:5d}: {row['tok_per_sec']:9.1f} tok/s  TTFT {row['ttft_ms']:7.2f} ms "
-          f"(first {row['ttft_first_ms']:.2f}), prefill {row['prefill_tok_per_sec']} tok/s"
+          f"(first {row['ttft_first_ms']:.2f}, second {row.get('ttft_second_ms')}), "
+          f"prefill {row['prefill_tok_per_sec']} tok/s"
           f"{bound}", flush=True)
 
 

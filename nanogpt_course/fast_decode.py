@@ -310,11 +310,14 @@ class PrefillGraphs:
     T-1 (an index held in a device tensor, so one graph serves every T of its bucket), and
     the cache is told that only T positions are filled.
 
-    Built lazily per bucket: one eager pass to warm up (its logits are the reference), one
-    captured pass, then the first replay checked against the warm-up (bf16 rounding
-    tolerance). A failure turns graphs off for this cache with a warning (prefill then runs
-    eagerly, as before). ``graph=False`` runs the same padded function eagerly: the CPU
-    tests use it to check the padding.
+    Built lazily per bucket, so that a prompt of a new length never waits for a capture:
+    the bucket's first prompt runs the padded function eagerly (on CUDA on a side stream,
+    the warm-up a capture needs) and keeps its tokens and logits; the second prompt captures
+    the graph, replays the first prompt and checks the replay against the kept logits (bf16
+    rounding tolerance), then replays its own tokens; later prompts replay. A failure turns
+    graphs off for this cache with a warning (prefill then runs eagerly, as before).
+    ``graph=False`` runs the same padded function eagerly: the CPU tests use it to check the
+    padding.
     """
 
     def __init__(self, shadow: nn.Module, cache: StaticKVCache, *, autocast: bool,
@@ -322,6 +325,7 @@ class PrefillGraphs:
         self.shadow, self.cache, self.autocast = shadow, cache, autocast
         self.graph = graph
         self.pool = torch.cuda.graph_pool_handle() if graph else None  # shared by buckets
+        self.stream = None  # the side stream of warm-ups and captures (CUDA, made on first use)
         self.entries: dict[int, dict] = {}
         self.failed: str | None = None
         self.check_error: dict[int, float] = {}  # bucket -> graph vs eager difference
@@ -350,50 +354,79 @@ class PrefillGraphs:
                 logits=torch.zeros(1, vocab, dtype=torch.float32, device=device), graph=None)
         return self.entries[bucket]
 
-    def _capture(self, e: dict, device) -> torch.Tensor:
-        """Capture ``e``'s graph; returns the logits of the eager warm-up pass over the
-        current tokens, the reference the first replay is checked against."""
-        side = torch.cuda.Stream(device)  # capture needs a warmed-up side stream
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.no_grad(), torch.cuda.stream(side):
+    def _side_stream(self, device):
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device)
+        self.stream.wait_stream(torch.cuda.current_stream(device))
+        return self.stream
+
+    def _eager(self, e: dict, device) -> None:
+        """One eager pass over ``e``'s buffers (on CUDA with graphs on: on the side stream,
+        which warms it up for the capture)."""
+        if not (self.graph and device.type == "cuda"):
+            with torch.no_grad():
+                self._forward(e["tokens"], e["last"], e["logits"])
+            return
+        with torch.no_grad(), torch.cuda.stream(self._side_stream(device)):
             self._forward(e["tokens"], e["last"], e["logits"])
-            reference = e["logits"].clone()
-        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(self.stream)
+
+    def _capture(self, e: dict, device) -> None:
+        """Capture ``e``'s graph. ``capture_begin``/``capture_end`` on the warmed-up side
+        stream: what ``torch.cuda.graph`` does, without its device sync, ``gc.collect()`` and
+        cache flush (tens of milliseconds in a big Python process, paid by a user waiting)."""
         g = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(g, pool=self.pool):
-            self._forward(e["tokens"], e["last"], e["logits"])
+        with torch.no_grad(), torch.cuda.stream(self._side_stream(device)):
+            g.capture_begin(pool=self.pool)
+            try:
+                self._forward(e["tokens"], e["last"], e["logits"])
+            finally:
+                g.capture_end()
+        torch.cuda.current_stream(device).wait_stream(self.stream)
         e["graph"] = g
-        return reference
 
     def run(self, prompt: torch.Tensor) -> torch.Tensor:
         """Prefill ``prompt`` (1, T); its last logits (1, vocab_size), a static buffer.
 
-        The first prompt of a bucket costs two eager passes (the warm-up, which is also the
-        reference, and the capture) and one replay; later ones a replay."""
+        A bucket's first prompt costs one eager pass, its second a capture and two
+        replays, later ones a replay (see the class docstring)."""
         T = prompt.shape[1]
         bucket = prefill_bucket(T, self.cache.max_len)
         e = self._entry(bucket, prompt.device)
         e["tokens"][:, :T].copy_(prompt)
         e["tokens"][:, T:].zero_()
         e["last"].fill_(T - 1)
-        if self.graph and e["graph"] is None:
-            reference = self._capture(e, prompt.device)
+        if e["graph"] is not None:
             e["graph"].replay()
-            try:
-                self._check(bucket, e["logits"], reference)
-            except RuntimeError:
-                e["graph"] = None  # never replay a graph that failed its check
-                raise
-        elif e["graph"] is not None:
-            e["graph"].replay()
+        elif self.graph and "reference" in e:
+            self._capture_checked(bucket, e, prompt.device)
         else:
-            with torch.no_grad():
-                self._forward(e["tokens"], e["last"], e["logits"])
+            self._eager(e, prompt.device)
+            if self.graph:  # what the graph will be checked against
+                e["reference"] = {k: e[k].clone() for k in ("tokens", "last", "logits")}
         self.cache.set_filled(T)
         return e["logits"]
 
+    def _capture_checked(self, bucket: int, e: dict, device) -> None:
+        """Capture; replay the bucket's first prompt and check it against that prompt's
+        eager logits; then replay the current prompt (its tokens are back in place)."""
+        reference = e.pop("reference")
+        current = {k: e[k].clone() for k in ("tokens", "last")}
+        for k in current:
+            e[k].copy_(reference[k])
+        self._capture(e, device)
+        e["graph"].replay()
+        try:
+            self._check(bucket, e["logits"], reference["logits"])
+        except RuntimeError:
+            e["graph"] = None  # never replay a graph that failed its check
+            raise
+        for k in current:
+            e[k].copy_(current[k])
+        e["graph"].replay()
+
     def _check(self, bucket: int, got: torch.Tensor, reference: torch.Tensor) -> None:
-        """The first replay against the eager pass over the same padded tokens; raises
+        """A first replay against the eager pass over the same padded tokens; raises
         beyond rounding. (That padding changes nothing is the CPU tests' and gpu_check's
         job: token for token against the full forward.)"""
         self.check_error[bucket] = check_close(

@@ -432,12 +432,14 @@ def test_padded_prefill_leaves_windows_to_the_eager_path(decode_mode):
 
 
 def test_prefill_capture_flow_checks_the_first_replay(decode_mode, monkeypatch):
-    """The bucket's first prompt captures once and checks the first replay against the
-    warm-up's logits; a replay that differs is refused (the decoder then prefills eagerly).
-    A CPU stand-in for the CUDA graph (replay = the same eager function) drives the flow."""
+    """A bucket's first prompt runs eagerly (no capture: a new prompt length never waits for
+    one); its second captures, replays the first prompt against that prompt's eager logits,
+    then replays its own; a replay that differs is refused (the decoder then prefills
+    eagerly). A CPU stand-in for the CUDA graph (replay = the same eager function) drives
+    the flow."""
     model = make_model(sequence_len=200)
     prefill = _padded_prefill(model, 1, decode_mode)
-    prefill.graph, captures = True, []
+    prefill.graph, captures, replayed = True, [], []
 
     class FakeGraph:
         def __init__(self, e, skew):
@@ -447,28 +449,30 @@ def test_prefill_capture_flow_checks_the_first_replay(decode_mode, monkeypatch):
             with torch.no_grad():
                 prefill._forward(self.e["tokens"], self.e["last"], self.e["logits"])
             self.e["logits"].mul_(self.skew)
+            replayed.append(int(self.e["last"]) + 1)
 
     def fake_capture(e, device, skew=1.0):
-        with torch.no_grad():
-            prefill._forward(e["tokens"], e["last"], e["logits"])
         captures.append(e["tokens"].shape[1])
         e["graph"] = FakeGraph(e, skew)
-        return e["logits"].clone()
 
     monkeypatch.setattr(prefill, "_capture", fake_capture)
-    for T in (5, 9, 70):
+    for T in (5, 70, 9, 12, 71):  # buckets 64, 96, 64 (capture), 64 (replay), 96 (capture)
         prompt = torch.randint(0, 256, (1, T), generator=torch.Generator().manual_seed(T))
         with torch.no_grad():
             torch.testing.assert_close(prefill.run(prompt), model(prompt)[:, -1], atol=1e-5,
                                        rtol=0)
     assert captures == [64, 96] and sorted(prefill.check_error) == [64, 96]
+    assert replayed == [5, 9, 12, 70, 71]  # first prompt (the check), then the current one
+    assert "reference" not in prefill.entries[64]
     monkeypatch.setattr(prefill, "_capture", lambda e, d: fake_capture(e, d, skew=1.01))
+    prefill.run(torch.ones(1, 150, dtype=torch.long))  # bucket 192's first prompt: eager
     with pytest.raises(RuntimeError, match="prefill graph"):
         prefill.run(torch.ones(1, 150, dtype=torch.long))
     # through generate: the failure turns prefill graphs off and decoding still matches
     decode_mode("eager")
     expected = list(generate(model, list(range(1, 130)), 6, temperature=0))
     decode_mode("static")
-    with pytest.warns(RuntimeWarning, match="prefill graphs off"):
+    assert list(generate(model, list(range(1, 130)), 6, temperature=0)) == expected  # eager
+    with pytest.warns(RuntimeWarning, match="prefill graphs off"):  # the capture fails
         got = list(generate(model, list(range(1, 130)), 6, temperature=0))
     assert got == expected and prefill.failed and not prefill.serves(5)
