@@ -119,7 +119,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
                seq_len=job["seq_len"], device_batch_size=job["device_batch_size"],
                seed=job["seed"], compile=job.get("compile", True), eval_every=0,
                sample_every=0, log_every=50, out=str(out / "run"), tokenizer="gpt2",
-               weight_decay=job.get("weight_decay"))
+               weight_decay=job.get("weight_decay"), fp8=job.get("fp8", False),
+               window_pattern=job.get("window_pattern", "L"))
     if job.get("tokens_per_param"):
         cfg["tokens_per_param"] = job["tokens_per_param"]
     else:
@@ -217,8 +218,13 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
         d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6, seed=seed)
         pairs.append(dict(d6, name=f"project_d{args.depth}_s{seed}", recipe="project"))
         pairs.append(dict(d6, name=f"nanochat_d{args.depth}_s{seed}", recipe="nanochat"))
+    # issue #19's variants of the d6 project run (seed 0; selected with --only)
+    d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6, seed=0,
+              recipe="project")
+    variants = [dict(d6, name=f"project_d{args.depth}_fp8_s0", fp8=True),
+                dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL")]
     if not args.sweep:
-        return pairs
+        return pairs + variants
 
     def d4(tpp, mult=None, **kw):
         wd = None if mult is None else round(float(args.rule_wd) * mult, 4)
@@ -230,7 +236,7 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
              d4(6, name="groups_nanochat_d4_tpp6", roles="nanochat"),
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0)]
-    return pairs[:2] + sweep + pairs[2:]
+    return pairs[:2] + sweep + pairs[2:] + variants
 
 
 def launch(job: dict, log_dir: Path) -> subprocess.Popen:
@@ -285,7 +291,8 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
     rows = []
     d6 = [r for r in results if r["job"].get("flops") == args.flops
           and r["job"]["depth"] == args.depth and not r["job"].get("roles")
-          and r["job"].get("weight_decay") is None]
+          and r["job"].get("weight_decay") is None and not r["job"].get("fp8")
+          and r["job"].get("window_pattern", "L") == "L"]
     if d6:
         by = lambda rec: sorted((r for r in d6 if r["recipe"] == rec), key=lambda r: r["job"]["seed"])
         proj, nano = by("project"), by("nanochat")
@@ -304,7 +311,8 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                "jobs": {r["name"]: {k: r.get(k) for k in ("recipe", "bpb", "final_loss", "steps",
                                                            "train_seconds", "eval_tokens")}
                         | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
-                                                          "weight_decay", "roles", "seed")}
+                                                          "weight_decay", "roles", "seed",
+                                                          "fp8", "window_pattern")}
                         for r in results}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.report:  # two files for a place that takes few (the GPU machine's $OUT)
