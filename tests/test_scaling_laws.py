@@ -337,3 +337,24 @@ def test_sweep_runs_each_run_under_torchrun_with_nproc(tmp_path, tiny_data):
     assert row["nproc"] == 2 and row["batch_tokens"] == 1024
     log = (cfg.runs / row["run_id"] / "train.log").read_text()
     assert "torch.distributed.run" in log.splitlines()[0] and "--nproc_per_node=2" in log
+
+
+@pytest.mark.slow
+def test_parallel_sweep_gives_the_sequential_rows(tmp_path, tiny_data, monkeypatch, capsys):
+    """``parallel=2`` runs two trainer processes at once and writes the same rows (the same
+    validation numbers, to the bit on one CPU thread) as running them one after another."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rows = {}
+    for parallel in (1, 2):
+        cfg = _config(tmp_path / f"p{parallel}", tiny_data, budgets=[1e9], parallel=parallel,
+                      echo=parallel > 1)
+        sweep.run_sweep(cfg, epoch_tokens=tiny_data[3])
+        rows[parallel] = {r["run_id"]: r for r in sweep.numeric(sweep.read_results(cfg.results))}
+    assert sorted(rows[1]) == sorted(rows[2]) == ["d1-c1e+09", "d2-c1e+09"]
+    for run_id, row in rows[1].items():
+        assert row["val_bpb"] == rows[2][run_id]["val_bpb"]
+        assert row["steps"] == rows[2][run_id]["steps"]
+    assert "2 at a time" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="subprocess launcher"):
+        sweep.run_sweep(_config(tmp_path / "x", tiny_data, parallel=2),
+                        epoch_tokens=tiny_data[3], launch=in_process([]))

@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer-mb", type=float, default=None,
                    help="MB of the offline corpus the tokenizer is trained on")
     s.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
+    s.add_argument("--parallel", type=int, default=1,
+                   help="runs at once on one device (small models; wall_s is then shared)")
     s.add_argument("--results", help="CSV to append to (default runs/scaling/<preset>.csv)")
     s.add_argument("--runs", help="folder of the run folders (default runs/scaling/<name>)")
     s.add_argument("--max-epochs", type=float, default=1.0,
@@ -171,6 +173,8 @@ def cmd_sweep(args) -> int:
         return _fail("--depths needs positive integers and --budgets positive numbers")
     if args.nproc < 1:
         return _fail(f"--nproc must be >= 1, got {args.nproc}")
+    if args.parallel < 1 or (args.parallel > 1 and args.nproc > 1):
+        return _fail(f"--parallel {args.parallel}: use >= 1, and 1 with --nproc > 1")
     problem = _check_train_args(opts["train_args"])
     if problem:
         return _fail(problem)
@@ -201,7 +205,8 @@ def cmd_sweep(args) -> int:
                             nproc=args.nproc, max_epochs=args.max_epochs, core=args.core,
                             retry_failed=args.retry_failed, time_budget_s=args.time_budget_s,
                             started_at=started,
-                            keep_checkpoints=args.keep_checkpoints, echo=not args.quiet)
+                            keep_checkpoints=args.keep_checkpoints, echo=not args.quiet,
+                            parallel=args.parallel)
     print(f"[sweep] preset {opts['preset']}: depths {depths} x budgets {budgets}; data "
           f"{folder} ({epoch_tokens:,} training tokens, corpus sha256 {digest[:12]}); "
           f"results {results}", flush=True)

@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class SweepConfig:
     started_at: float | None = None  # ...many seconds after this time.perf_counter() value
     keep_checkpoints: bool = False
     echo: bool = True
+    parallel: int = 1  # runs at once (small models on one GPU leave it mostly idle)
 
     def run_id(self, depth: int, budget: float) -> str:
         return f"d{depth}-c{budget:.3g}"
@@ -236,13 +238,17 @@ def in_process_launcher(argv: list[str], nproc: int, log_path: Path, echo: bool)
     return code
 
 
+_PLAN_LOCK = threading.Lock()  # resolve_run builds on the meta device: one thread at a time
+
+
 def plan_run(cfg: SweepConfig, argv: list[str]):
     """The trainer's own resolution of these flags (tokenizer, model config, depth plan),
     on the meta device: no data read, nothing allocated."""
     from ..train.build import resolve_run
     from ..train.config import parse_args
 
-    return resolve_run(parse_args(argv), world_size=cfg.nproc)
+    with _PLAN_LOCK:
+        return resolve_run(parse_args(argv), world_size=cfg.nproc)
 
 
 def _error_line(log_path: Path, code: int) -> str:
@@ -365,25 +371,37 @@ def pending(cfg: SweepConfig) -> list[tuple[int, float]]:
 
 def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
               launch: Callable = subprocess_launcher) -> list[dict]:
-    """Run every pending pair one after another, appending a row after each; returns the
-    rows written by this call. With ``time_budget_s``, stops before a run that would end
-    past it (predicted from the FLOP rate of the runs of this call)."""
-    todo = pending(cfg)
+    """Run every pending pair, ``cfg.parallel`` at a time (one after another by default),
+    appending a row as each ends; returns the rows written by this call. With
+    ``time_budget_s``, starts no run that would end past it (predicted from the slowest
+    FLOP rate of this call's runs). Parallel runs share the device, so their ``wall_s`` is
+    not a speed measurement; the validation numbers are unaffected."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    if cfg.parallel > 1 and launch is not subprocess_launcher:
+        raise ValueError("parallel runs need the subprocess launcher (one process per run)")
+    queue = pending(cfg)
     total = len(cfg.depths) * len(cfg.budgets)
     say = (lambda m: print(f"[sweep] {m}", flush=True)) if cfg.echo else (lambda m: None)
-    say(f"{total - len(todo)} of {total} runs already in {cfg.results}; {len(todo)} to go")
+    say(f"{total - len(queue)} of {total} runs already in {cfg.results}; {len(queue)} to go"
+        + (f"; {cfg.parallel} at a time" if cfg.parallel > 1 else ""))
     t0 = cfg.started_at if cfg.started_at is not None else time.perf_counter()
     rates, written = [], []
-    for depth, budget in todo:
+    run_cfg = _quiet(cfg) if cfg.parallel > 1 else cfg  # parallel trainers' lines would mix
+
+    def fits(depth: int, budget: float) -> bool:
         elapsed = time.perf_counter() - t0
-        if cfg.time_budget_s is not None and rates:
-            predicted = budget / min(rates)
-            if elapsed + predicted > cfg.time_budget_s:
-                say(f"stopping: d{depth} at {budget:.3g} FLOPs would need ~{predicted:.0f} s "
-                    f"and {cfg.time_budget_s - elapsed:.0f} s are left; run the same command "
-                    "again to continue")
-                break
-        row = run_one(cfg, depth, budget, epoch_tokens=epoch_tokens, launch=launch)
+        if cfg.time_budget_s is None or not rates:
+            return True
+        predicted = budget / min(rates)
+        if elapsed + predicted <= cfg.time_budget_s:
+            return True
+        say(f"stopping: d{depth} at {budget:.3g} FLOPs would need ~{predicted:.0f} s and "
+            f"{cfg.time_budget_s - elapsed:.0f} s are left; run the same command again to "
+            "continue")
+        return False
+
+    def record(row: dict) -> None:
         append_row(cfg.results, row)
         written.append(row)
         if row["status"] == "ok" and row.get("wall_s"):
@@ -392,7 +410,34 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
                   if row["status"] == "ok" and row.get("val_bpb") is not None
                   else row.get("error", ""))
         say(f"{row['run_id']}: {row['status']} {detail}")
+
+    one = lambda d, b: run_one(run_cfg, d, b, epoch_tokens=epoch_tokens,  # noqa: E731
+                               launch=launch)
+    with ThreadPoolExecutor(max_workers=max(1, cfg.parallel)) as pool:
+        running: dict = {}
+        while queue or running:
+            while queue and len(running) < max(1, cfg.parallel):
+                if not fits(*queue[0]):
+                    queue.clear()
+                    break
+                depth, budget = queue.pop(0)
+                if cfg.parallel > 1:
+                    say(f"started {cfg.run_id(depth, budget)}")
+                running[pool.submit(one, depth, budget)] = (depth, budget)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
+                record(future.result())  # rows are appended by this thread only
     return written
+
+
+def _quiet(cfg: SweepConfig) -> SweepConfig:
+    """``cfg`` without trainer output on the console (the sweep's own lines stay)."""
+    from dataclasses import replace
+
+    return replace(cfg, echo=False)
 
 
 def dry_run_table(cfg: SweepConfig, epoch_tokens: int) -> str:
