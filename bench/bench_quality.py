@@ -218,11 +218,13 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
         d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6, seed=seed)
         pairs.append(dict(d6, name=f"project_d{args.depth}_s{seed}", recipe="project"))
         pairs.append(dict(d6, name=f"nanochat_d{args.depth}_s{seed}", recipe="nanochat"))
-    # issue #19's variants of the d6 project run (seed 0; selected with --only)
+    # variants of the d6 project run (seed 0; selected with --only): issue #19's FP8 and
+    # windows, and issue #12's group table A/B at the target size
     d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6, seed=0,
               recipe="project")
     variants = [dict(d6, name=f"project_d{args.depth}_fp8_s0", fp8=True),
-                dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL")]
+                dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL"),
+                dict(d6, name=f"project_d{args.depth}_groups_nanochat_s0", roles="nanochat")]
     if not args.sweep:
         return pairs + variants
 
