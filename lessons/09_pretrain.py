@@ -61,6 +61,8 @@
 # | `MAX_STEPS` | stop after this many steps (the schedule is fitted to them) |
 # | `RESUME` | continue the run in the output folder from its latest checkpoint |
 # | `CORE_EVALS`, `CHATCORE_EVALS` | evaluate CORE / ChatCORE during training |
+# | `WINDOW_PATTERN` | attention per layer, repeated: `L` full context (default), `S` a window of half the context, e.g. `SSSL` (lesson 02) |
+# | `FP8` | FP8 matmuls in the blocks' linear layers while training (H100/H200 only) |
 
 # %%
 import json
@@ -91,6 +93,8 @@ MAX_STEPS = None
 RESUME = False
 CORE_EVALS = False
 CHATCORE_EVALS = False
+WINDOW_PATTERN = "L"
+FP8 = False
 
 # %% [markdown]
 # ## Settings
@@ -156,7 +160,8 @@ cfg = TrainConfig(mode=MODE, depth=None if CHECKPOINT else DEPTH, data=DATA,
                   tokenizer=TOKENIZER, target_flops=float(TARGET_FLOPS) if TARGET_FLOPS else None,
                   max_steps=MAX_STEPS, checkpoint=CHECKPOINT, resume=bool(RESUME),
                   core_every=2000 if CORE_EVALS else -1,
-                  chatcore_every=500 if CHATCORE_EVALS else -1, **SIZES)
+                  chatcore_every=500 if CHATCORE_EVALS else -1,
+                  window_pattern=WINDOW_PATTERN, fp8=bool(FP8), **SIZES)
 defaults = TrainConfig()
 args = []
 for key, value in cfg.to_dict().items():
