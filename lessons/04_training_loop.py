@@ -438,6 +438,52 @@ print(f"matmul in bf16: dtype {low.dtype}, relative error "
 print(f"1.0 + 1e-4 in bf16 = {(torch.tensor(1.0, dtype=torch.bfloat16) + 1e-4).item()}")
 
 # %% [markdown]
+# ### Eight bits: FP8 with one scale per tensor
+#
+# Hopper GPUs (H100, H200) also multiply **FP8** matrices, about twice as fast as bf16. There
+# are two 8-bit formats: **e4m3** (4 exponent bits, 3 mantissa bits, largest value 448) and
+# **e5m2** (5 and 2, largest 57,344). With so few exponent bits a tensor must first be
+# *scaled* into range: multiply it by `fp8_max / max|x|`, so its largest entry lands on the
+# largest FP8 number, round to FP8, and keep the inverse scale; the matmul kernel multiplies
+# the two 8-bit matrices (accumulating in fp32) and undoes both scales at the end.
+#
+# ### Exercise: scale and round a tensor to FP8
+#
+# Write `fp8_quantize(x, dtype)` returning `(x8, inv_scale)`: `x8` in `dtype`
+# (`torch.float8_e4m3fn` or `torch.float8_e5m2`) and `inv_scale` a 0-d fp32 tensor with
+# `x ≈ x8.float() * inv_scale`. Compute in fp32, clamp to ±`torch.finfo(dtype).max` before
+# the cast (rounding can overshoot), and guard against an all-zero `x`
+# (`amax.clamp(min=1e-12)`).
+
+# %%
+def fp8_quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (any shape) -> (x8 in dtype, same shape; inv_scale, 0-d fp32)."""
+    raise NotImplementedError("exercise: scale = fp8_max / amax, round, return 1 / scale")
+
+
+# %%
+fp8_quantize = exercises.check("04_training_loop.fp8_quantize", fp8_quantize)
+
+# %% [markdown]
+# How much does FP8 lose? The same random matmul as above, with both operands rounded to
+# e4m3 (what `torch._scaled_mm` would multiply), against bf16:
+
+# %%
+a8, a_inv = fp8_quantize(a_, torch.float8_e4m3fn)
+b8, b_inv = fp8_quantize(b_, torch.float8_e4m3fn)
+fp8_product = (a8.float() * a_inv) @ (b8.float() * b_inv)
+print(f"relative error of the matmul: bf16 {((low.float() - exact).norm() / exact.norm()).item():.1e}, "
+      f"FP8 e4m3 {((fp8_product - exact).norm() / exact.norm()).item():.1e}")
+
+# %% [markdown]
+# More than ten times bf16's error, yet training barely notices: the optimizer keeps fp32 weights,
+# and each step's rounding errors are small and unbiased. The trainer's `--fp8` flag
+# (`nanogpt_course/fp8.py`, H100/H200 only) runs the blocks' linear layers this way: weights
+# and activations in e4m3 forward; in the backward pass the output gradients in e5m2, whose
+# wider range suits gradients better than extra precision. `lm_head`, the embeddings and
+# everything outside training steps stay in bf16.
+
+# %% [markdown]
 # ## 8. The whole loop, from scratch
 #
 # Everything together, in the order the library's trainer does it, but with your pieces:

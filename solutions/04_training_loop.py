@@ -42,3 +42,12 @@ def clip_grad_norm(grads, max_norm):
     total = torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()  # one norm for all
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # never scale up
     return [g * scale for g in grads], total
+
+
+def fp8_quantize(x, dtype):
+    """(x8 in dtype, inv_scale 0-d fp32) with x ~= x8.float() * inv_scale."""
+    fmax = torch.finfo(dtype).max  # 448 for e4m3, 57344 for e5m2
+    amax = x.abs().max().float().clamp(min=1e-12)  # an all-zero x must not divide by 0
+    scale = fmax / amax  # the largest entry lands on the largest FP8 number
+    x8 = (x.float() * scale).clamp(-fmax, fmax).to(dtype)
+    return x8, 1.0 / scale

@@ -1,11 +1,12 @@
 """Checkers for lessons/04_training_loop: cross-entropy, one AdamW step, the LR schedule,
-gradient clipping."""
+gradient clipping, FP8 scaling."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .. import fp8
 from ..optim.adamw import adamw_step_
 from ..train.schedule import Schedule
 from . import Case, exercise
@@ -46,6 +47,12 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float
         p.grad = g.clone()
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return [p.grad for p in params], norm
+
+
+def fp8_quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: per-tensor scaling to FP8 (:func:`nanogpt_course.fp8.quantize`).
+    Returns (x8 in ``dtype``, x's shape; inv_scale, 0-d fp32)."""
+    return fp8.quantize(x, dtype)
 
 
 def _ce_cases() -> list[Case]:
@@ -97,6 +104,18 @@ def _clip_cases() -> list[Case]:
     ]
 
 
+def _fp8_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=g)
+    return [
+        Case("e4m3, random (6, 5)", (x, fp8.E4M3)),
+        Case("e5m2, random (6, 5)", (x, fp8.E5M2)),
+        Case("e4m3, tiny values", (x * 1e-5, fp8.E4M3)),
+        Case("e4m3, bf16 input", (x.bfloat16() * 30, fp8.E4M3)),
+        Case("all zeros", (torch.zeros(3, 4), fp8.E4M3)),
+    ]
+
+
 exercise("04_training_loop.cross_entropy", cross_entropy, _ce_cases, tol=1e-5,
          hint="log_softmax = logits - logsumexp(logits); pick the target's entry with gather; "
               "average only where targets != -1 (clamp -1 to 0 before gathering)")
@@ -110,3 +129,6 @@ exercise("04_training_loop.lr_multiplier", lr_multiplier, _lr_cases, tol=1e-9,
 exercise("04_training_loop.clip_grad_norm", clip_grad_norm, _clip_cases, tol=1e-6,
          hint="the norm is over all entries of all tensors: sqrt(sum of each tensor's squared "
               "sum); scale = min(1, max_norm / (norm + 1e-6)); multiply every gradient by it")
+exercise("04_training_loop.fp8_quantize", fp8_quantize, _fp8_cases, tol=1e-6,
+         hint="amax = x.abs().max().float().clamp(min=1e-12); scale = torch.finfo(dtype).max / "
+              "amax; x8 = (x.float() * scale).clamp(-max, max).to(dtype); return x8, 1 / scale")
