@@ -416,6 +416,7 @@ def summary(report: dict) -> dict:
         entry = pick.setdefault(f"d{row['depth']}", {}).setdefault(key, {})
         entry[f"prompt{row['prompt']}"] = {"tok_per_sec": row["tok_per_sec"],
                                           "ttft_ms": row["ttft_ms"],
+                                          "ttft_first_ms": row.get("ttft_first_ms"),
                                           "fraction_of_bound": row.get("fraction_of_bound")}
     for depth in pick.values():  # the headline numbers: prompt 512
         for entry in depth.values():
@@ -430,7 +431,8 @@ def merge(report_path: Path, summary_path: Path) -> None:
     decode = summary(report)
     if report.get("nanochat"):
         decode["nanochat_d12"] = {f"batch{r['batch']}_prompt{r['prompt']}":
-                                  {"tok_per_sec": r["tok_per_sec"], "ttft_ms": r["ttft_ms"]}
+                                  {"tok_per_sec": r["tok_per_sec"], "ttft_ms": r["ttft_ms"],
+                                   "ttft_first_ms": r.get("ttft_first_ms")}
                                   for r in report["nanochat"]}
     perf_summary.merge_section(summary_path, "decode", decode, report)
     print(f"decode section written to {summary_path}")
