@@ -24,8 +24,11 @@ What runs (sizes at full scale; ``--tiny`` shrinks them all):
 - train_step_muon_d12 / train_step_muon_d20: the same training step with the library's
   MuonAdamW (``build_optimizer``), the configuration DESIGN's targets compare against.
 - muon_batching, dist_muon_step: the optimizer paths (bench/bench_muon.py).
+- fp8_vs_bf16: ``--fp8``'s FP8 linear layers vs bf16 from the same weights (d12, compiled,
+  MuonAdamW, 15 steps on one batch): first loss, gradients, late losses and step times.
 - decode_graph_vs_eager: the fast decoder (static KV cache, compiled step replayed as a CUDA
-  graph) vs the readable eager one: the same greedy tokens in fp32, logits within 2e-2 in bf16.
+  graph, prefill graphs captured on a bucket's second prompt) vs the readable eager one: the
+  same greedy tokens in fp32, logits within 2e-2 in bf16.
 - decode_throughput: d12 (GPT-2 vocab) through the public ``generate``: batch 1 at short and
   long context, and 16 samples.
 """
