@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -371,13 +371,11 @@ def pending(cfg: SweepConfig) -> list[tuple[int, float]]:
 
 def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
               launch: Callable = subprocess_launcher) -> list[dict]:
-    """Run every pending pair, ``cfg.parallel`` at a time (one after another by default),
-    appending a row as each ends; returns the rows written by this call. With
-    ``time_budget_s``, starts no run that would end past it (predicted from the slowest
-    FLOP rate of this call's runs). Parallel runs share the device, so their ``wall_s`` is
-    not a speed measurement; the validation numbers are unaffected."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
+    """Run every pending pair, one after another in this thread (by default) or
+    ``cfg.parallel`` at a time, appending a row as each ends; returns the rows written by
+    this call. With ``time_budget_s``, starts no run that would end past it (predicted from
+    the slowest FLOP rate of this call's runs). Parallel runs share the device, so their
+    ``wall_s`` is not a speed measurement; the validation numbers are unaffected."""
     if cfg.parallel > 1 and launch is not subprocess_launcher:
         raise ValueError("parallel runs need the subprocess launcher (one process per run)")
     queue = pending(cfg)
@@ -387,7 +385,6 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
         + (f"; {cfg.parallel} at a time" if cfg.parallel > 1 else ""))
     t0 = cfg.started_at if cfg.started_at is not None else time.perf_counter()
     rates, written = [], []
-    run_cfg = _quiet(cfg) if cfg.parallel > 1 else cfg  # parallel trainers' lines would mix
 
     def fits(depth: int, budget: float) -> bool:
         elapsed = time.perf_counter() - t0
@@ -411,33 +408,41 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
                   else row.get("error", ""))
         say(f"{row['run_id']}: {row['status']} {detail}")
 
-    one = lambda d, b: run_one(run_cfg, d, b, epoch_tokens=epoch_tokens,  # noqa: E731
-                               launch=launch)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.parallel)) as pool:
-        running: dict = {}
+    if cfg.parallel <= 1:  # in this thread: an in-process trainer keeps its signal handling
+        for depth, budget in queue:
+            if not fits(depth, budget):
+                break
+            record(run_one(cfg, depth, budget, epoch_tokens=epoch_tokens, launch=launch))
+        return written
+    _run_parallel(cfg, queue, fits, record, epoch_tokens)
+    return written
+
+
+def _run_parallel(cfg: SweepConfig, queue: list, fits: Callable, record: Callable,
+                  epoch_tokens: int) -> None:
+    """``cfg.parallel`` trainer processes at a time, each watched by a thread; rows are
+    recorded by this thread as runs end. Trainer output goes to the run logs only (lines of
+    parallel runs would mix on the console)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    quiet = replace(cfg, echo=False)
+    with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
+        running: set = set()
         while queue or running:
-            while queue and len(running) < max(1, cfg.parallel):
+            while queue and len(running) < cfg.parallel:
                 if not fits(*queue[0]):
                     queue.clear()
                     break
                 depth, budget = queue.pop(0)
-                if cfg.parallel > 1:
-                    say(f"started {cfg.run_id(depth, budget)}")
-                running[pool.submit(one, depth, budget)] = (depth, budget)
+                if cfg.echo:
+                    print(f"[sweep] started {cfg.run_id(depth, budget)}", flush=True)
+                running.add(pool.submit(run_one, quiet, depth, budget,
+                                        epoch_tokens=epoch_tokens))
             if not running:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                running.pop(future)
-                record(future.result())  # rows are appended by this thread only
-    return written
-
-
-def _quiet(cfg: SweepConfig) -> SweepConfig:
-    """``cfg`` without trainer output on the console (the sweep's own lines stay)."""
-    from dataclasses import replace
-
-    return replace(cfg, echo=False)
+                record(future.result())
 
 
 def dry_run_table(cfg: SweepConfig, epoch_tokens: int) -> str:
