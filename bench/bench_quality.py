@@ -44,6 +44,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 import nanochat_ref  # noqa: E402  (bench/ is not a package)
+import perf_summary  # noqa: E402
 
 from nanogpt_course import data  # noqa: E402
 from nanogpt_course.train import scaling  # noqa: E402
@@ -213,15 +214,15 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     decay sweep at 2 and 6 tokens per parameter around the rule's λ (the rule's own value
     at 6 doubles as the A of the group A/B); the group A/B; then seed 1 of the d6 pair."""
     common = dict(seq_len=args.seq_len, device_batch_size=args.device_batch_size)
-    pairs = []
+    d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6)
+    pairs = []  # the side-by-side rows of the summary
     for seed in range(args.seeds):
-        d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6, seed=seed)
-        pairs.append(dict(d6, name=f"project_d{args.depth}_s{seed}", recipe="project"))
-        pairs.append(dict(d6, name=f"nanochat_d{args.depth}_s{seed}", recipe="nanochat"))
+        pair = dict(d6, seed=seed, side_by_side=True)
+        pairs.append(dict(pair, name=f"project_d{args.depth}_s{seed}", recipe="project"))
+        pairs.append(dict(pair, name=f"nanochat_d{args.depth}_s{seed}", recipe="nanochat"))
     # variants of the d6 project run (seed 0; selected with --only): issue #19's FP8 and
     # windows, and issue #12's group table A/B at the target size
-    d6 = dict(common, depth=args.depth, flops=args.flops, batch=batch_d6, seed=0,
-              recipe="project")
+    d6 = dict(d6, seed=0, recipe="project")
     variants = [dict(d6, name=f"project_d{args.depth}_fp8_s0", fp8=True),
                 dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL"),
                 dict(d6, name=f"project_d{args.depth}_groups_nanochat_s0", roles="nanochat")]
@@ -288,13 +289,9 @@ def run_queue(jobs: list[dict], out: Path, *, parallel: int, start_by: float,
 def summarize(out: Path, corpus: dict, device: str, args) -> dict:
     """Collect ``OUT/jobs/*.json`` into ``OUT/summary.json`` (rows in the issue's format)."""
     results = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or None
+    commit = perf_summary.git_commit()
     rows = []
-    d6 = [r for r in results if r["job"].get("flops") == args.flops
-          and r["job"]["depth"] == args.depth and not r["job"].get("roles")
-          and r["job"].get("weight_decay") is None and not r["job"].get("fp8")
-          and r["job"].get("window_pattern", "L") == "L"]
+    d6 = [r for r in results if r["job"].get("side_by_side")]
     if d6:
         by = lambda rec: sorted((r for r in d6 if r["recipe"] == rec), key=lambda r: r["job"]["seed"])
         proj, nano = by("project"), by("nanochat")

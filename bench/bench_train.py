@@ -114,6 +114,7 @@ def main(argv=None) -> dict:
                    "(default docs/results/perf_summary.json)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
+    args.window_pattern = args.window_pattern.upper()
     if args.dry_run:
         args.depth, args.vocab, args.seq_len, args.device_batch_size, args.steps = 2, 512, 64, 2, 6
     ref = load_nanochat(args.nanochat, eager=args.dry_run) if args.nanochat else None
@@ -168,11 +169,10 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
     """Our trainer on ``tokens``: the report's project side (empty on ranks other than 0).
     The trainer, its model and optimizer are dropped before returning."""
     total = args.device_batch_size * args.seq_len * rt.world_size * args.accum
-    config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq_len,
-                                  window_pattern=args.window_pattern.upper())
-    stats = lambda d: model_stats(config if d == args.depth else GPTConfig.from_depth(  # noqa: E731
-        d, vocab_size=args.vocab, sequence_len=args.seq_len,
-        window_pattern=args.window_pattern.upper()))
+    shape = dict(vocab_size=args.vocab, sequence_len=args.seq_len,
+                 window_pattern=args.window_pattern)
+    config = GPTConfig.from_depth(args.depth, **shape)
+    stats = lambda d: model_stats(GPTConfig.from_depth(d, **shape))  # noqa: E731
     plan = scaling.plan(args.depth, stats, max_steps=args.steps, total_batch_size=total)
     out = Path(tempfile.mkdtemp(prefix="bench-train-")) if rt.is_main else Path("/nonexistent")
     out = Path(rt.broadcast_object(str(out)))
@@ -180,7 +180,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
                       device_batch_size=args.device_batch_size, max_steps=args.steps,
                       compile=args.compile, eval_every=-1, sample_every=-1, out=str(out),
                       data="random", tokenizer="random", fp8=args.fp8,
-                      window_pattern=args.window_pattern.upper())
+                      window_pattern=args.window_pattern)
     loaders = MemoryLoaders(tokens)
     run = RunPlan(cfg=cfg, out=out, kind="base", tokenizer=RandomTokenizer(args.vocab),
                   model_config=config, plan=plan,
@@ -303,7 +303,7 @@ def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,
 
 def summary_key(args) -> str:
     """The ``train`` section's key: ``d12``, ``d12_SSSL``, ``d12_fp8`` (issue #19's names)."""
-    pattern = args.window_pattern.upper()
+    pattern = args.window_pattern
     return f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}") + ("_fp8" * args.fp8)
 
 

@@ -35,6 +35,7 @@ generation: the mask hides them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -354,11 +355,17 @@ class PrefillGraphs:
                 logits=torch.zeros(1, vocab, dtype=torch.float32, device=device), graph=None)
         return self.entries[bucket]
 
-    def _side_stream(self, device):
+    @contextlib.contextmanager
+    def _on_side_stream(self, device):
+        """Run the block without gradients on this cache's side stream (made on first use),
+        ordered after the current stream's work and before its later work."""
         if self.stream is None:
             self.stream = torch.cuda.Stream(device)
-        self.stream.wait_stream(torch.cuda.current_stream(device))
-        return self.stream
+        current = torch.cuda.current_stream(device)
+        self.stream.wait_stream(current)
+        with torch.no_grad(), torch.cuda.stream(self.stream):
+            yield
+        current.wait_stream(self.stream)
 
     def _eager(self, e: dict, device) -> None:
         """One eager pass over ``e``'s buffers (on CUDA with graphs on: on the side stream,
@@ -367,22 +374,20 @@ class PrefillGraphs:
             with torch.no_grad():
                 self._forward(e["tokens"], e["last"], e["logits"])
             return
-        with torch.no_grad(), torch.cuda.stream(self._side_stream(device)):
+        with self._on_side_stream(device):
             self._forward(e["tokens"], e["last"], e["logits"])
-        torch.cuda.current_stream(device).wait_stream(self.stream)
 
     def _capture(self, e: dict, device) -> None:
         """Capture ``e``'s graph. ``capture_begin``/``capture_end`` on the warmed-up side
         stream: what ``torch.cuda.graph`` does, without its device sync, ``gc.collect()`` and
         cache flush (tens of milliseconds in a big Python process, paid by a user waiting)."""
         g = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.stream(self._side_stream(device)):
+        with self._on_side_stream(device):
             g.capture_begin(pool=self.pool)
             try:
                 self._forward(e["tokens"], e["last"], e["logits"])
             finally:
                 g.capture_end()
-        torch.cuda.current_stream(device).wait_stream(self.stream)
         e["graph"] = g
 
     def run(self, prompt: torch.Tensor) -> torch.Tensor:

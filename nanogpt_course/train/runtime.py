@@ -69,8 +69,7 @@ class Runtime:
             return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64,
                          device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
+        return self.all_reduce_sum_(t).tolist()
 
     def all_reduce_sum_(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over ranks in place, without a host synchronization on CUDA (NCCL queues
