@@ -26,8 +26,9 @@ Precision follows the readable path: under autocast the matmuls run in the autoc
 head's padded rows (``padded_vocab_size > vocab_size``) get -inf logits after the softcap,
 so they have probability 0 and zero gradient, as the slice in ``GPT.head`` gives.
 
-Opt-in (``NANOGPT_COURSE_LOSS=chunked`` or ``model.loss_impl = "chunked"``); not measured on
-a GPU yet, so the readable path stays the default.
+Opt-in (``NANOGPT_COURSE_LOSS=chunked`` or ``model.loss_impl = "chunked"``). On an H100 at
+d12 it was slower and used more peak memory than the readable path under ``torch.compile``
+(docs/PERFORMANCE.md, 2026-12-06), so the readable path stays the default.
 """
 
 from __future__ import annotations
