@@ -225,7 +225,10 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     d6 = dict(d6, seed=0, recipe="project")
     variants = [dict(d6, name=f"project_d{args.depth}_fp8_s0", fp8=True),
                 dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL"),
-                dict(d6, name=f"project_d{args.depth}_groups_nanochat_s0", roles="nanochat")]
+                dict(d6, name=f"project_d{args.depth}_groups_nanochat_s0", roles="nanochat"),
+                # issue #18: the residual stream in fp32 under autocast (the old default)
+                dict(d6, name=f"project_d{args.depth}_fp32res_s0",
+                     env={"NANOGPT_COURSE_RESIDUAL": "fp32"})]
     if not args.sweep:
         return pairs + variants
 
@@ -244,7 +247,7 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
 
 def launch(job: dict, log_dir: Path) -> subprocess.Popen:
     log = open(log_dir / f"{job['name']}.log", "w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **job.get("env", {})}
     if job.get("no_dynamo"):  # CPU dry run: nanochat's compiled optimizer steps run eagerly
         env["TORCHDYNAMO_DISABLE"] = "1"
     return subprocess.Popen([sys.executable, __file__, "--job", json.dumps(job)],
@@ -311,7 +314,7 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                                                            "train_seconds", "eval_tokens")}
                         | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
                                                           "weight_decay", "roles", "seed",
-                                                          "fp8", "window_pattern")}
+                                                          "fp8", "window_pattern", "env")}
                         for r in results}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.report:  # two files for a place that takes few (the GPU machine's $OUT)

@@ -20,8 +20,12 @@ Architecture, for ``idx`` of shape (B, T):
   head matmul on tensor-core friendly shapes); logits are cut back to ``vocab_size``.
 
 Precision: parameters are fp32 master weights. On CUDA callers run forward/backward under
-``torch.autocast("cuda", dtype=torch.bfloat16)``: matmuls and attention run in bf16, the
-residual stream stays fp32, and the softcap and loss are computed in fp32. On CPU all fp32.
+``torch.autocast("cuda", dtype=torch.bfloat16)``: matmuls and attention run in bf16, and so
+does the residual stream (the normed embedding is cast to the autocast dtype, as nanochat
+stores its activations: an fp32 stream doubles the bytes every norm, residual add and saved
+activation moves, about 5 GiB more at d12 × micro-batch 32); the softcap and loss are
+computed in fp32. ``NANOGPT_COURSE_RESIDUAL=fp32`` (read when a GPT is built) keeps the
+stream in fp32 under autocast, for A/B runs. On CPU all fp32.
 
 Init scheme (:meth:`GPT.init_weights`): token embedding N(0, 1) (it is RMS-normed anyway);
 q/k/v, MLP input and value embeddings U(±√(3/C)), i.e. std 1/√C so unit-RMS inputs give
@@ -39,6 +43,7 @@ initialized at once. The RoPE tables are non-persistent buffers: ``init_weights`
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -158,6 +163,18 @@ class GPTConfig:
         return replace(self, **changes)
 
 
+RESIDUAL_ENV = "NANOGPT_COURSE_RESIDUAL"
+RESIDUAL_PRECISIONS = ("auto", "fp32")
+
+
+def residual_precision_from_env() -> str:
+    """``$NANOGPT_COURSE_RESIDUAL`` or ``"auto"`` (see the module docstring)."""
+    value = os.environ.get(RESIDUAL_ENV) or "auto"
+    if value not in RESIDUAL_PRECISIONS:
+        raise ValueError(f"{RESIDUAL_ENV}={value!r}: choose one of {RESIDUAL_PRECISIONS}")
+    return value
+
+
 def norm(x: torch.Tensor) -> torch.Tensor:
     """Parameter-free RMSNorm over the last dimension."""
     return F.rms_norm(x, (x.size(-1),))
@@ -245,6 +262,9 @@ class GPT(nn.Module):
         # "standard": head + F.cross_entropy (readable, the default); "chunked": the
         # opt-in chunked loss that never holds the (B·T, V) logits (chunked_loss.py).
         self.loss_impl = chunked_loss.loss_impl_from_env()
+        # "auto": the residual stream in the autocast dtype when autocast is on (bf16 on
+        # CUDA), fp32 otherwise; "fp32": always fp32 (see the module docstring)
+        self.residual_precision = residual_precision_from_env()
         V, C, L = config.padded_vocab_size, config.n_embd, config.n_layer
         kv_dim = config.n_kv_head * config.head_dim
         self.wte = nn.Embedding(V, C)
@@ -318,7 +338,7 @@ class GPT(nn.Module):
         else:
             cos, sin = kv_cache.rope(self.rope_cos, self.rope_sin, T)
         masks = self._block_masks(T, idx.device, backend, kv_cache)
-        x = x0 = norm(self.wte(idx))
+        x = x0 = norm(self.wte(idx)).to(self.residual_dtype(idx.device.type))
         for i, block in enumerate(self.blocks):
             if self.resid_lambdas is not None:
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
@@ -328,6 +348,13 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         return norm(x)
+
+    def residual_dtype(self, device_type: str) -> torch.dtype:
+        """The residual stream's dtype: the autocast dtype while autocast is on for
+        ``device_type`` (unless ``residual_precision == "fp32"``), else fp32."""
+        if self.residual_precision == "auto" and torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return torch.float32
 
     def _block_masks(self, T, device, backend, kv_cache) -> dict:
         """One FlexAttention block mask per distinct window, shared by the layers using it."""
