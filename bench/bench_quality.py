@@ -341,10 +341,19 @@ def packing_stats(folder: Path, row_len: int, *, context: int = 1024, rows: int 
            "tokens": int(lengths.sum())}
     # the new packer
     packer = BestFitPacker(lengths, row_len, seed=seed)
-    for _ in range(rows):
-        packer.plan()
+    step_docs, step_top = [], []  # batch diversity: per group of 256 rows (one d6 step)
+    for start in range(0, rows, 256):
+        tokens = {}
+        for _ in range(min(256, rows - start)):
+            for doc, a, b in packer.plan():
+                tokens[doc] = tokens.get(doc, 0) + b - a
+        step_docs.append(len(tokens))
+        step_top.append(max(tokens.values()) / sum(tokens.values()))
     out["pieces"] = {"cropped": 0.0, "padded": packer.padded / (packer.rows * row_len),
-                     "long_context": packer.long_context / packer.tokens}
+                     "long_context": packer.long_context / packer.tokens,
+                     "docs_per_256_rows_median": float(np.median(step_docs)),
+                     "docs_per_256_rows_min": int(min(step_docs)),
+                     "largest_doc_share_of_256_rows_max": float(max(step_top))}
     # best fit over whole documents with cropping (nanochat's loader), streaming buffer
     out["bestfit_crop"] = _bestfit_crop(lengths, row_len, context, rows, seed)
     # random windows over the concatenated documents

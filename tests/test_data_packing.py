@@ -7,6 +7,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -156,6 +157,34 @@ def test_long_context_statistic():
     # pieces of 2049, 2049 and 904 tokens: 1025 + 1025 + 0 tokens see >= 1024 of their own
     assert packer.long_context == 2 * (2049 - 1024)
     assert packer.tokens == 5000 + 2  # two overlap tokens
+
+
+def test_long_documents_are_spread_over_the_epoch():
+    """Pieces, not documents, are shuffled: a long file's rows are spread over the whole
+    stream instead of arriving as a run of consecutive rows (issue #12: the run cost 0.1
+    bits per byte). With documents fed whole, each long file's pieces sat within ~200
+    consecutive rows of a ~1,800-row epoch."""
+    lengths = np.array([20_000] * 3 + [40] * 3000)
+    packer = BestFitPacker(lengths, 101, seed=0, buffer_size=64, epochs=1)
+    rows = []
+    while (row := packer.plan()) is not None:
+        rows.append(row)
+    for doc in range(3):
+        where = [i for i, row in enumerate(rows) if any(d == doc for d, _, _ in row)]
+        assert len(where) >= 20_000 // 101
+        assert where[-1] - where[0] > 0.8 * len(rows), (doc, where[0], where[-1], len(rows))
+    # no stretch of 50 rows is mostly one document
+    for i in range(0, len(rows) - 50, 25):
+        docs = [d for row in rows[i:i + 50] for d, _, _ in row]
+        assert max(docs.count(d) for d in range(3)) < 25
+
+
+def test_packer_refuses_a_position_saved_by_the_document_order_packer():
+    packer = BestFitPacker(np.arange(1, 50), 16, seed=0)
+    old = {"epoch": 0, "cursor": 7, "buffer": [[3, 0, 4]], "rows": 2, "tokens": 30,
+           "padded": 0, "splits": 0, "long_context": 0}
+    with pytest.raises(ValueError, match="drew whole documents.*--checkpoint instead of --resume"):
+        packer.load_state_dict(old)
 
 
 def test_different_seeds_give_different_orders():

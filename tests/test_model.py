@@ -251,6 +251,41 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert rel < 3e-2, rel
 
 
+def _residual_dtypes(model: GPT, idx: torch.Tensor) -> set:
+    """Dtypes of the residual stream: what each block receives, under CPU bf16 autocast."""
+    seen = set()
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.add(args[0].dtype))
+             for b in model.blocks]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.hidden(idx)
+    for hook in hooks:
+        hook.remove()
+    return seen | {h.dtype}
+
+
+def test_residual_stream_in_autocast_dtype_unless_fp32_is_asked(monkeypatch):
+    """Under autocast the stream is bf16 (half the bytes of every norm and residual add);
+    NANOGPT_COURSE_RESIDUAL=fp32 keeps it fp32 and gives the same loss within bf16 noise;
+    without autocast it is fp32."""
+    torch.manual_seed(0)
+    model = randomized(GPT(tiny_config()), seed=3)
+    idx = torch.randint(0, 101, (2, 32))
+    assert _residual_dtypes(model, idx) == {torch.bfloat16}
+    assert model.hidden(idx).dtype == torch.float32  # no autocast: fp32 throughout
+    monkeypatch.setenv("NANOGPT_COURSE_RESIDUAL", "fp32")
+    wide = GPT(tiny_config())
+    wide.load_state_dict(model.state_dict())
+    assert wide.residual_precision == "fp32"
+    assert _residual_dtypes(wide, idx) == {torch.float32}
+    ref = model(idx, idx)  # fp32, no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, high = model(idx, idx), wide(idx, idx)
+    assert abs(low - ref) / ref < 2e-2 and abs(high - ref) / ref < 2e-2
+    monkeypatch.setenv("NANOGPT_COURSE_RESIDUAL", "fp16")
+    with pytest.raises(ValueError, match="NANOGPT_COURSE_RESIDUAL='fp16': choose one of"):
+        GPT(tiny_config())
+
+
 # -- FLOPs -----------------------------------------------------------------------------
 def _cpu_sdpa_flop_mapping():
     """torch's FLOP counter knows the CUDA attention kernels but not the CPU one: count the

@@ -126,7 +126,9 @@ exercise("04_training_loop.lr_multiplier", lr_multiplier, _lr_cases, tol=1e-9,
          hint="warmup: (step+1)/warmup_steps; warmdown starts at num_steps - "
               "round(warmdown_ratio*num_steps); in it, left = (num_steps-step)/warmdown_steps "
               "and the multiplier is left + (1-left)*final_lr_frac")
-exercise("04_training_loop.clip_grad_norm", clip_grad_norm, _clip_cases, tol=1e-6,
+# tol 1e-5: the norm of the "large" case is ~41.7, where summation order alone moves fp32 by
+# ~4e-6 (torch's foreach norm vs a stack-and-sum differ by CPU); a wrong formula is off by far more
+exercise("04_training_loop.clip_grad_norm", clip_grad_norm, _clip_cases, tol=1e-5,
          hint="the norm is over all entries of all tensors: sqrt(sum of each tensor's squared "
               "sum); scale = min(1, max_norm / (norm + 1e-6)); multiply every gradient by it")
 exercise("04_training_loop.fp8_quantize", fp8_quantize, _fp8_cases, tol=1e-6,
