@@ -28,6 +28,11 @@ CHINCHILLA_TOKENS_PER_PARAM = 20.0
 NANOCHAT_TOKENS_PER_PARAM = (8.0, 12.0)
 
 
+# a bootstrap resample whose isoFLOP minimum lies further than this (in log10 N) outside the
+# model sizes that were run is an extrapolation: it is drawn again (see bootstrap)
+EXTRAPOLATION_DECADES = 1.0
+
+
 @dataclass
 class Parabola:
     """``loss = a·x² + b·x + c`` in ``x = log10(N)``."""
@@ -180,9 +185,11 @@ def bootstrap(groups: dict[float, list[dict]], *, n_boot: int = 1000, seed: int 
     resample keeps every run and replaces its loss by the budget's fitted parabola plus a
     residual of that budget drawn with replacement (scaled by ``sqrt(n / (n - 3))`` for the
     three fitted coefficients). It measures how much the exponents move with the run-to-run
-    noise of the losses. A resample whose parabola has no minimum is drawn again (at most
-    20·n_boot draws). Returns two arrays of exponents; both empty when a budget has only 3
-    sizes (its parabola passes through them: there is no residual to draw)."""
+    noise of the losses. A resample whose parabola has no minimum, or a minimum more than
+    ``EXTRAPOLATION_DECADES`` outside the budget's model sizes (a nearly flat parabola: an
+    extrapolation, not a measurement), is drawn again (at most 20·n_boot draws). Returns
+    two arrays of exponents; both empty when a budget has only 3 sizes (its parabola
+    passes through them: there is no residual to draw)."""
     rng = np.random.default_rng(seed)
     if min(len(runs) for runs in groups.values()) <= 3:  # an exact fit: no residuals to draw
         return np.array([]), np.array([])
@@ -204,11 +211,14 @@ def bootstrap(groups: dict[float, list[dict]], *, n_boot: int = 1000, seed: int 
                 p = fit_parabola(bf.log_n, noisy)
             except ValueError:
                 break
+            if not (bf.log_n.min() - EXTRAPOLATION_DECADES < p.x_min
+                    < bf.log_n.max() + EXTRAPOLATION_DECADES):
+                break
             fits.append((budget, p.x_min, _interp_log_d(bf.log_n, bf.log_d, p.x_min)))
         else:
-            c = [f[0] for f in fits]
-            a_s.append(fit_power_law(c, [10 ** f[1] for f in fits]).exponent)
-            b_s.append(fit_power_law(c, [10 ** f[2] for f in fits]).exponent)
+            log_c = np.log10([f[0] for f in fits])  # slopes in log-log, without 10**x
+            a_s.append(float(np.polyfit(log_c, [f[1] for f in fits], 1)[0]))
+            b_s.append(float(np.polyfit(log_c, [f[2] for f in fits], 1)[0]))
     return np.array(a_s), np.array(b_s)
 
 
