@@ -226,6 +226,8 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     variants = [dict(d6, name=f"project_d{args.depth}_fp8_s0", fp8=True),
                 dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL"),
                 dict(d6, name=f"project_d{args.depth}_groups_nanochat_s0", roles="nanochat"),
+                dict(d6, name=f"project_d{args.depth}_groups_nanochat_s1", roles="nanochat",
+                     seed=1),
                 # issue #18: the residual stream in fp32 under autocast (the old default)
                 dict(d6, name=f"project_d{args.depth}_fp32res_s0",
                      env={"NANOGPT_COURSE_RESIDUAL": "fp32"})]
