@@ -306,6 +306,18 @@ def test_sweep_restarts_a_cut_off_run_and_honours_the_time_budget(tmp_path, tiny
     assert [d for d, _ in sweep.pending(cfg)] == [1]  # the second budget is still to run
 
 
+def test_time_budget_does_not_stop_before_a_run_that_will_be_refused(tmp_path, tiny_data):
+    """A run past the epoch limit is refused at once, so a spent time budget must not stop
+    the sweep before it (the GPU sweep stopped on such a run, which took a second call)."""
+    cfg = _config(tmp_path, tiny_data, depths=[1], budgets=[1e9, 1e14], time_budget_s=1e-6)
+    calls = []
+    rows = sweep.run_sweep(cfg, epoch_tokens=tiny_data[3], launch=in_process(calls))
+    assert calls == [1]
+    assert [(r["run_id"], r["status"]) for r in rows] == [("d1-c1e+09", "ok"),
+                                                          ("d1-c1e+14", "refused")]
+    assert sweep.pending(cfg) == []
+
+
 def test_three_sizes_per_budget_give_no_bootstrap_interval():
     rows = [r for r in fit.synthetic_sweep(noise=0.01, points=3)]
     result = fit.fit_sweep(rows, n_boot=50)

@@ -369,6 +369,17 @@ def pending(cfg: SweepConfig) -> list[tuple[int, float]]:
     return todo
 
 
+def refused(cfg: SweepConfig, depth: int, budget: float, epoch_tokens: int) -> bool:
+    """Whether :func:`run_one` will refuse this run (more than ``max_epochs`` of data)."""
+    if not epoch_tokens:
+        return False
+    try:
+        plan = plan_run(cfg, train_argv(cfg, depth, budget, cfg.runs / cfg.run_id(depth, budget))).plan
+    except (Exception, SystemExit):  # noqa: BLE001 - run_one records the error itself
+        return False
+    return plan.total_tokens > cfg.max_epochs * epoch_tokens
+
+
 def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
               launch: Callable = subprocess_launcher) -> list[dict]:
     """Run every pending pair, one after another in this thread (by default) or
@@ -388,8 +399,8 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
 
     def fits(depth: int, budget: float) -> bool:
         elapsed = time.perf_counter() - t0
-        if cfg.time_budget_s is None or not rates:
-            return True
+        if cfg.time_budget_s is None or not rates or refused(cfg, depth, budget, epoch_tokens):
+            return True  # a refusal is recorded at once: it needs no time
         predicted = budget / min(rates)
         if elapsed + predicted <= cfg.time_budget_s:
             return True
