@@ -344,8 +344,13 @@ except ValueError as err:
 # `data/scaling/` holds sweeps run with the same runner, each CSV with a README (command,
 # machine, corpus hash, date). `cpu_offline.csv` is the real CPU sweep: depths 1-5 (11k to
 # 425k scaling parameters) × budgets 1e11, 3e11, 1e12 FLOPs on 24 MB of the offline corpus.
-# A GPU sweep (`gpu_offline.csv`, depths 1-5 × 1e14-1e15 FLOPs on the GPU machine's corpus)
-# is prepared there, ready to run.
+# `gpu_offline.csv` is a real GPU sweep: depths 1-5 (0.57M to 8.8M scaling parameters, an
+# 8,192-token vocabulary) × budgets 1e14, 3e14, 1e15 FLOPs on one H100. Read its plot with
+# a critical eye: at every budget the smallest model allowed won, so its stars sit at the
+# small edge, and the fit says so. That is a finding, not a failure: at these sizes this
+# recipe wants 35-100 tokens per parameter, and the corpus (90M tokens) is too small for
+# the smaller neighbour each optimum needs within one epoch. `data/scaling/README.md` gives
+# the next grid (bigger budgets, up to 4 epochs) and why repeating data that much is fine.
 
 # %%
 root = paths.repo_root()
@@ -376,7 +381,8 @@ for csv_path in committed:
 # How to read it:
 #
 # - **The stars** are each budget's fitted optimum; a star past the last point is an
-#   extrapolation (the summary says "AT THE EDGE"), and a sweep should then add a depth.
+#   extrapolation (the summary says "AT THE EDGE"), and a sweep should then add a depth
+#   on that side (the GPU sweep's stars are all on the small side).
 # - **The exponents** $a$ and $b$ say how to split more compute between size and data;
 #   with three budgets their bootstrap intervals are wide, which is the honest answer.
 # - **Tokens per parameter** at the optimum, next to Chinchilla's ~20 and nanochat's 8-12:
