@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench/ scripts run from a checkout, installed or not
+    sys.path.insert(0, str(ROOT))
+from nanogpt_course import paths  # noqa: E402
+
 DEFAULT_PATH = ROOT / "docs" / "results" / "perf_summary.json"
 META_KEYS = ("device", "torch", "date", "commit")
 
 
-def git_commit() -> str | None:
-    """This checkout's short commit (or ``$GIT_COMMIT`` where there is no git)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except Exception:
-        return os.environ.get("GIT_COMMIT")
+git_commit = paths.git_commit  # one rule for every record (see its docstring)
 
 
 def run_meta(device: str) -> dict:

@@ -30,6 +30,28 @@ def repo_root() -> Path | None:
     return here if (here / "pyproject.toml").is_file() and (here / "lessons").is_dir() else None
 
 
+COMMIT_ENV = "NANOGPT_COURSE_GIT_COMMIT"
+
+
+def git_commit() -> str:
+    """The code's commit for a result's record: ``$NANOGPT_COURSE_GIT_COMMIT`` when set (a
+    copied tree, e.g. a GPU machine's, may carry a stale ``.git``), else the checkout's
+    short commit with ``+dirty`` for local changes to tracked files, else ``unknown``."""
+    import subprocess
+
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        run = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True,  # noqa: E731
+                                           text=True, timeout=10).stdout.strip()
+        sha = run("rev-parse", "--short=10", "HEAD")
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
 def data_dir() -> Path | None:
     """The read-only raw-data mirror, or None when ``NANOGPT_COURSE_DATA`` is unset."""
     value = os.environ.get(DATA_ENV)

@@ -160,3 +160,18 @@ def test_env_cli_exit_code(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nanogpt_course.env"], capture_output=True, text=True,
                          env={**__import__("os").environ, paths.DATA_ENV: str(tmp_path / "nope")})
     assert bad.returncode == 1 and "FAIL" in bad.stdout
+
+
+def test_git_commit_prefers_the_explicit_variable(monkeypatch):
+    """Results record the code's commit: $NANOGPT_COURSE_GIT_COMMIT wins (a GPU machine's
+    copied tree carried a stale .git: its sweep rows named the session's first commit), else
+    this checkout's HEAD, marked +dirty when tracked files changed."""
+    monkeypatch.setenv(paths.COMMIT_ENV, "abc1234")
+    assert paths.git_commit() == "abc1234"
+    monkeypatch.delenv(paths.COMMIT_ENV)
+    root = paths.repo_root()
+    if root is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root,
+                          capture_output=True, text=True).stdout.strip()
+    assert paths.git_commit() in (head, head + "+dirty")

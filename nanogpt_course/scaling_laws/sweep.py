@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..paths import git_commit
+
 COLUMNS = ("run_id", "status", "depth", "width", "n_head", "params_total", "params_scaling",
            "flops_per_token", "budget_flops", "flops", "tokens", "tokens_per_param", "steps",
            "batch_tokens", "seq_len", "vocab_size", "val_bpb", "train_loss", "core", "wall_s",
@@ -129,21 +131,6 @@ def numeric(rows: list[dict], status: str = "ok") -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- environment
-def git_commit() -> str:
-    """Short commit of the working tree (``+dirty`` with local changes); where git or the
-    repository is missing (a copied tree), ``$NANOGPT_COURSE_GIT_COMMIT`` or ``unknown``."""
-    root = Path(__file__).resolve().parents[2]
-    fallback = os.environ.get("NANOGPT_COURSE_GIT_COMMIT", "unknown")
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return fallback
-    return (sha + ("+dirty" if dirty.strip() else "")) if sha else fallback
-
-
 def device_kind() -> str:
     """``NVIDIA H100 80GB HBM3`` (the first GPU's name) or ``cpu (N cores)``."""
     import torch
