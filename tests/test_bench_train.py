@@ -78,3 +78,23 @@ def test_merge_section_replaces_or_updates(tmp_path):
     data = json.loads(path.read_text())
     assert "d12" not in data["decode"] and data["decode"]["device"] == "cpu"
     assert data["train"]["d20"] == UNRELATED["train"]["d20"] and data["device"] == "NVIDIA H200"
+
+
+def test_static_memory_counts_both_recipes(repo, nanochat_dir):
+    """bench/bench_memory.py at d2: the same parameters on both sides; ours holds the
+    embeddings (weights, gradients, two Adam moments) in fp32, nanochat in bf16, so the
+    embedding bytes halve and every other byte matches within nanochat's extra scalars
+    (smear/backout) and its Muon second-moment buffers."""
+    import bench_memory
+
+    ours = bench_memory.ours(2, 512, 64)
+    theirs = bench_memory.nanochat(str(nanochat_dir), 2, 512, 64)
+    n_emb = ours["num_embedding_params"]
+    assert n_emb == theirs["num_embedding_params"] > 0
+    assert ours["embedding_dtype"] == "torch.float32"
+    assert theirs["embedding_dtype"] == "torch.bfloat16"
+    assert ours["embedding_params"] == ours["embedding_grads"] == 4 * n_emb
+    assert ours["embedding_state"] == 8 * n_emb  # exp_avg + exp_avg_sq in fp32
+    assert theirs["embedding_params"] == 2 * n_emb and theirs["embedding_state"] == 4 * n_emb
+    rest = lambda r: r["params"] - r["embedding_params"]  # noqa: E731
+    assert abs(rest(ours) - rest(theirs)) <= 4 * 64  # nanochat's few extra scalars
