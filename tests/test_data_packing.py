@@ -16,6 +16,7 @@ from nanogpt_course.data.packing import (
     WindowSampler,
     best_fit_rows,
     pack_rows,
+    piece_counts,
     piece_spans,
 )
 
@@ -157,6 +158,19 @@ def test_long_context_statistic():
     # pieces of 2049, 2049 and 904 tokens: 1025 + 1025 + 0 tokens see >= 1024 of their own
     assert packer.long_context == 2 * (2049 - 1024)
     assert packer.tokens == 5000 + 2  # two overlap tokens
+
+
+def test_the_piece_index_matches_piece_spans():
+    """The packer addresses pieces by a corpus-wide index (piece_counts + a cumulative sum);
+    it must give exactly piece_spans' pieces, in order, for every length near a boundary."""
+    for row_len in (2, 3, 11):
+        lengths = np.arange(0, 4 * row_len)
+        counts = piece_counts(lengths, row_len)
+        assert [len(piece_spans(int(n), row_len)) for n in lengths] == counts.tolist()
+        packer = BestFitPacker(lengths, row_len)
+        pieces = [packer._piece(i) for i in range(packer.num_pieces)]
+        assert pieces == [(d, s, e) for d, n in enumerate(lengths)
+                          for s, e in piece_spans(int(n), row_len)]
 
 
 def test_long_documents_are_spread_over_the_epoch():
