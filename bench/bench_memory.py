@@ -31,19 +31,9 @@ import nanochat_ref  # noqa: E402  (bench/ is not a package)
 
 from nanogpt_course.model import GPT, GPTConfig  # noqa: E402
 from nanogpt_course.optim import build_optimizer  # noqa: E402
+from nanogpt_course.optim.sharding import storage_bytes  # noqa: E402
 
 GIB = 2**30
-
-
-def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind ``tensors``."""
-    seen, total = set(), 0
-    for t in tensors:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-    return total
 
 
 def embedding_role(name: str) -> bool:

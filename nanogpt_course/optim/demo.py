@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from .sharding import storage_bytes
+
 __all__ = ["bigram_batch", "demo_config", "main"]
 
 
@@ -152,9 +154,7 @@ def _live_grad_bytes(model, opt) -> int:
     ``p.grad`` storages of a one-process optimizer."""
     if hasattr(opt, "grad_bytes"):
         return opt.grad_bytes()
-    storages = {p.grad.untyped_storage().data_ptr(): p.grad.untyped_storage().nbytes()
-                for p in model.parameters() if p.grad is not None}
-    return sum(storages.values())
+    return storage_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .sharding import storage_bytes
+
 __all__ = ["GradSharder", "Bucket", "owned_grad_bytes", "rank_memory"]
 
 
@@ -269,13 +271,7 @@ class GradSharder:
         tensors += [e[2] for e in self._in_flight] + [e[1] for e in self._in_flight
                                                       if e[1] is not None]
         tensors += [p.grad for p in self.params if p.grad is not None]
-        seen, total = set(), 0
-        for t in tensors:
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-        return total
+        return storage_bytes(tensors)
 
 
 def owned_grad_bytes(placed: list[dict], world: int, rank: int) -> dict[str, int]:

@@ -214,15 +214,8 @@ class HybridOptimizer(torch.optim.Optimizer):
     def state_bytes(self) -> int:
         """Bytes of optimizer state held by this rank, measured: the sizes of the distinct
         storages behind every state tensor (stacked buffers are counted once)."""
-        seen, total = set(), 0
-        for state in self.state.values():
-            for value in state.values():
-                if torch.is_tensor(value):
-                    storage = value.untyped_storage()
-                    if storage.data_ptr() not in seen:
-                        seen.add(storage.data_ptr())
-                        total += storage.nbytes()
-        return total
+        return sharding.storage_bytes(value for state in self.state.values()
+                                      for value in state.values() if torch.is_tensor(value))
 
     # ------------------------------------------------------------------ shards
     def shard_layout(self) -> dict:

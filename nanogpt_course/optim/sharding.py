@@ -66,6 +66,18 @@ SMALL_PARAM_NUMEL = 4096
 _HPARAM_TYPES = (bool, int, float, str, type(None))
 
 
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one buffer, e.g. the
+    slices of a stacked Muon buffer, are counted once): memory actually held."""
+    seen, total = set(), 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
 def chunk_bounds(numel: int, world_size: int, rank: int) -> tuple[int, int]:
     """``(start, stop)`` of rank ``rank``'s flat chunk of a tensor of ``numel`` elements.
 
