@@ -80,7 +80,13 @@ class PowerLaw:
 
 def fit_power_law(x, y) -> PowerLaw:
     """Least squares of ``log10 y = exponent·log10 x + log10 coefficient`` (≥ 2 points)."""
-    lx, ly = np.log10(np.asarray(x, dtype=float)), np.log10(np.asarray(y, dtype=float))
+    return fit_power_law_log(np.log10(np.asarray(x, dtype=float)),
+                             np.log10(np.asarray(y, dtype=float)))
+
+
+def fit_power_law_log(lx, ly) -> PowerLaw:
+    """:func:`fit_power_law` from ``log10 x`` and ``log10 y`` (no ``10**`` of huge logs)."""
+    lx, ly = np.asarray(lx, dtype=float), np.asarray(ly, dtype=float)
     if len(np.unique(lx)) < 2:
         raise ValueError("a power law needs at least 2 distinct x values")
     slope, intercept = np.polyfit(lx, ly, 1)
@@ -216,9 +222,9 @@ def bootstrap(groups: dict[float, list[dict]], *, n_boot: int = 1000, seed: int 
                 break
             fits.append((budget, p.x_min, _interp_log_d(bf.log_n, bf.log_d, p.x_min)))
         else:
-            log_c = np.log10([f[0] for f in fits])  # slopes in log-log, without 10**x
-            a_s.append(float(np.polyfit(log_c, [f[1] for f in fits], 1)[0]))
-            b_s.append(float(np.polyfit(log_c, [f[2] for f in fits], 1)[0]))
+            log_c = np.log10([f[0] for f in fits])
+            a_s.append(fit_power_law_log(log_c, [f[1] for f in fits]).exponent)
+            b_s.append(fit_power_law_log(log_c, [f[2] for f in fits]).exponent)
     return np.array(a_s), np.array(b_s)
 
 

@@ -300,7 +300,7 @@ def run_one(cfg: SweepConfig, depth: int, budget: float, *, epoch_tokens: int,
                vocab_size=run.model_config.vocab_size, tokens=p.total_tokens,
                flops=p.total_flops, tokens_per_param=p.total_tokens / p.scaling_params,
                epochs=p.total_tokens / epoch_tokens if epoch_tokens else None)
-    if epoch_tokens and p.total_tokens > cfg.max_epochs * epoch_tokens:
+    if over_epochs(cfg, p.total_tokens, epoch_tokens):
         row.update(status="refused", error=(
             f"needs {p.total_tokens:,} tokens = {p.total_tokens / epoch_tokens:.2f} epochs of "
             f"the {epoch_tokens:,}-token training split (limit {cfg.max_epochs:g}): use a "
@@ -356,15 +356,20 @@ def pending(cfg: SweepConfig) -> list[tuple[int, float]]:
     return todo
 
 
+def over_epochs(cfg: SweepConfig, tokens: int, epoch_tokens: int) -> bool:
+    """The refusal rule: a run needing more than ``cfg.max_epochs`` passes over the data."""
+    return bool(epoch_tokens) and tokens > cfg.max_epochs * epoch_tokens
+
+
 def refused(cfg: SweepConfig, depth: int, budget: float, epoch_tokens: int) -> bool:
-    """Whether :func:`run_one` will refuse this run (more than ``max_epochs`` of data)."""
+    """Whether :func:`run_one` will refuse this run (planned as it would plan it)."""
     if not epoch_tokens:
         return False
     try:
         plan = plan_run(cfg, train_argv(cfg, depth, budget, cfg.runs / cfg.run_id(depth, budget))).plan
     except (Exception, SystemExit):  # noqa: BLE001 - run_one records the error itself
         return False
-    return plan.total_tokens > cfg.max_epochs * epoch_tokens
+    return over_epochs(cfg, plan.total_tokens, epoch_tokens)
 
 
 def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
@@ -456,7 +461,7 @@ def dry_run_table(cfg: SweepConfig, epoch_tokens: int) -> str:
                 lines.append(f"| {cfg.run_id(depth, budget)} | | | | | | | | {err} |")
                 continue
             epochs = p.total_tokens / epoch_tokens if epoch_tokens else float("nan")
-            note = "refused (> max epochs)" if epochs > cfg.max_epochs else ""
+            note = "refused (> max epochs)" if over_epochs(cfg, p.total_tokens, epoch_tokens) else ""
             lines.append(f"| {cfg.run_id(depth, budget)} | {p.scaling_params:,} | "
                          f"{p.flops_per_token:.3g} | {p.total_batch_size:,} | {p.num_steps:,} | "
                          f"{p.total_tokens:,} | {p.total_tokens / p.scaling_params:.1f} | "
