@@ -121,7 +121,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
                seed=job["seed"], compile=job.get("compile", True), eval_every=0,
                sample_every=0, log_every=50, out=str(out / "run"), tokenizer="gpt2",
                weight_decay=job.get("weight_decay"), fp8=job.get("fp8", False),
-               window_pattern=job.get("window_pattern", "L"))
+               window_pattern=job.get("window_pattern", "L"),
+               embedding_dtype=job.get("embedding_dtype", "fp32"))
     if job.get("tokens_per_param"):
         cfg["tokens_per_param"] = job["tokens_per_param"]
     else:
@@ -230,7 +231,9 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                      seed=1),
                 # issue #18: the residual stream in fp32 under autocast (the old default)
                 dict(d6, name=f"project_d{args.depth}_fp32res_s0",
-                     env={"NANOGPT_COURSE_RESIDUAL": "fp32"})]
+                     env={"NANOGPT_COURSE_RESIDUAL": "fp32"}),
+                # issue #18: token and value embeddings stored in bf16 (nanochat's storage)
+                dict(d6, name=f"project_d{args.depth}_bf16emb_s0", embedding_dtype="bf16")]
     if not args.sweep:
         return pairs + variants
 
@@ -316,7 +319,8 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                                                            "train_seconds", "eval_tokens")}
                         | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
                                                           "weight_decay", "roles", "seed",
-                                                          "fp8", "window_pattern", "env")}
+                                                          "fp8", "window_pattern", "env",
+                                                          "embedding_dtype")}
                         for r in results}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.report:  # two files for a place that takes few (the GPU machine's $OUT)

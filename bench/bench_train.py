@@ -107,6 +107,8 @@ def main(argv=None) -> dict:
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
     p.add_argument("--window-pattern", default="L", help="e.g. SSSL (the trainer's flag)")
     p.add_argument("--fp8", action="store_true", help="the trainer's --fp8 (Hopper GPUs)")
+    p.add_argument("--embedding-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="the trainer's --embedding-dtype")
     p.add_argument("--nanochat", metavar="PATH",
                    help="also measure nanochat (a checkout at commit 92d63d4) in this process")
     p.add_argument("--merge-summary", nargs="?", const=perf_summary.DEFAULT_PATH, type=Path,
@@ -180,7 +182,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
                       device_batch_size=args.device_batch_size, max_steps=args.steps,
                       compile=args.compile, eval_every=-1, sample_every=-1, out=str(out),
                       data="random", tokenizer="random", fp8=args.fp8,
-                      window_pattern=args.window_pattern)
+                      window_pattern=args.window_pattern, embedding_dtype=args.embedding_dtype)
     loaders = MemoryLoaders(tokens)
     run = RunPlan(cfg=cfg, out=out, kind="base", tokenizer=RandomTokenizer(args.vocab),
                   model_config=config, plan=plan,
@@ -211,7 +213,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "grad_accum": run.grad_accum, "compile": args.compile,
             "optimizer": args.optimizer, "loss_impl": chunked_loss.loss_impl_from_env(),
             "window_pattern": config.window_pattern, "fp8": args.fp8,
-            "params": plan.num_params, "scaling_params": plan.scaling_params,
+            "embedding_dtype": args.embedding_dtype, "params": plan.num_params, "scaling_params": plan.scaling_params,
             "flops_per_token": plan.flops_per_token, "steps": args.steps,
             "tok_per_sec": tok_s, "tok_per_sec_per_gpu": tok_s / rt.world_size,
             "mfu_percent": statistics.median(mfus) if mfus else None,
@@ -302,9 +304,11 @@ def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,
 
 
 def summary_key(args) -> str:
-    """The ``train`` section's key: ``d12``, ``d12_SSSL``, ``d12_fp8`` (issue #19's names)."""
+    """The ``train`` section's key: ``d12``, ``d12_SSSL``, ``d12_fp8`` (issue #19's names),
+    ``d12_bf16emb`` (embeddings stored in bf16)."""
     pattern = args.window_pattern
-    return f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}") + ("_fp8" * args.fp8)
+    return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}") + ("_fp8" * args.fp8)
+            + ("_bf16emb" if getattr(args, "embedding_dtype", "fp32") == "bf16" else ""))
 
 
 def summary_entry(report: dict, meta: dict) -> dict:
@@ -327,6 +331,7 @@ def summary_entry(report: dict, meta: dict) -> dict:
             "seq_len": report["seq_len"], "grad_accum": report["grad_accum"],
             "compile": report["compile"], "loss_impl": report["loss_impl"],
             "window_pattern": report["window_pattern"], "fp8": report["fp8"],
+            "embedding_dtype": report.get("embedding_dtype", "fp32"),
             **{key: meta[key] for key in ("device", "date", "commit")}}
 
 

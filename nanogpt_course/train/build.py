@@ -91,7 +91,7 @@ def _merge_resume(cfg: TrainConfig, saved: TrainConfig) -> TrainConfig:
         raise ConfigError("--resume continues a run with its own settings; these differ from "
                           "the checkpoint's: " + "; ".join(diffs) + ". Drop them, or start a "
                           "new run with another --out.")
-    runtime_knobs = ("device_batch_size", "compile", "fp8", "eval_every", "core_every",
+    runtime_knobs = ("device_batch_size", "compile", "fp8", "embedding_dtype", "eval_every", "core_every",
                      "chatcore_every", "sample_every", "save_every", "keep_last", "eval_tokens",
                      "log_every", "device", "stop_at", "out")
     merged = saved.replace(**{k: getattr(cfg, k) for k in runtime_knobs}, resume=True,

@@ -17,6 +17,7 @@ DEFAULT_DATA = {"pretraining": "fineweb_edu", "mid-training": "task_mixture", "a
                 "sft": None}
 # Fine-tuning from a checkpoint: no warmup, a short final warmdown to zero, no weight decay
 # (nanochat's mid-training and SFT settings); pretraining uses the Schedule defaults.
+EMBEDDING_DTYPES = ("fp32", "bf16")
 FINETUNE_SCHEDULE = {"warmup_steps": 0, "warmdown_ratio": 0.2, "final_lr_frac": 0.0}
 
 
@@ -66,6 +67,7 @@ class TrainConfig:
     window_pattern: str = "L"  # per layer, repeated: L = full context, S = short window
     short_window: int | None = None  # tokens an S layer sees; None = seq_len // 2
     fp8: bool = False  # the blocks' linear layers in FP8 while training (Hopper GPUs)
+    embedding_dtype: str = "fp32"  # "bf16": token/value embeddings stored in bf16 (memory)
     # ---- Python API only (tests, lessons): stop after this many steps as if preempted
     stop_at: int | None = None
 
@@ -150,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     b("--fp8", action="store_true",
       help="FP8 matmuls in the blocks' linear layers while training (H100/H200 only; "
            "see nanogpt_course/fp8.py for the scaling recipe)")
+    b("--embedding-dtype", choices=EMBEDDING_DTYPES, default="fp32",
+      help="storage of the token and value embeddings: bf16 halves their weights, gradients "
+           "and Adam moments (1.3 GiB less at d12), as nanochat stores them")
     return p
 
 
@@ -180,6 +185,9 @@ def validate(cfg: TrainConfig) -> None:
     if not pattern or set(pattern.upper()) - {"S", "L"}:
         raise ConfigError(f"--window-pattern {cfg.window_pattern!r}: use the letters S (short "
                           "window) and L (full context), e.g. L or SSSL")
+    if cfg.embedding_dtype not in EMBEDDING_DTYPES:
+        raise ConfigError(f"--embedding-dtype {cfg.embedding_dtype!r}: choose one of "
+                          f"{', '.join(EMBEDDING_DTYPES)}")
     if cfg.short_window is not None and cfg.short_window < 1:
         raise ConfigError(f"--short-window must be >= 1, got {cfg.short_window}")
     if cfg.target_flops is not None and cfg.tokens_per_param is not None:

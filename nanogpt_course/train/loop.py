@@ -116,6 +116,9 @@ class Trainer:
             converted = fp8.enable_fp8(self.model)
             self.log.note(f"fp8: {len(converted)} linear layers in FP8 (tensorwise scaling; "
                           "lm_head, embeddings and gates in bf16)")
+        if self.cfg.embedding_dtype == "bf16":  # before the optimizer: its moments follow
+            self.model.store_embeddings_in(torch.bfloat16)
+            self.log.note("embeddings stored in bf16 (token and value embeddings)")
         self.optimizer = build_optimizer(run, self.model, rt)
         self.train_batches = self.loaders.train(run, rt)
         self.step = 0
@@ -217,7 +220,10 @@ class Trainer:
                 "loader": loader_state, "rng": rngs, "finished": finished,
                 "num_steps": run.plan.num_steps, "data": self.cfg.data,
                 "init_from": str(run.init_from) if run.init_from else None}
-        model_state = self.model.state_dict() if rt.is_main else None
+        model_state = None
+        if rt.is_main:  # fp32 on disk whatever the storage (bf16 -> fp32 -> bf16 is exact)
+            model_state = {k: v.float() if v.dtype == torch.bfloat16 else v
+                           for k, v in self.model.state_dict().items()}
         folder = ck.save(run.out, step, meta=meta, rank=rt.rank, world_size=rt.world_size,
                          model_state=model_state, optimizer_state=tensors,
                          optimizer_layout=layout, tokenizer=run.tokenizer if rt.is_main else None,
