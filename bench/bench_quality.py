@@ -108,13 +108,14 @@ def closed_form(depth: int, vocab_size: int, seq_len: int, flops: float, batch: 
 # ---------------------------------------------------------------------------- one job
 def run_project(job: dict, folder: Path, out: Path) -> dict:
     """Our recipe through our trainer (in this process); optional overrides from the job:
-    ``weight_decay``, ``roles`` ("nanochat": the nanochat group table), ``tokens_per_param``."""
+    ``weight_decay``, ``roles`` ("uniform": the group table before the d6 A/B,
+    ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``."""
     from nanogpt_course import checkpoint
     from nanogpt_course.optim import build as optim_build
     from nanogpt_course.train import TrainConfig, train
 
-    if job.get("roles") == "nanochat":
-        optim_build.ROLES = optim_build.NANOCHAT_ROLES
+    if job.get("roles") == "uniform":
+        optim_build.ROLES = optim_build.UNIFORM_ROLES
     meta = data.read_meta(folder)
     cfg = dict(mode="pretraining", data=str(folder), depth=job["depth"],
                seq_len=job["seq_len"], device_batch_size=job["device_batch_size"],
@@ -226,8 +227,9 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     d6 = dict(d6, seed=0, recipe="project")
     variants = [dict(d6, name=f"project_d{args.depth}_fp8_s0", fp8=True),
                 dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL"),
-                dict(d6, name=f"project_d{args.depth}_groups_nanochat_s0", roles="nanochat"),
-                dict(d6, name=f"project_d{args.depth}_groups_nanochat_s1", roles="nanochat",
+                # issue #12's group A/B: the table before nanochat's became the default
+                dict(d6, name=f"project_d{args.depth}_groups_uniform_s0", roles="uniform"),
+                dict(d6, name=f"project_d{args.depth}_groups_uniform_s1", roles="uniform",
                      seed=1),
                 # issue #18: the residual stream in fp32 under autocast (the old default)
                 dict(d6, name=f"project_d{args.depth}_fp32res_s0",
@@ -245,7 +247,7 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
 
     # x6 at 2 tokens per parameter is the old rule's λ (6.48): the direct A/B of the rules
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
-             d4(6, name="groups_nanochat_d4_tpp6", roles="nanochat"),
+             d4(6, name="groups_uniform_d4_tpp6", roles="uniform"),
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0)]
     return pairs[:2] + sweep + pairs[2:] + variants
 

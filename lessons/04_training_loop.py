@@ -248,8 +248,12 @@ class MyAdamW:
 # Which groups? The model sorts its parameters by role (`model.parameter_kinds()`): the
 # 2-D **matrices** inside the blocks, the **embedding** tables, the **unembedding**
 # (`lm_head`) and a few **scalars**. Each gets its own learning rate. The library's
-# `build_optimizer` uses the same four groups but gives the matrices **Muon** instead of
-# AdamW (lesson 05):
+# `build_optimizer` splits them further by role, with one table of settings
+# (`nanogpt_course/optim/build.py`, nanochat's grouping, which beat a uniform table by 0.01
+# bits per byte at d6): the matrices and the value-embedding gates get **Muon** instead of
+# AdamW (lesson 05); the residual scalars learn 100× slower than the x0 scalars; the value
+# embeddings at half the token embedding's rate; each AdamW group has its own betas and a
+# small weight decay:
 
 # %%
 for kind, params in model.parameter_kinds().items():

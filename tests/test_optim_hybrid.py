@@ -80,7 +80,8 @@ def test_build_optimizer_covers_every_gpt_parameter_once():
     s = (64 / 768) ** -0.5
     assert by_name["embedding"]["lr"] == pytest.approx(0.2 * s)
     assert by_name["unembedding"]["lr"] == pytest.approx(0.004 * s)
-    assert by_name["gate"]["lr"] == 0.5 and by_name["matrix"]["lr"] == 0.02
+    assert by_name["x0"]["lr"] == 0.5 and by_name["residual"]["lr"] == pytest.approx(0.005)
+    assert by_name["gate"]["lr"] == by_name["matrix"]["lr"] == 0.02  # gates on Muon
     wide = build_optimizer(tiny_gpt(n_embd=128), embedding_lr=0.3)
     emb = next(g for g in wide.param_groups if g["name"] == "embedding")
     assert emb["lr"] == pytest.approx(0.3 * (128 / 768) ** -0.5)

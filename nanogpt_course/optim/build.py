@@ -2,23 +2,27 @@
 
 Each role is one optimizer group. The table (:data:`ROLES`) is the whole recipe:
 
-===============  ======  ==================  ======  ===========  =====  =======================
-role             update  learning rate       factor  betas        decay  parameters
-===============  ======  ==================  ======  ===========  =====  =======================
-matrix           Muon    ``matrix_lr``       1       --           λ      2-D block weights
-gate             AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      value-embedding gates
-residual         AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      ``resid_lambdas``
-x0               AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      ``x0_lambdas``
-embedding        AdamW   ``embedding_lr``    s       (0.8, 0.95)  0      token embedding
-value_embedding  AdamW   ``embedding_lr``    s       (0.8, 0.95)  0      value embeddings
-unembedding      AdamW   ``unembedding_lr``  s       (0.8, 0.95)  0      ``lm_head``
-scalar           AdamW   ``scalar_lr``       1       (0.8, 0.95)  0      other vectors, biases
-===============  ======  ==================  ======  ===========  =====  =======================
+===============  ======  ==================  =====  =============  =====  =====================
+role             update  learning rate       ×      betas          decay  parameters
+===============  ======  ==================  =====  =============  =====  =====================
+matrix           Muon    ``matrix_lr``       1      --             λ      2-D block weights
+gate             Muon    ``matrix_lr``       1      --             λ      value-embedding gates
+residual         AdamW   ``scalar_lr``       0.01   (0.8, 0.95)    0.05   ``resid_lambdas``
+x0               AdamW   ``scalar_lr``       1      (0.96, 0.95)   0      ``x0_lambdas``
+embedding        AdamW   ``embedding_lr``    s      (0.8, 0.995)   0.001  token embedding
+value_embedding  AdamW   ``embedding_lr``    0.5 s  (0.8, 0.995)   0.01   value embeddings
+unembedding      AdamW   ``unembedding_lr``  s      (0.8, 0.96)    0.01   ``lm_head``
+scalar           AdamW   ``scalar_lr``       1      (0.8, 0.95)    0      other vectors, biases
+===============  ======  ==================  =====  =============  =====  =====================
 
-So ``--scalar-lr`` sets the gates, the residual and the x0 scalars (each × its factor),
-``--embedding-lr`` the token and value embeddings, ``--unembedding-lr`` the head, and
-``--matrix-lr`` / ``--weight-decay`` (λ, scheduled by the trainer) the Muon matrices. The
-AdamW weight decays in the table are constants (decoupled, ``lr · wd``).
+So ``--matrix-lr`` and ``--weight-decay`` (λ, scheduled by the trainer) set the Muon
+matrices and the gates; ``--scalar-lr`` the residual scalars at 0.01× and the x0 scalars
+at 1×; ``--embedding-lr`` the token embedding at 1× and the value embeddings at 0.5×;
+``--unembedding-lr`` the head. The AdamW weight decays in the table are constants
+(decoupled, ``lr · wd``). This is nanochat 92d63d4's grouping (its ``setup_optimizer``);
+it became the default after an A/B at d6, 2.49e16 FLOPs, two seeds: 0.0097 bits per byte
+better than :data:`UNIFORM_ROLES` (one beta pair, no decay, gates with the scalars), the
+table before it (docs/QUALITY.md).
 
 Width scaling of AdamW LRs: ``s = (d_model / 768) ** -0.5``. The default LRs were tuned at
 ``d_model = 768`` (a d12 model); an Adam step moves every entry by about ``lr``, and a wider
@@ -33,18 +37,9 @@ initialization every block is the identity and the final RMSNorm is scale invari
 their gradient is exactly zero in exact arithmetic; in floats it is rounding noise, which
 Adam (normalizing by ``sqrt(v) + eps``, eps 1e-10) would turn into a full-size step in a
 random direction. From step 2 on the gradients are real.
-
-What the table does *not* (yet) do, and why: nanochat 92d63d4 trains the gates with Muon,
-the residual scalars at 0.01× with weight decay 0.05, the x0 scalars with betas (0.96, 0.95),
-the embeddings with betas (0.8, 0.995) and small decays, the value embeddings at 0.5× and
-the head with betas (0.8, 0.96) (:data:`NANOCHAT_ROLES`). Each change is kept here only
-when an A/B at equal FLOPs gains at least 0.003 bits per byte (seed noise is about
-±0.002); the measurements are in docs/QUALITY.md.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
@@ -54,7 +49,7 @@ from .hybrid import HybridOptimizer, MuonAdamW
 from .sharding import SMALL_PARAM_NUMEL
 
 __all__ = ["build_optimizer", "infer_parameter_kinds", "parameter_roles", "KINDS", "ROLES",
-           "NANOCHAT_ROLES", "REFERENCE_WIDTH"]
+           "UNIFORM_ROLES", "REFERENCE_WIDTH"]
 
 KINDS = ("matrix", "embedding", "unembedding", "scalar")
 REFERENCE_WIDTH = 768
@@ -63,18 +58,6 @@ _ADAM = {"kind": "adamw", "betas": (0.8, 0.95), "weight_decay": 0.0}
 # role -> kind, which LR argument, its factor, whether it is width-scaled, betas, decay
 ROLES: dict[str, dict] = {
     "matrix": {"kind": "muon", "lr": "matrix_lr", "factor": 1.0},
-    "gate": {**_ADAM, "lr": "scalar_lr", "factor": 1.0},
-    "residual": {**_ADAM, "lr": "scalar_lr", "factor": 1.0, "skip_first_step": True},
-    "x0": {**_ADAM, "lr": "scalar_lr", "factor": 1.0, "skip_first_step": True},
-    "embedding": {**_ADAM, "lr": "embedding_lr", "factor": 1.0, "width_scaled": True},
-    "value_embedding": {**_ADAM, "lr": "embedding_lr", "factor": 1.0, "width_scaled": True},
-    "unembedding": {**_ADAM, "lr": "unembedding_lr", "factor": 1.0, "width_scaled": True},
-    "scalar": {**_ADAM, "lr": "scalar_lr", "factor": 1.0},
-}
-
-# nanochat 92d63d4's groups (nanochat/gpt.py, setup_optimizer), for A/B comparisons
-NANOCHAT_ROLES: dict[str, dict] = {
-    **copy.deepcopy(ROLES),
     "gate": {"kind": "muon", "lr": "matrix_lr", "factor": 1.0},
     "residual": {**_ADAM, "lr": "scalar_lr", "factor": 0.01, "weight_decay": 0.05,
                  "skip_first_step": True},
@@ -86,6 +69,20 @@ NANOCHAT_ROLES: dict[str, dict] = {
                         "betas": (0.8, 0.995), "weight_decay": 0.01},
     "unembedding": {**_ADAM, "lr": "unembedding_lr", "factor": 1.0, "width_scaled": True,
                     "betas": (0.8, 0.96), "weight_decay": 0.01},
+    "scalar": {**_ADAM, "lr": "scalar_lr", "factor": 1.0},
+}
+
+# The table before the d6 A/B: every AdamW group with betas (0.8, 0.95) and no decay, the
+# gates with the scalars, the value embeddings at the token embedding's LR (for A/B runs)
+UNIFORM_ROLES: dict[str, dict] = {
+    "matrix": ROLES["matrix"],
+    "gate": {**_ADAM, "lr": "scalar_lr", "factor": 1.0},
+    "residual": {**_ADAM, "lr": "scalar_lr", "factor": 1.0, "skip_first_step": True},
+    "x0": {**_ADAM, "lr": "scalar_lr", "factor": 1.0, "skip_first_step": True},
+    "embedding": {**_ADAM, "lr": "embedding_lr", "factor": 1.0, "width_scaled": True},
+    "value_embedding": {**_ADAM, "lr": "embedding_lr", "factor": 1.0, "width_scaled": True},
+    "unembedding": {**_ADAM, "lr": "unembedding_lr", "factor": 1.0, "width_scaled": True},
+    "scalar": ROLES["scalar"],
 }
 
 

@@ -272,17 +272,18 @@ class HybridOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _check_same_params(layout: dict, mine: dict) -> None:
         strip = lambda entries: [(e["group"], e["kind"], e["shape"]) for e in entries]
-        names = lambda lay: [g.get("name") for g in lay.get("groups", [])]
-        if strip(layout["params"]) != strip(mine["params"]) and names(layout) != names(mine):
-            raise ValueError(f"the optimizer state was saved with the groups {names(layout)} "
-                             f"and this optimizer has {names(mine)} (build_optimizer now groups "
-                             "parameters by role): the optimizer state cannot be reused. The "
-                             "weights still load: start from them with --checkpoint (a fresh "
-                             "optimizer) instead of --resume")
-        if strip(layout["params"]) != strip(mine["params"]):
-            raise ValueError("the optimizer state was saved for different parameters (groups, "
-                             "kinds or shapes differ): is this checkpoint from another model "
-                             "or another build_optimizer grouping?")
+        if strip(layout["params"]) == strip(mine["params"]):
+            return
+        groups = lambda lay: [f"{g.get('name')} ({g.get('kind')})" for g in lay.get("groups", [])]
+        if groups(layout) != groups(mine):  # the same model under another role table
+            raise ValueError(f"the optimizer state was saved with the groups {groups(layout)} "
+                             f"and this optimizer has {groups(mine)} (build_optimizer's role "
+                             "table has changed since): the optimizer state cannot be reused. "
+                             "The weights still load: start from them with --checkpoint (a "
+                             "fresh optimizer) instead of --resume")
+        raise ValueError("the optimizer state was saved for different parameters (groups, "
+                         "kinds or shapes differ): is this checkpoint from another model "
+                         "or another build_optimizer grouping?")
 
     def _load_param_state(self, i: int, p: torch.nn.Parameter, entry: dict,
                           tensors: dict[str, torch.Tensor]) -> None:
