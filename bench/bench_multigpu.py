@@ -380,11 +380,13 @@ def predicted_state_bytes(model_config, world_size: int) -> list[int]:
 
     from nanogpt_course.model import GPT
     from nanogpt_course.optim import sharding
+    from nanogpt_course.optim.build import ROLES, parameter_roles
 
     with torch.device("meta"):
-        kinds = GPT(model_config).parameter_kinds()
-    groups = [{"kind": "muon" if name == "matrix" else "adamw", "params": kinds[name]}
-              for name in ("matrix", "embedding", "unembedding", "scalar") if kinds.get(name)]
+        roles = parameter_roles(GPT(model_config))
+    # build_optimizer's groups: one per non-empty role, in the table's order
+    groups = [{"kind": ROLES[role]["kind"], "params": params}
+              for role, params in roles.items() if params]
     per_rank = [0] * world_size
     for e in sharding.place(sharding.param_entries(groups), world_size):
         numel, size = 1, torch.empty((), dtype=getattr(torch, e["dtype"])).element_size()
