@@ -248,7 +248,7 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     # x6 at 2 tokens per parameter is the old rule's λ (6.48): the direct A/B of the rules
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
              d4(6, name="groups_uniform_d4_tpp6", roles="uniform"),
-             d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0)]
+             d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0), d4(6, 0.25), d4(2, 0.25)]
     return pairs[:2] + sweep + pairs[2:] + variants
 
 
@@ -417,7 +417,8 @@ def main(argv=None) -> int:
     p.add_argument("--device-batch-size", type=int, default=16)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--sweep", action="store_true", help="add the d4 weight-decay sweep and A/B")
-    p.add_argument("--rule-wd", type=float, default=1.0796, help="the rule's λ at d4 (sweep)")
+    p.add_argument("--rule-wd", type=float, default=None,
+                   help="the rule's λ at d4 (sweep); default: the depth rule's own value")
     p.add_argument("--parallel", type=int, default=3)
     p.add_argument("--start-by", type=float, default=330,
                    help="seconds since the bench started (corpus included): start no job later")
@@ -470,6 +471,8 @@ def main(argv=None) -> int:
                                                        sequence_len=args.seq_len))
     plan = scaling.plan(args.depth, stats, target_flops=args.flops)
     args.batch_d6 = plan.total_batch_size
+    if args.rule_wd is None:  # rule 4 depends on the depth, not on the horizon
+        args.rule_wd = scaling.plan(4, stats, tokens_per_param=2).weight_decay
     jobs = default_jobs(args, plan.total_batch_size)
     work = Path(args.work) if args.work else out / "work"
     for job in jobs:
@@ -483,9 +486,13 @@ def main(argv=None) -> int:
                 job["tokens_per_param"] = 0.05
             if job["recipe"] == "project" and job.get("batch"):
                 job["batch"] = 4 * 64 * 2
-    if args.only:
-        keep = set(args.only.split(","))
-        jobs = [j for j in jobs if j["name"] in keep]
+    if args.only:  # in the order given (the queue starts them in that order)
+        by_name = {j["name"]: j for j in jobs}
+        unknown = [n for n in args.only.split(",") if n not in by_name]
+        if unknown:
+            print(f"error: unknown job(s) {unknown}; known: {sorted(by_name)}", file=sys.stderr)
+            return 2
+        jobs = [by_name[n] for n in args.only.split(",")]
     print(f"{len(jobs)} jobs on {device_name}: " + ", ".join(j["name"] for j in jobs), flush=True)
     summary = lambda: summarize(out, corpus, device_name, args)
     run_queue(jobs, out, parallel=args.parallel, start_by=args.start_by, deadline=args.deadline,
