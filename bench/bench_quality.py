@@ -29,6 +29,7 @@ is written to ``OUT/jobs/<name>.json`` as it finishes and ``OUT/summary.json`` i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -109,13 +110,17 @@ def closed_form(depth: int, vocab_size: int, seq_len: int, flops: float, batch: 
 def run_project(job: dict, folder: Path, out: Path) -> dict:
     """Our recipe through our trainer (in this process); optional overrides from the job:
     ``weight_decay``, ``roles`` ("uniform": the group table before the d6 A/B,
-    ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``."""
+    ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``, ``muon``
+    (keyword arguments for ``optim.build_optimizer``, e.g. ``orthogonalizer``)."""
     from nanogpt_course import checkpoint
     from nanogpt_course.optim import build as optim_build
     from nanogpt_course.train import TrainConfig, train
 
     if job.get("roles") == "uniform":
         optim_build.ROLES = optim_build.UNIFORM_ROLES
+    if job.get("muon"):  # Muon options the trainer has no flag for (screening only)
+        from nanogpt_course import optim
+        optim.build_optimizer = functools.partial(optim.build_optimizer, **job["muon"])
     meta = data.read_meta(folder)
     cfg = dict(mode="pretraining", data=str(folder), depth=job["depth"],
                seq_len=job["seq_len"], device_batch_size=job["device_batch_size"],
@@ -246,10 +251,13 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                     weight_decay=wd, flops=None, batch=None, name=name, **kw)
 
     # x6 at 2 tokens per parameter is the old rule's λ (6.48): the direct A/B of the rules
+    # issue #12 item 4's refinements, screened at d4 against wd_d4_tpp6_x1.0 (same λ)
+    screens = [d4(6, 1.0, name="screen_d4_polar", muon={"orthogonalizer": "polar_express"}),
+               d4(6, 1.0, name="screen_d4_cautious", muon={"cautious_weight_decay": True})]
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
              d4(6, name="groups_uniform_d4_tpp6", roles="uniform"),
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0), d4(6, 0.25), d4(2, 0.25)]
-    return pairs[:2] + sweep + pairs[2:] + variants
+    return pairs[:2] + sweep + screens + pairs[2:] + variants
 
 
 def launch(job: dict, log_dir: Path) -> subprocess.Popen:
@@ -322,7 +330,7 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                         | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
                                                           "weight_decay", "roles", "seed",
                                                           "fp8", "window_pattern", "env",
-                                                          "embedding_dtype")}
+                                                          "embedding_dtype", "muon")}
                         for r in results}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.report:  # two files for a place that takes few (the GPU machine's $OUT)
