@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from nanogpt_course import data, exercises, paths, presets
-from nanogpt_course.data import offline, shards
+from nanogpt_course.data import download, offline, shards
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.tokenizer import Tokenizer
 
@@ -168,9 +168,20 @@ except shards.ShardError as err:
 # train/validation split is **per file**: a file is entirely in one split, so validation
 # never scores text whose neighbouring paragraphs were trained on. Tiny Shakespeare is a
 # single file, so its validation split is its last 10% as one contiguous tail.
+#
+# (Offline, without the data mirror, the download fails with a one-line error; the cell
+# then uses another single long file, Python's own help topics, so the lesson still runs.)
 
 # %%
-shakespeare = data.prepare("tinyshakespeare", tok)
+try:
+    shakespeare = data.prepare("tinyshakespeare", tok)
+except (paths.MissingDataError, download.DownloadError) as err:
+    print(f"tiny Shakespeare is not reachable ({type(err).__name__}); using one long file "
+          f"of Python's help topics instead")
+    import pydoc_data.topics
+    book = paths.cache_dir("lesson07") / "python_topics.txt"
+    book.write_text("\n\n".join(pydoc_data.topics.topics.values()), encoding="utf-8")
+    shakespeare = data.prepare(str(book), tok, val_fraction=0.1)
 meta = data.read_meta(shakespeare)
 for split, s in meta["splits"].items():
     print(f"{split:<5} {s['tokens']:>9,} tokens {s['docs']:>6,} documents "

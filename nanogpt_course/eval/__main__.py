@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..launch import finish_distributed, init_distributed
     from .ranks import rank_and_world
 
+    try:  # the checkpoint first: it is the argument every command needs
+        folder = ck.resolve(args.checkpoint)
+        meta = ck.read_meta(folder)
+    except (ck.CheckpointError, FileNotFoundError, ValueError) as err:
+        _fail(f"cannot use checkpoint {args.checkpoint!r}: {err}")
     if args.command != "bpb" and args.tasks:
         from .chatcore import select_tasks as chat_tasks
         from .core import select_tasks as core_tasks
@@ -126,11 +131,6 @@ def main(argv: list[str] | None = None) -> int:
             _fail("no ChatCORE data found (ARC from the CORE bundle, mmlu/test, gsm8k/test.jsonl, "
                   "humaneval/HumanEval.jsonl). To fix: run `python -m nanogpt_course.eval "
                   "download all`, or point NANOGPT_COURSE_DATA at a data mirror")
-    try:
-        folder = ck.resolve(args.checkpoint)
-        meta = ck.read_meta(folder)
-    except (ck.CheckpointError, FileNotFoundError, ValueError) as err:
-        _fail(f"cannot use checkpoint {args.checkpoint!r}: {err}")
     if args.command == "chatcore" and meta.get("kind", "base") != "chat":
         print(f"note: {folder} is a {meta.get('kind', 'base')} model; ChatCORE expects a chat "
               f"model (run mid-training or sft first)", flush=True)
