@@ -253,7 +253,8 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     # x6 at 2 tokens per parameter is the old rule's λ (6.48): the direct A/B of the rules
     # issue #12 item 4's refinements, screened at d4 against wd_d4_tpp6_x1.0 (same λ)
     screens = [d4(6, 1.0, name="screen_d4_polar", muon={"orthogonalizer": "polar_express"}),
-               d4(6, 1.0, name="screen_d4_cautious", muon={"cautious_weight_decay": True})]
+               d4(6, 1.0, name="screen_d4_cautious", muon={"cautious_weight_decay": True}),
+               d4(6, 1.0, name="screen_d4_shapewd", muon={"shape_scaled_weight_decay": True})]
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
              d4(6, name="groups_uniform_d4_tpp6", roles="uniform"),
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0), d4(6, 0.25), d4(2, 0.25)]

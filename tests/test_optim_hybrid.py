@@ -252,3 +252,27 @@ def test_state_bytes_counts_stacked_buffers_once():
     _step_with_grads(opt, params, [torch.randn(8, 4) for _ in params])
     assert opt.state_bytes() == 3 * 8 * 4 * 4  # one stacked (3, 8, 4) fp32 buffer
     assert opt.state[params[1]]["momentum_buffer"].shape == (8, 4)
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64)])
+def test_shape_scaled_weight_decay_decays_tall_matrices_at_their_own_lr(shape):
+    """Decay is applied before the update and the direction does not depend on it, so the
+    two runs differ by exactly ``lr * wd * (s - 1) * W0`` with ``s = sqrt(max(1, m / n))``
+    (1 for a wide matrix: no difference)."""
+    torch.manual_seed(0)
+    w0 = torch.randn(*shape)
+    grad = torch.randn(*shape)
+    lr, wd = 0.02, 0.5
+    after = {}
+    for scaled in (False, True):
+        p = nn.Parameter(w0.clone())
+        opt = MuonAdamW([{"kind": "muon", "params": [p], "lr": lr, "weight_decay": wd,
+                          "shape_scaled_weight_decay": scaled}])
+        p.grad = grad.clone()
+        opt.step()
+        after[scaled] = p.detach().clone()
+    s = max(1.0, shape[0] / shape[1]) ** 0.5
+    expected = lr * wd * (s - 1.0) * w0
+    torch.testing.assert_close(after[False] - after[True], expected, atol=1e-6, rtol=1e-4)
+    if s > 1:
+        assert (after[False] - after[True]).abs().max() > 1e-3  # the flag changed something

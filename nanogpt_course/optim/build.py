@@ -177,6 +177,7 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
                     adam_eps: float = 1e-10, adamw_weight_decay: float | None = None,
                     muon_momentum: float = 0.95, ns_steps: int = 5,
                     orthogonalizer: str = "newton_schulz", cautious_weight_decay: bool = False,
+                    shape_scaled_weight_decay: bool = False,
                     max_grad_norm: float | None = None, track_grad_norm: bool = False,
                     reference_width: int = REFERENCE_WIDTH, process_group=None,
                     small_param_numel: int = SMALL_PARAM_NUMEL, roles: dict | None = None,
@@ -203,7 +204,8 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
         if spec["kind"] == "muon":
             group.update(momentum=muon_momentum, weight_decay=weight_decay, ns_steps=ns_steps,
                          orthogonalizer=orthogonalizer,
-                         cautious_weight_decay=cautious_weight_decay)
+                         cautious_weight_decay=cautious_weight_decay,
+                         shape_scaled_weight_decay=shape_scaled_weight_decay)
         else:
             group.update(betas=tuple(adam_betas if adam_betas is not None else spec["betas"]),
                          eps=adam_eps,

@@ -26,7 +26,7 @@ import torch
 
 from . import sharding
 from .adamw import adamw_step_
-from .muon import ORTHOGONALIZERS, apply_muon_step_, muon_direction
+from .muon import ORTHOGONALIZERS, apply_muon_step_, muon_direction, shape_lr_scale
 
 __all__ = ["MUON_DEFAULTS", "ADAMW_DEFAULTS", "MuonAdamW", "HybridOptimizer"]
 
@@ -38,6 +38,7 @@ MUON_DEFAULTS = {
     "ns_steps": 5,
     "orthogonalizer": "newton_schulz",
     "cautious_weight_decay": False,
+    "shape_scaled_weight_decay": False,
 }
 ADAMW_DEFAULTS = {
     "lr": 1e-3,
@@ -182,8 +183,10 @@ class HybridOptimizer(torch.optim.Optimizer):
                                    momentum=group["momentum"], nesterov=group["nesterov"],
                                    ns_steps=group["ns_steps"], method=group["orthogonalizer"],
                                    grad_scale=grad_scale)
-        apply_muon_step_(targets, direction, lr=group["lr"],
-                         weight_decay=group["weight_decay"],
+        decay = group["weight_decay"]
+        if group["shape_scaled_weight_decay"]:  # decay at the matrix's own (shape-aware) LR
+            decay *= shape_lr_scale(*params[0].shape[-2:])
+        apply_muon_step_(targets, direction, lr=group["lr"], weight_decay=decay,
                          cautious=group["cautious_weight_decay"])
 
     def _adamw_update_(self, group: dict, params: list, grads: list,
@@ -310,7 +313,9 @@ class MuonAdamW(HybridOptimizer):
         param_groups: ``[{"kind": "muon" | "adamw", "params": [...], "lr": ..., ...}]``.
             muon keys: ``lr`` (0.02), ``momentum`` (0.95), ``nesterov`` (True),
             ``weight_decay`` (0), ``ns_steps`` (5), ``orthogonalizer``
-            ("newton_schulz" | "polar_express"), ``cautious_weight_decay`` (False).
+            ("newton_schulz" | "polar_express"), ``cautious_weight_decay`` (False),
+            ``shape_scaled_weight_decay`` (False: when True a tall matrix decays at
+            ``lr * sqrt(fan_out / fan_in) * wd``, its own step's LR, as nanochat does).
             adamw keys: ``lr`` (1e-3), ``betas`` ((0.8, 0.95)), ``eps`` (1e-10),
             ``weight_decay`` (0), ``skip_first_step`` (False: when True a parameter's first
             update is skipped, for gradients that are zero in exact arithmetic at init).
