@@ -107,6 +107,32 @@ def closed_form(depth: int, vocab_size: int, seq_len: int, flops: float, batch: 
 
 
 # ---------------------------------------------------------------------------- one job
+def _use_nanochat_init() -> None:
+    """Screening only: our init, then nanochat 92d63d4's differences (token embedding std
+    0.8, c_fc at 0.4x the bound, value-embedding gates uniform(0, 0.02), residual lambdas
+    1.15 -> 1.05 and x0 lambdas 0.20 -> 0.05 across the layers)."""
+    from nanogpt_course.model import GPT
+
+    ours = GPT.init_weights
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        ours(self)
+        bound = (3.0 / self.config.n_embd) ** 0.5
+        torch.nn.init.normal_(self.wte.weight, mean=0.0, std=0.8)
+        for block in self.blocks:
+            torch.nn.init.uniform_(block.mlp.c_fc.weight, -0.4 * bound, 0.4 * bound)
+            if block.attn.ve_gate is not None:
+                torch.nn.init.uniform_(block.attn.ve_gate.weight, 0.0, 0.02)
+        if self.resid_lambdas is not None:
+            last = max(len(self.blocks) - 1, 1)
+            for i in range(len(self.blocks)):
+                self.resid_lambdas[i] = 1.15 - 0.10 * i / last
+                self.x0_lambdas[i] = 0.20 - 0.15 * i / last
+
+    GPT.init_weights = init_weights
+
+
 def run_project(job: dict, folder: Path, out: Path) -> dict:
     """Our recipe through our trainer (in this process); optional overrides from the job:
     ``weight_decay``, ``roles`` ("uniform": the group table before the d6 A/B,
@@ -118,6 +144,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
 
     if job.get("roles") == "uniform":
         optim_build.ROLES = optim_build.UNIFORM_ROLES
+    if job.get("init") == "nanochat":
+        _use_nanochat_init()
     if job.get("muon"):  # Muon options the trainer has no flag for (screening only)
         from nanogpt_course import optim
         optim.build_optimizer = functools.partial(optim.build_optimizer, **job["muon"])
@@ -254,7 +282,8 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     # issue #12 item 4's refinements, screened at d4 against wd_d4_tpp6_x1.0 (same λ)
     screens = [d4(6, 1.0, name="screen_d4_polar", muon={"orthogonalizer": "polar_express"}),
                d4(6, 1.0, name="screen_d4_cautious", muon={"cautious_weight_decay": True}),
-               d4(6, 1.0, name="screen_d4_shapewd", muon={"shape_scaled_weight_decay": True})]
+               d4(6, 1.0, name="screen_d4_shapewd", muon={"shape_scaled_weight_decay": True}),
+               d4(6, 1.0, name="screen_d4_nanochat_init", init="nanochat")]
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
              d4(6, name="groups_uniform_d4_tpp6", roles="uniform"),
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0), d4(6, 0.25), d4(2, 0.25)]
@@ -331,7 +360,7 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                         | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
                                                           "weight_decay", "roles", "seed",
                                                           "fp8", "window_pattern", "env",
-                                                          "embedding_dtype", "muon")}
+                                                          "embedding_dtype", "muon", "init")}
                         for r in results}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.report:  # two files for a place that takes few (the GPU machine's $OUT)
