@@ -244,6 +244,18 @@ def run_job(job: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- jobs
+# issue #12 item 4's refinements (job keys): each is screened at d4 (``screen_d4_TAG``) and
+# confirmed at the target size with two seeds (``project_d6_TAG_s0/_s1``)
+REFINEMENTS = {
+    "polar": {"muon": {"orthogonalizer": "polar_express"}},
+    "cautious": {"muon": {"cautious_weight_decay": True}},
+    "shapewd": {"muon": {"shape_scaled_weight_decay": True}},
+    "nanochat_init": {"init": "nanochat"},
+    "nanochat_muon": {"muon": {"orthogonalizer": "polar_express", "cautious_weight_decay": True,
+                               "shape_scaled_weight_decay": True}},
+}
+
+
 def default_jobs(args, batch_d6: int) -> list[dict]:
     """The issue's plan in priority order: the d6 side by side (seed 0); the d4 weight
     decay sweep at 2 and 6 tokens per parameter around the rule's λ (the rule's own value
@@ -269,6 +281,10 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                      env={"NANOGPT_COURSE_RESIDUAL": "fp32"}),
                 # issue #18: token and value embeddings stored in bf16 (nanochat's storage)
                 dict(d6, name=f"project_d{args.depth}_bf16emb_s0", embedding_dtype="bf16")]
+    # issue #12: the d4 screens' confirmations at the target size, two seeds each
+    for tag, extra in REFINEMENTS.items():
+        variants += [dict(d6, name=f"project_d{args.depth}_{tag}_s{seed}", seed=seed, **extra)
+                     for seed in range(2)]
     if not args.sweep:
         return pairs + variants
 
@@ -280,10 +296,7 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
 
     # x6 at 2 tokens per parameter is the old rule's λ (6.48): the direct A/B of the rules
     # issue #12 item 4's refinements, screened at d4 against wd_d4_tpp6_x1.0 (same λ)
-    screens = [d4(6, 1.0, name="screen_d4_polar", muon={"orthogonalizer": "polar_express"}),
-               d4(6, 1.0, name="screen_d4_cautious", muon={"cautious_weight_decay": True}),
-               d4(6, 1.0, name="screen_d4_shapewd", muon={"shape_scaled_weight_decay": True}),
-               d4(6, 1.0, name="screen_d4_nanochat_init", init="nanochat")]
+    screens = [d4(6, 1.0, name=f"screen_d4_{tag}", **extra) for tag, extra in REFINEMENTS.items()]
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
              d4(6, name="groups_uniform_d4_tpp6", roles="uniform"),
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0), d4(6, 0.25), d4(2, 0.25)]
