@@ -1,0 +1,97 @@
+"""bench/bench_quality.py's job table, FLOP count and screening hooks (the GPU runs are
+in docs/QUALITY.md; a whole dry run takes minutes on the CPU and is not run here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def bench(repo):
+    spec = importlib.util.spec_from_file_location("bench_quality",
+                                                  repo / "bench" / "bench_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_quality", None)
+
+
+def _args(**kw):
+    base = dict(seq_len=1024, device_batch_size=32, depth=6, flops=2.49e16, seeds=2,
+                sweep=True, rule_wd=1.08)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_closed_form_gives_the_measured_d6_run(bench):
+    # the d6 side by side trained 457 steps of 262,144 tokens (docs/QUALITY.md)
+    count = bench.closed_form(6, 50259, 1024, 2.49e16, 262144)
+    assert count["steps"] == 457 and count["tokens"] == 457 * 262144
+    assert count["flops"] == pytest.approx(2.49e16, rel=0.002)
+
+
+def test_job_names_are_unique_and_every_refinement_is_screened_and_confirmed(bench):
+    jobs = bench.default_jobs(_args(), 262144)
+    names = [j["name"] for j in jobs]
+    assert len(names) == len(set(names))
+    for tag, extra in bench.REFINEMENTS.items():
+        screen = next(j for j in jobs if j["name"] == f"screen_d4_{tag}")
+        assert screen["depth"] == 4 and screen["tokens_per_param"] == 6
+        # the screen's A is the rule's λ at the same horizon: only the refinement differs
+        base = next(j for j in jobs if j["name"] == "wd_d4_tpp6_x1.0")
+        assert screen["weight_decay"] == base["weight_decay"] == 1.08
+        assert {k: v for k, v in screen.items() if k not in extra and k != "name"} == \
+            {k: v for k, v in base.items() if k != "name"}
+        for seed in (0, 1):
+            confirm = next(j for j in jobs if j["name"] == f"project_d6_{tag}_s{seed}")
+            assert confirm["seed"] == seed and confirm["depth"] == 6
+            assert all(confirm[k] == v for k, v in extra.items())
+    # the sweep brackets the rule's λ at both horizons
+    for tpp in (2, 6):
+        wds = sorted(j["weight_decay"] for j in jobs if j["name"].startswith(f"wd_d4_tpp{tpp}_"))
+        assert wds[0] < 1.08 < wds[-1]
+    assert not any(j["name"].startswith(("wd_", "screen_"))
+                   for j in bench.default_jobs(_args(sweep=False), 262144))
+
+
+def test_nanochat_init_screen_changes_exactly_what_it_says(bench, monkeypatch):
+    from nanogpt_course.model import GPT, GPTConfig
+
+    monkeypatch.setattr(GPT, "init_weights", GPT.init_weights)  # restored after the test
+    config = GPTConfig.from_depth(4, vocab_size=300, sequence_len=32)
+    torch.manual_seed(0)
+    ours = GPT(config)
+    bench._use_nanochat_init()
+    torch.manual_seed(0)
+    theirs = GPT(config)
+    bound = (3.0 / config.n_embd) ** 0.5
+    assert theirs.wte.weight.std().item() == pytest.approx(0.8, rel=0.05)
+    assert ours.wte.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    fc = theirs.blocks[0].mlp.c_fc.weight
+    assert fc.abs().max() <= 0.4 * bound and fc.abs().max() > 0.35 * bound
+    assert theirs.resid_lambdas.tolist() == pytest.approx([1.15, 1.1167, 1.0833, 1.05], abs=1e-4)
+    assert theirs.x0_lambdas.tolist() == pytest.approx([0.20, 0.15, 0.10, 0.05], abs=1e-6)
+    gates = [b.attn.ve_gate.weight for b in theirs.blocks if b.attn.ve_gate is not None]
+    assert gates and all(0 <= g.min() and g.max() <= 0.02 and g.max() > 0 for g in gates)
+    # attention matrices keep our init (same seed, same draws before the overrides)
+    torch.testing.assert_close(theirs.blocks[1].attn.c_q.weight, ours.blocks[1].attn.c_q.weight)
+
+
+def test_muon_screen_keywords_reach_the_optimizer(bench, monkeypatch):
+    import functools
+
+    from nanogpt_course import optim
+    from nanogpt_course.model import GPT, GPTConfig
+
+    extra = bench.REFINEMENTS["nanochat_muon"]["muon"]
+    monkeypatch.setattr(optim, "build_optimizer",
+                        functools.partial(optim.build_optimizer, **extra))
+    model = GPT(GPTConfig.from_depth(2, vocab_size=100, sequence_len=32))
+    groups = [g for g in optim.build_optimizer(model).param_groups if g["kind"] == "muon"]
+    assert groups and all(g["orthogonalizer"] == "polar_express" and g["cautious_weight_decay"]
+                          and g["shape_scaled_weight_decay"] for g in groups)
