@@ -136,8 +136,9 @@ def _use_nanochat_init() -> None:
 def run_project(job: dict, folder: Path, out: Path) -> dict:
     """Our recipe through our trainer (in this process); optional overrides from the job:
     ``weight_decay``, ``roles`` ("uniform": the group table before the d6 A/B,
-    ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``, ``muon``
-    (keyword arguments for ``optim.build_optimizer``, e.g. ``orthogonalizer``)."""
+    ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``,
+    ``orthogonalizer`` (the trainer's flag), ``muon`` (keyword arguments for
+    ``optim.build_optimizer`` that the trainer has no flag for), ``init``."""
     from nanogpt_course import checkpoint
     from nanogpt_course.optim import build as optim_build
     from nanogpt_course.train import TrainConfig, train
@@ -156,7 +157,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
                sample_every=0, log_every=50, out=str(out / "run"), tokenizer="gpt2",
                weight_decay=job.get("weight_decay"), fp8=job.get("fp8", False),
                window_pattern=job.get("window_pattern", "L"),
-               embedding_dtype=job.get("embedding_dtype", "fp32"))
+               embedding_dtype=job.get("embedding_dtype", "fp32"),
+               orthogonalizer=job.get("orthogonalizer", "newton_schulz"))
     if job.get("tokens_per_param"):
         cfg["tokens_per_param"] = job["tokens_per_param"]
     else:
@@ -247,12 +249,12 @@ def run_job(job: dict) -> dict:
 # issue #12 item 4's refinements (job keys): each is screened at d4 (``screen_d4_TAG``) and
 # confirmed at the target size with two seeds (``project_d6_TAG_s0/_s1``)
 REFINEMENTS = {
-    "polar": {"muon": {"orthogonalizer": "polar_express"}},
+    "polar": {"orthogonalizer": "polar_express"},
     "cautious": {"muon": {"cautious_weight_decay": True}},
     "shapewd": {"muon": {"shape_scaled_weight_decay": True}},
     "nanochat_init": {"init": "nanochat"},
-    "nanochat_muon": {"muon": {"orthogonalizer": "polar_express", "cautious_weight_decay": True,
-                               "shape_scaled_weight_decay": True}},
+    "nanochat_muon": {"orthogonalizer": "polar_express",
+                      "muon": {"cautious_weight_decay": True, "shape_scaled_weight_decay": True}},
 }
 
 
@@ -373,7 +375,8 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                         | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
                                                           "weight_decay", "roles", "seed",
                                                           "fp8", "window_pattern", "env",
-                                                          "embedding_dtype", "muon", "init")}
+                                                          "embedding_dtype", "muon", "init",
+                                                          "orthogonalizer")}
                         for r in results}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.report:  # two files for a place that takes few (the GPU machine's $OUT)

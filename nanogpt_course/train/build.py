@@ -26,7 +26,7 @@ DEFAULT_SEQ_LEN = 2048
 FIXED_ON_RESUME = ("mode", "depth", "data", "tokenizer", "seq_len", "total_batch_size",
                    "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
                    "target_flops", "tokens_per_param", "seed", "aspect_ratio", "head_dim",
-                   "window_pattern", "short_window",
+                   "window_pattern", "short_window", "orthogonalizer",
                    "warmup_steps", "warmdown_ratio", "final_lr_frac")
 
 
@@ -271,7 +271,8 @@ def build_model(run: RunPlan, device: torch.device):
 
 
 def build_optimizer(run: RunPlan, model, runtime):
-    """MuonAdamW (one process) or DistMuonAdamW (several) with the plan's LRs and decay."""
+    """MuonAdamW (one process) or DistMuonAdamW (several) with the plan's LRs and decay
+    and the run's Muon orthogonalizer."""
     from .. import optim
 
     lrs = run.plan.lrs
@@ -279,7 +280,8 @@ def build_optimizer(run: RunPlan, model, runtime):
                                  matrix_lr=lrs["matrix_lr"], embedding_lr=lrs["embedding_lr"],
                                  unembedding_lr=lrs["unembedding_lr"],
                                  scalar_lr=lrs["scalar_lr"],
-                                 weight_decay=run.plan.weight_decay)
+                                 weight_decay=run.plan.weight_decay,
+                                 orthogonalizer=run.cfg.orthogonalizer)
 
 
 def load_optimizer_state(optimizer, folder: Path, runtime) -> None:

@@ -18,6 +18,7 @@ DEFAULT_DATA = {"pretraining": "fineweb_edu", "mid-training": "task_mixture", "a
 # Fine-tuning from a checkpoint: no warmup, a short final warmdown to zero, no weight decay
 # (nanochat's mid-training and SFT settings); pretraining uses the Schedule defaults.
 EMBEDDING_DTYPES = ("fp32", "bf16")
+ORTHOGONALIZERS = ("newton_schulz", "polar_express")  # optim.muon.ORTHOGONALIZERS
 FINETUNE_SCHEDULE = {"warmup_steps": 0, "warmdown_ratio": 0.2, "final_lr_frac": 0.0}
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     short_window: int | None = None  # tokens an S layer sees; None = seq_len // 2
     fp8: bool = False  # the blocks' linear layers in FP8 while training (Hopper GPUs)
     embedding_dtype: str = "fp32"  # "bf16": token/value embeddings stored in bf16 (memory)
+    orthogonalizer: str = "newton_schulz"  # Muon's iteration: or "polar_express"
     # ---- Python API only (tests, lessons): stop after this many steps as if preempted
     stop_at: int | None = None
 
@@ -155,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     b("--embedding-dtype", choices=EMBEDDING_DTYPES, default="fp32",
       help="storage of the token and value embeddings: bf16 halves their weights, gradients "
            "and Adam moments (1.3 GiB less at d12), as nanochat stores them")
+    b("--orthogonalizer", choices=ORTHOGONALIZERS, default="newton_schulz",
+      help="Muon's orthogonalization: Keller Jordan's Newton-Schulz quintic (default) or "
+           "Polar Express (a tighter polynomial per step; see docs/QUALITY.md)")
     return p
 
 
@@ -185,6 +190,9 @@ def validate(cfg: TrainConfig) -> None:
     if not pattern or set(pattern.upper()) - {"S", "L"}:
         raise ConfigError(f"--window-pattern {cfg.window_pattern!r}: use the letters S (short "
                           "window) and L (full context), e.g. L or SSSL")
+    if cfg.orthogonalizer not in ORTHOGONALIZERS:
+        raise ConfigError(f"--orthogonalizer {cfg.orthogonalizer!r}: choose one of "
+                          f"{', '.join(ORTHOGONALIZERS)}")
     if cfg.embedding_dtype not in EMBEDDING_DTYPES:
         raise ConfigError(f"--embedding-dtype {cfg.embedding_dtype!r}: choose one of "
                           f"{', '.join(EMBEDDING_DTYPES)}")
