@@ -141,7 +141,7 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
     ``optim.build_optimizer`` that the trainer has no flag for), ``init``."""
     from nanogpt_course import checkpoint
     from nanogpt_course.optim import build as optim_build
-    from nanogpt_course.train import TrainConfig, train
+    from nanogpt_course.train import TrainConfig, read_metrics, train
 
     if job.get("roles") == "uniform":
         optim_build.ROLES = optim_build.UNIFORM_ROLES
@@ -169,8 +169,13 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
         cfg["total_batch_size"] = job["batch"]
     if job.get("max_steps"):
         cfg["max_steps"] = job["max_steps"]
+    if job.get("resume") and checkpoint.latest(out / "run") is not None:
+        cfg["resume"] = True  # --resume: continue a stopped job; a finished one is only scored
     t0 = time.perf_counter()
     result = train(TrainConfig(**cfg), echo=job.get("echo", False))
+    if result.final_loss is None:  # resumed a finished run: its last logged loss
+        losses = [r["loss"] for r in read_metrics(out / "run") if "loss" in r]
+        result.final_loss = losses[-1] if losses else None
     seconds = time.perf_counter() - t0
     ckpt = checkpoint.load(result.checkpoint, device=job["device"], tokenizer=False)
     plan = json.loads((Path(result.checkpoint) / "meta.json").read_text())
@@ -480,6 +485,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-bytes", type=int, default=None, help="cap the offline corpus")
     p.add_argument("--eval-rows", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated job names to run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue jobs stopped by --deadline from their last checkpoint under "
+                        "--work (a job whose training finished is only scored)")
     p.add_argument("--dry-run", action="store_true", help="tiny CPU run of every path")
     p.add_argument("--packing-stats", action="store_true")
     p.add_argument("--job", help=argparse.SUPPRESS)
@@ -532,7 +540,7 @@ def main(argv=None) -> int:
     for job in jobs:
         job.update(folder=str(folder), out=str(out), work=str(work), device=device,
                    nanochat=str(Path(args.nanochat).resolve()), eval_rows=args.eval_rows,
-                   echo=True)
+                   echo=True, resume=args.resume)
         if args.dry_run:
             job.update(compile=False, max_steps=3, depth=2, seq_len=64, device_batch_size=4,
                        eval_rows=8, no_dynamo=True, nanochat_batch=4 * 64 * 2)
