@@ -189,7 +189,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
 
     ev = evaluate(forward, folder, job["seq_len"], job["device"], rows=job.get("eval_rows"))
     return {**ev, "train_seconds": round(seconds, 1), "final_loss": result.final_loss,
-            "steps": result.step, "plan": plan.get("plan") or plan.get("train_plan")}
+            "steps": result.step, "plan": plan.get("plan") or plan.get("train_plan"),
+            "resumed": bool(cfg.get("resume"))}  # then train_seconds is not the training time
 
 
 def run_nanochat(job: dict, folder: Path, out: Path) -> dict:
