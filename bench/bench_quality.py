@@ -47,7 +47,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 import nanochat_ref  # noqa: E402  (bench/ is not a package)
 import perf_summary  # noqa: E402
 
-from nanogpt_course import data  # noqa: E402
+from nanogpt_course import data, paths  # noqa: E402
 from nanogpt_course.train import scaling  # noqa: E402
 
 DEFAULT_FLOPS = {6: 2.49e16, 4: 1e16}
@@ -243,7 +243,7 @@ def run_job(job: dict) -> dict:
     start = time.time()
     fn = run_nanochat if job["recipe"] == "nanochat" else run_project
     result = fn(job, folder, out)
-    result.update(name=job["name"], recipe=job["recipe"], job=job,
+    result.update(name=job["name"], recipe=job["recipe"], job=job, commit=paths.git_commit(),
                   wall_seconds=round(time.time() - start, 1))
     path = Path(job["out"]) / "jobs" / f"{job['name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
