@@ -467,6 +467,37 @@ def _bestfit_crop(lengths, row_len, context, rows, seed, buffer_size=1000) -> di
     return {"cropped": cropped / (cropped + placed), "padded": 0.0, "long_context": long / placed}
 
 
+def plot_sweep(report: Path) -> Path:
+    """``REPORT/wd_sweep.png``: validation bits per byte against λ / (the rule's λ), one
+    line per horizon, from the ``wd_d4_tpp*`` jobs in ``REPORT/jobs``."""
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_tpp: dict[float, list[tuple[float, float]]] = {}
+    for f in sorted((report / "jobs").glob("wd_d4_tpp*_x*.json")):
+        r = json.loads(f.read_text())
+        tpp, mult = f.stem.removeprefix("wd_d4_tpp").split("_x")
+        by_tpp.setdefault(float(tpp), []).append((float(mult), r["bpb"]))
+    if not by_tpp:
+        raise SystemExit(f"error: no wd_d4_tpp*_x*.json in {report / 'jobs'}")
+    fig, axes = plt.subplots(1, len(by_tpp), figsize=(4.5 * len(by_tpp), 3.6), squeeze=False)
+    for ax, (tpp, points) in zip(axes[0], sorted(by_tpp.items())):
+        points.sort()
+        ax.plot([m for m, _ in points], [b for _, b in points], marker="o")
+        ax.axvline(1.0, color="gray", ls=":", label="the depth rule's λ")
+        ax.set(xscale="log", xlabel="λ / rule's λ", ylabel="val bits/byte",
+               title=f"d4, {tpp:g} tokens per parameter")
+        ax.set_xticks([m for m, _ in points], [f"{m:g}×" for m, _ in points])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = report / "wd_sweep.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -494,10 +525,15 @@ def main(argv=None) -> int:
                         "--work (a job whose training finished is only scored)")
     p.add_argument("--dry-run", action="store_true", help="tiny CPU run of every path")
     p.add_argument("--packing-stats", action="store_true")
+    p.add_argument("--plot-sweep", metavar="REPORT",
+                   help="plot REPORT/jobs/wd_d4_*.json to REPORT/wd_sweep.png and exit")
     p.add_argument("--job", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.job:
         run_job(json.loads(args.job))
+        return 0
+    if args.plot_sweep:
+        print(f"wrote {plot_sweep(Path(args.plot_sweep))}")
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

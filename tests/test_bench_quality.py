@@ -98,3 +98,17 @@ def test_muon_screen_keywords_reach_the_optimizer(bench, monkeypatch):
     # the orthogonalizer goes through the trainer's own flag (it would override a partial)
     assert bench.REFINEMENTS["nanochat_muon"]["orthogonalizer"] == "polar_express"
     assert "orthogonalizer" not in extra
+
+
+def test_plot_sweep_writes_a_png_per_report_and_refuses_an_empty_one(bench, tmp_path):
+    import json
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for tpp, mult, bpb in [(2, 1.0, 1.17), (2, 3.0, 1.15), (6, 1.0, 0.72), (6, 3.0, 0.75)]:
+        (jobs / f"wd_d4_tpp{tpp}_x{mult}.json").write_text(json.dumps({"bpb": bpb}))
+    (jobs / "screen_d4_polar.json").write_text(json.dumps({"bpb": 0.7}))  # not a sweep point
+    path = bench.plot_sweep(tmp_path)
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no wd_d4_tpp"):
+        bench.plot_sweep(tmp_path / "nothing")
