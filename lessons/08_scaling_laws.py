@@ -40,6 +40,7 @@
 # of an idle 2-core CPU (estimated from its runs' speed; much longer on a busy machine).
 
 # %%
+import json
 import math
 import os
 import tempfile
@@ -137,6 +138,38 @@ for d in (6, 20):
     print(f"d{d}: {mine['tokens'] / 1e9:.2f}B tokens, batch 2^{int(math.log2(mine['batch']))}, "
           f"Muon LR {mine['matrix_lr']:.4f}, weight decay {mine['weight_decay']:.3f}  "
           "(matches scaling.plan)")
+
+# %% [markdown]
+# ### Which horizon should the decay follow? A measurement
+#
+# Look again at $D$ in the decay rule. The library puts the model's *compute-optimal*
+# horizon there (12 tokens per scaling parameter), whatever you actually train, so λ
+# depends on the depth only; the "fixed fraction of the run" argument would put the trained
+# horizon there instead, so a run 3× shorter would get a 3× larger λ. Which is right was
+# measured on a GPU: d4 on real Python sources, trained for 2 and 6 tokens per parameter
+# with λ at several multiples of the rule's value (`bench/bench_quality.py --sweep`):
+
+# %%
+root_dir = paths.repo_root()
+sweep_dir = root_dir / "docs" / "results" / "quality_h100_2026-12-06_3" if root_dir else None
+points = {}
+for f in sorted(sweep_dir.glob("jobs/wd_d4_tpp*_x*.json")) if sweep_dir else []:
+    tpp, mult = f.stem.removeprefix("wd_d4_tpp").split("_x")
+    points.setdefault(int(tpp), {})[float(mult)] = json.loads(f.read_text())["bpb"]
+for tpp, row in sorted(points.items()):
+    best = min(row, key=row.get)
+    print(f"{tpp} tokens/param: " + ", ".join(f"λ×{m:g} {b:.4f}" for m, b in sorted(row.items()))
+          + f"   best measured: λ×{best:g}")
+if not points:
+    print("no sweep results in this copy of the course (docs/results/ is missing)")
+
+# %% [markdown]
+# At 6 tokens per parameter the rule's own λ beats 3× it; at 2 tokens per parameter 3× wins
+# and 6× (what the trained-horizon form would give) is worse again. So the truth lies
+# between the two forms: a shorter run does want more decay, but much less than in
+# proportion (like $D^{-0.7}$ here, one seed). The library keeps the depth-only rule until
+# more seeds say how to shape the correction; for very short runs, `--weight-decay` lets you
+# raise it yourself. (The plot: `docs/results/quality_h100_2026-12-06_3/wd_sweep.png`.)
 
 # %% [markdown]
 # The batch, LRs and decay are *transfers* of one tuned point. They are good guesses near
