@@ -323,11 +323,23 @@ def launch(job: dict, log_dir: Path) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
+OOM_EXIT = 3  # a job's exit code when the GPU ran out of memory (other jobs share it)
+
+
+def retry_smaller(job: dict) -> dict | None:
+    """``job`` with half the micro-batch (gradient accumulation doubles: the same total
+    batch and result), or None when it is already 1."""
+    if job["device_batch_size"] <= 1:
+        return None
+    return dict(job, device_batch_size=job["device_batch_size"] // 2)
+
+
 def run_queue(jobs: list[dict], out: Path, *, parallel: int, start_by: float,
               deadline: float, summary, t0: float) -> None:
     """Run ``jobs`` (priority order) with at most ``parallel`` at once; start none after
     ``start_by`` seconds since ``t0`` (the bench's start), stop (kill) what still runs at
-    ``deadline``."""
+    ``deadline``. A job that runs out of memory beside the others goes back to the front
+    of the queue with half its micro-batch."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending, running = list(jobs), {}
@@ -335,22 +347,28 @@ def run_queue(jobs: list[dict], out: Path, *, parallel: int, start_by: float,
         elapsed = time.time() - t0
         while pending and len(running) < parallel and elapsed < start_by:
             job = pending.pop(0)
-            running[job["name"]] = (launch(job, logs), time.time())
+            running[job["name"]] = (launch(job, logs), time.time(), job)
             print(f"[{elapsed:5.0f}s] started {job['name']}", flush=True)
         if elapsed >= start_by and pending:
             for job in pending:
                 print(f"[{elapsed:5.0f}s] not started (time): {job['name']}", flush=True)
             pending = []
-        for name, (proc, started) in list(running.items()):
+        for name, (proc, started, _) in list(running.items()):
             code = proc.poll()
             if code is None and elapsed > deadline:
                 proc.kill()  # a process this bench started, by its own handle
                 proc.wait()
                 code = "killed"
             if code is not None:
-                del running[name]
+                job = running.pop(name)[2]
                 print(f"[{elapsed:5.0f}s] {name}: exit {code} after "
                       f"{time.time() - started:.0f}s", flush=True)
+                smaller = retry_smaller(job) if code == OOM_EXIT else None
+                if smaller is not None:
+                    print(f"[{elapsed:5.0f}s] {name}: out of memory, queued again at "
+                          f"micro-batch {smaller['device_batch_size']}", flush=True)
+                    pending.insert(0, smaller)
+                    continue
                 if code != 0:
                     tail = (logs / f"{name}.log").read_text()[-1500:]
                     print(tail, flush=True)
@@ -530,7 +548,12 @@ def main(argv=None) -> int:
     p.add_argument("--job", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.job:
-        run_job(json.loads(args.job))
+        from nanogpt_course.train.loop import TrainingOOM
+        try:
+            run_job(json.loads(args.job))
+        except (TrainingOOM, torch.OutOfMemoryError) as err:  # the queue retries it smaller
+            print(f"out of memory: {err}", file=sys.stderr)
+            return OOM_EXIT
         return 0
     if args.plot_sweep:
         print(f"wrote {plot_sweep(Path(args.plot_sweep))}")

@@ -112,3 +112,32 @@ def test_plot_sweep_writes_a_png_per_report_and_refuses_an_empty_one(bench, tmp_
     assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no wd_d4_tpp"):
         bench.plot_sweep(tmp_path / "nothing")
+
+
+def test_a_job_out_of_memory_is_queued_again_at_half_the_micro_batch(bench, tmp_path,
+                                                                     monkeypatch):
+    started = []
+
+    class Finished:
+        def __init__(self, code):
+            self.code = code
+
+        def poll(self):
+            return self.code
+
+    def launch(job, log_dir):
+        started.append((job["name"], job["device_batch_size"]))
+        (log_dir / f"{job['name']}.log").write_text("")
+        # "a" runs out of memory until its micro-batch is 8; "b" always fits
+        oom = job["name"] == "a" and job["device_batch_size"] > 8
+        return Finished(bench.OOM_EXIT if oom else 0)
+
+    monkeypatch.setattr(bench, "launch", launch)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    summaries = []
+    jobs = [{"name": "a", "device_batch_size": 32}, {"name": "b", "device_batch_size": 32}]
+    bench.run_queue(jobs, tmp_path, parallel=2, start_by=1e9, deadline=1e9,
+                    summary=lambda: summaries.append(1), t0=bench.time.time())
+    assert started == [("a", 32), ("b", 32), ("a", 16), ("a", 8)]
+    assert len(summaries) == 2  # one per job that really finished
+    assert bench.retry_smaller({"device_batch_size": 1}) is None
