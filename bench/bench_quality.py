@@ -173,10 +173,10 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
         cfg["resume"] = True  # --resume: continue a stopped job; a finished one is only scored
     t0 = time.perf_counter()
     result = train(TrainConfig(**cfg), echo=job.get("echo", False))
+    seconds = time.perf_counter() - t0
     if result.final_loss is None:  # resumed a finished run: its last logged loss
         losses = [r["loss"] for r in read_metrics(out / "run") if "loss" in r]
         result.final_loss = losses[-1] if losses else None
-    seconds = time.perf_counter() - t0
     ckpt = checkpoint.load(result.checkpoint, device=job["device"], tokenizer=False)
     plan = json.loads((Path(result.checkpoint) / "meta.json").read_text())
     model = ckpt.model
@@ -303,11 +303,11 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                     weight_decay=wd, flops=None, batch=None, name=name, **kw)
 
     # x6 at 2 tokens per parameter is the old rule's λ (6.48): the direct A/B of the rules
-    # issue #12 item 4's refinements, screened at d4 against wd_d4_tpp6_x1.0 (same λ)
-    screens = [d4(6, 1.0, name=f"screen_d4_{tag}", **extra) for tag, extra in REFINEMENTS.items()]
     sweep = [d4(2, 1.0), d4(2, 6.0), d4(2, 3.0), d4(6, 1.0),
              d4(6, name="groups_uniform_d4_tpp6", roles="uniform"),
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0), d4(6, 0.25), d4(2, 0.25)]
+    # issue #12 item 4's refinements, screened at d4 against wd_d4_tpp6_x1.0 (same λ)
+    screens = [d4(6, 1.0, name=f"screen_d4_{tag}", **extra) for tag, extra in REFINEMENTS.items()]
     return pairs[:2] + sweep + screens + pairs[2:] + variants
 
 
@@ -612,12 +612,12 @@ def main(argv=None) -> int:
             if job["recipe"] == "project" and job.get("batch"):
                 job["batch"] = 4 * 64 * 2
     if args.only:  # in the order given (the queue starts them in that order)
-        by_name = {j["name"]: j for j in jobs}
-        unknown = [n for n in args.only.split(",") if n not in by_name]
+        by_name, wanted = {j["name"]: j for j in jobs}, args.only.split(",")
+        unknown = [n for n in wanted if n not in by_name]
         if unknown:
             print(f"error: unknown job(s) {unknown}; known: {sorted(by_name)}", file=sys.stderr)
             return 2
-        jobs = [by_name[n] for n in args.only.split(",")]
+        jobs = [by_name[n] for n in wanted]
     print(f"{len(jobs)} jobs on {device_name}: " + ", ".join(j["name"] for j in jobs), flush=True)
     summary = lambda: summarize(out, corpus, device_name, args)
     run_queue(jobs, out, parallel=args.parallel, start_by=args.start_by, deadline=args.deadline,

@@ -24,6 +24,22 @@ def repo() -> Path:
     return REPO
 
 
+def load_bench(name: str):
+    """Import ``bench/<name>.py`` (bench/ is not a package) as the module ``name``, yield
+    it, then drop it from ``sys.modules``; for a fixture: ``yield from load_bench(...)``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look it up by name
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data mirror (../shared/data in CI); skips the test when it is absent."""

@@ -4,22 +4,15 @@ per rank; the report's pure functions are checked on hand-made runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
-def bench(repo):
-    spec = importlib.util.spec_from_file_location("bench_multigpu",
-                                                  repo / "bench" / "bench_multigpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_multigpu"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_multigpu", None)
+def bench():
+    yield from load_bench("bench_multigpu")
 
 
 RUN_FIELDS = {"depth", "nproc", "status", "steps_done", "grad_accum", "total_batch_size",

@@ -4,22 +4,15 @@ in docs/QUALITY.md; a whole dry run takes minutes on the CPU and is not run here
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 
 import pytest
 import torch
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
-def bench(repo):
-    spec = importlib.util.spec_from_file_location("bench_quality",
-                                                  repo / "bench" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_quality"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_quality", None)
+def bench():
+    yield from load_bench("bench_quality")
 
 
 def _args(**kw):
