@@ -259,8 +259,14 @@ REFINEMENTS = {
     "cautious": {"muon": {"cautious_weight_decay": True}},
     "shapewd": {"muon": {"shape_scaled_weight_decay": True}},
     "nanochat_init": {"init": "nanochat"},
+    "muoneq": {"muon": {"row_equilibrate": True}},
+    "muonplus": {"muon": {"renormalize": True}},
+    "normuon": {"muon": {"variance_beta2": 0.9}},
+    # everything nanochat's Muon does that ours does not by default
     "nanochat_muon": {"orthogonalizer": "polar_express",
-                      "muon": {"cautious_weight_decay": True, "shape_scaled_weight_decay": True}},
+                      "muon": {"cautious_weight_decay": True, "shape_scaled_weight_decay": True,
+                               "row_equilibrate": True, "renormalize": True,
+                               "variance_beta2": 0.9}},
 }
 
 

@@ -86,8 +86,8 @@ def test_muon_screen_keywords_reach_the_optimizer(bench, monkeypatch):
                         functools.partial(optim.build_optimizer, **extra))
     model = GPT(GPTConfig.from_depth(2, vocab_size=100, sequence_len=32))
     groups = [g for g in optim.build_optimizer(model).param_groups if g["kind"] == "muon"]
-    assert groups and all(g["cautious_weight_decay"] and g["shape_scaled_weight_decay"]
-                          for g in groups)
+    assert groups and all(g[key] == value for g in groups for key, value in extra.items())
+    assert extra["cautious_weight_decay"] and extra["variance_beta2"] == 0.9
     # the orthogonalizer goes through the trainer's own flag (it would override a partial)
     assert bench.REFINEMENTS["nanochat_muon"]["orthogonalizer"] == "polar_express"
     assert "orthogonalizer" not in extra

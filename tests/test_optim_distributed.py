@@ -37,6 +37,8 @@ SMALL = 64  # small_param_numel for the tiny model: its embeddings get sharded f
 CONFIGS = {
     "plain": {},
     "clip": {"max_grad_norm": 0.3, "wd": 0.1, "cautious": True, "method": "polar_express"},
+    # MuonEq + Muon+ + NorMuon: the second moments are sharded and resharded with the rest
+    "normuon": {"equilibrate": True, "renormalize": True, "variance_beta2": 0.9},
     # today's path before ZeRO-2 (reduce-scatter inside step()): must give the same model
     "step_only": {"grad_hooks": False},
 }
@@ -82,7 +84,10 @@ def groups_for(model: TinyLM, cfg: dict) -> list[dict]:
     return [
         {"kind": "muon", "params": kinds["matrix"], "lr": 0.02, "momentum": 0.9,
          "weight_decay": cfg.get("wd", 0.0), "cautious_weight_decay": cfg.get("cautious", False),
-         "orthogonalizer": cfg.get("method", "newton_schulz")},
+         "orthogonalizer": cfg.get("method", "newton_schulz"),
+         "row_equilibrate": cfg.get("equilibrate", False),
+         "renormalize": cfg.get("renormalize", False),
+         "variance_beta2": cfg.get("variance_beta2")},
         {"kind": "adamw", "params": kinds["embedding"], "lr": 0.05, "betas": (0.8, 0.95)},
         {"kind": "adamw", "params": kinds["unembedding"], "lr": 0.01, "betas": (0.9, 0.99),
          "weight_decay": 0.01},

@@ -155,15 +155,31 @@ def test_hand_computed_muon_steps_2x2_and_3x2():
         torch.testing.assert_close(opt.state[W]["momentum_buffer"], 0.19 * G)
 
 
-def reference_muon(params, grads_per_step, hp_per_step):
-    """Per-matrix Muon, written plainly: a list of matrices, one loop per matrix."""
+def reference_muon(params, grads_per_step, hp_per_step, equilibrate=False, renorm=False,
+                   beta2=None):
+    """Per-matrix Muon, written plainly: a list of matrices, one loop per matrix (and one
+    per row or column for the optional row equilibration and variance reduction)."""
     params = [p.clone() for p in params]
     bufs = [torch.zeros_like(p) for p in params]
+    seconds = [None] * len(params)
     for grads, hp in zip(grads_per_step, hp_per_step):
         for j, (p, g) in enumerate(zip(params, grads)):
             bufs[j] = hp["momentum"] * bufs[j] + (1 - hp["momentum"]) * g
             u = (1 - hp["momentum"]) * g + hp["momentum"] * bufs[j]
+            if equilibrate:  # every row to the mean row norm
+                mean_row = u.norm() / math.sqrt(u.shape[0])
+                u = torch.stack([row * mean_row / row.norm() for row in u])
             o = naive_newton_schulz(u)
+            if renorm:
+                o = o * math.sqrt(min(o.shape)) / o.norm()
+            if beta2 is not None:  # one running mean square per neuron of the long side
+                lines = o if o.shape[0] >= o.shape[1] else o.T
+                v = torch.stack([(line**2).mean() for line in lines])
+                seconds[j] = (1 - beta2) * v if seconds[j] is None else \
+                    beta2 * seconds[j] + (1 - beta2) * v
+                scaled = torch.stack([line / seconds[j][i].sqrt() for i, line in enumerate(lines)])
+                scaled = scaled if o.shape[0] >= o.shape[1] else scaled.T
+                o = scaled * o.norm() / scaled.norm()
             scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
             if hp["cautious"]:
                 decay = p * ((o * p) > 0)
@@ -195,6 +211,69 @@ def test_muon_equals_per_matrix_reference(cautious):
     expected = reference_muon(init, grads, hps)
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", ["row_equilibrate", "renormalize", "variance_beta2", "all"])
+def test_muon_refinements_equal_per_matrix_reference(option):
+    """MuonEq, Muon+ and NorMuon (each off by default) against the plain loops above, over
+    six steps of a schedule, on square, tall and wide matrices batched by shape."""
+    g = torch.Generator().manual_seed(7)
+    shapes = [(16, 16), (48, 16), (16, 48), (48, 16)]
+    init = [torch.randn(s, generator=g) * 0.3 for s in shapes]
+    grads = [[torch.randn(s, generator=g) * (1 + torch.arange(s[0])[:, None] / 4)
+              for s in shapes] for _ in range(6)]  # rows of unequal scale
+    hps = [{"lr": 0.02, "momentum": 0.9, "wd": 0.1, "cautious": False} for _ in range(6)]
+    on = {"row_equilibrate": option in ("row_equilibrate", "all"),
+          "renormalize": option in ("renormalize", "all"),
+          "variance_beta2": 0.9 if option in ("variance_beta2", "all") else None}
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = MuonAdamW([{"kind": "muon", "params": params, **on}])
+    for gs, hp in zip(grads, hps):
+        group = opt.param_groups[0]
+        group["lr"], group["momentum"], group["weight_decay"] = hp["lr"], hp["momentum"], hp["wd"]
+        for p, gr in zip(params, gs):
+            p.grad = gr.clone()
+        opt.step()
+    expected = reference_muon(init, grads, hps, equilibrate=on["row_equilibrate"],
+                              renorm=on["renormalize"], beta2=on["variance_beta2"])
+    plain = reference_muon(init, grads, hps)
+    for p, e, q in zip(params, expected, plain):
+        torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-5)
+        assert (e - q).abs().max() > 1e-4  # the option changes the update
+    if on["variance_beta2"] is not None:
+        assert opt.state[params[1]]["second_moment"].shape == (48, 1)  # tall: per row
+        assert opt.state[params[2]]["second_moment"].shape == (1, 48)  # wide: per column
+
+
+def test_variance_reduce_evens_out_neurons_and_keeps_the_norm():
+    from nanogpt_course.optim.muon import second_moment_shape, variance_reduce
+
+    g = torch.Generator().manual_seed(8)
+    O = torch.randn(2, 24, 8, generator=g) * torch.linspace(0.2, 3.0, 24)[:, None]
+    V = torch.zeros(second_moment_shape(O.shape))
+    out = variance_reduce(O, V, beta2=0.0)  # V = this step's mean squares: rows all equal
+    rows = out.norm(dim=-1)
+    torch.testing.assert_close(rows, rows.mean(dim=-1, keepdim=True).expand_as(rows))
+    torch.testing.assert_close(out.norm(dim=(-2, -1)), O.norm(dim=(-2, -1)))
+    torch.testing.assert_close(V, O.square().mean(dim=-1, keepdim=True))
+    with pytest.raises(ValueError, match="does not fit"):
+        variance_reduce(O, torch.zeros(2, 1, 8), beta2=0.5)
+    with pytest.raises(ValueError, match="variance_beta2"):
+        MuonAdamW([{"kind": "muon", "params": [torch.nn.Parameter(torch.ones(2, 2))],
+                    "variance_beta2": 1.0}])
+
+
+def test_equilibrate_rows_and_renormalize():
+    from nanogpt_course.optim.muon import equilibrate_rows, renormalize
+
+    g = torch.Generator().manual_seed(9)
+    U = torch.randn(3, 10, 6, generator=g) * torch.logspace(-2, 1, 10)[:, None]
+    E = equilibrate_rows(U)
+    torch.testing.assert_close(E.norm(dim=-1), (U.norm(dim=(-2, -1)) / 10**0.5)[:, None]
+                               .expand(3, 10))
+    Q = polar(torch.randn(10, 6, generator=g)).float()  # exactly orthogonal: unchanged
+    torch.testing.assert_close(renormalize(Q), Q)
+    torch.testing.assert_close(renormalize(3 * U).norm(dim=(-2, -1)), torch.full((3,), 6**0.5))
 
 
 def test_batched_equals_one_matrix_at_a_time():

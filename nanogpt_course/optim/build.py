@@ -177,7 +177,8 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
                     adam_eps: float = 1e-10, adamw_weight_decay: float | None = None,
                     muon_momentum: float = 0.95, ns_steps: int = 5,
                     orthogonalizer: str = "newton_schulz", cautious_weight_decay: bool = False,
-                    shape_scaled_weight_decay: bool = False,
+                    shape_scaled_weight_decay: bool = False, row_equilibrate: bool = False,
+                    renormalize: bool = False, variance_beta2: float | None = None,
                     max_grad_norm: float | None = None, track_grad_norm: bool = False,
                     reference_width: int = REFERENCE_WIDTH, process_group=None,
                     small_param_numel: int = SMALL_PARAM_NUMEL, roles: dict | None = None,
@@ -188,7 +189,8 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
     ``roles``: the settings table (default :data:`ROLES`); ``adam_betas`` /
     ``adamw_weight_decay``, when given, replace the table's betas / decays of every AdamW
     group. Groups carry ``name`` (the role), ``kind`` and ``initial_lr``; empty roles are
-    left out.
+    left out. The Muon options (``orthogonalizer`` to ``variance_beta2``) go to every muon
+    group; :class:`~nanogpt_course.optim.hybrid.MuonAdamW` says what each does.
     """
     table = ROLES if roles is None else roles
     params = parameter_roles(model)
@@ -205,7 +207,9 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
             group.update(momentum=muon_momentum, weight_decay=weight_decay, ns_steps=ns_steps,
                          orthogonalizer=orthogonalizer,
                          cautious_weight_decay=cautious_weight_decay,
-                         shape_scaled_weight_decay=shape_scaled_weight_decay)
+                         shape_scaled_weight_decay=shape_scaled_weight_decay,
+                         row_equilibrate=row_equilibrate, renormalize=renormalize,
+                         variance_beta2=variance_beta2)
         else:
             group.update(betas=tuple(adam_betas if adam_betas is not None else spec["betas"]),
                          eps=adam_eps,

@@ -26,7 +26,8 @@ import torch
 
 from . import sharding
 from .adamw import adamw_step_
-from .muon import ORTHOGONALIZERS, apply_muon_step_, muon_direction, shape_lr_scale
+from .muon import (ORTHOGONALIZERS, apply_muon_step_, muon_direction, renormalize,
+                   second_moment_shape, shape_lr_scale, variance_reduce)
 
 __all__ = ["MUON_DEFAULTS", "ADAMW_DEFAULTS", "MuonAdamW", "HybridOptimizer"]
 
@@ -39,6 +40,9 @@ MUON_DEFAULTS = {
     "orthogonalizer": "newton_schulz",
     "cautious_weight_decay": False,
     "shape_scaled_weight_decay": False,
+    "row_equilibrate": False,
+    "renormalize": False,
+    "variance_beta2": None,
 }
 ADAMW_DEFAULTS = {
     "lr": 1e-3,
@@ -66,6 +70,10 @@ def _normalize_groups(param_groups: Iterable[dict]) -> list[dict]:
                 raise ValueError(f"param group {i} (muon) holds non-matrix parameters of shapes "
                                  f"{bad}: Muon orthogonalizes 2-D matrices; put vectors and "
                                  "scalars in an 'adamw' group")
+            beta2 = group["variance_beta2"]
+            if beta2 is not None and not 0.0 <= beta2 < 1.0:
+                raise ValueError(f"param group {i}: variance_beta2 must be in [0, 1) or None "
+                                 f"(off), got {beta2!r}")
             if group["orthogonalizer"] not in ORTHOGONALIZERS:
                 raise ValueError(f"param group {i}: orthogonalizer must be one of "
                                  f"{ORTHOGONALIZERS}, got {group['orthogonalizer']!r}")
@@ -89,7 +97,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.track_grad_norm = track_grad_norm
         self.batch_same_shape = batch_same_shape
         self.grad_norm: torch.Tensor | None = None
-        self._stacks: dict = {}  # bucket key -> (param ids, stacked momentum buffers)
+        self._stacks: dict = {}  # (bucket key, state name) -> (param ids, stacked buffers)
 
     # torch.optim.Optimizer wraps add_param_group and zero_grad in torch._disable_dynamo,
     # whose first call imports torch._dynamo: ~3 s of CPU per process, paid by every rank of
@@ -151,24 +159,28 @@ class HybridOptimizer(torch.optim.Optimizer):
             buckets.setdefault((p.shape, p.dtype, p.device), []).append(p)
         return list(buckets.values())
 
-    def _stacked_momentum(self, key, params: list[torch.nn.Parameter]) -> torch.Tensor:
-        """A ``(k, m, n)`` tensor whose slice ``[j]`` *is* ``state[params[j]]["momentum_buffer"]``.
+    def _stacked_state(self, key, params: list[torch.nn.Parameter],
+                       name: str = "momentum_buffer") -> torch.Tensor:
+        """A ``(k, ...)`` tensor whose slice ``[j]`` *is* ``state[params[j]][name]``: the
+        momentum buffers ``(k, m, n)``, or the second moments (``second_moment_shape``).
 
         Kept stacked so the batched update touches one tensor; rebuilt (by copying) when the
         set of params changes or ``load_state_dict`` replaced the buffers.
         """
         ids = tuple(id(p) for p in params)
-        bufs = [self.state[p].get("momentum_buffer") for p in params]
-        cached = self._stacks.get(key)
+        bufs = [self.state[p].get(name) for p in params]
+        cached = self._stacks.get((key, name))
         if cached is not None and cached[0] == ids and all(
                 b is not None and b.data_ptr() == cached[1][j].data_ptr()
                 for j, b in enumerate(bufs)):
             return cached[1]
-        stacked = torch.stack([b if b is not None else torch.zeros_like(p)
-                               for b, p in zip(bufs, params)])
+        shape = params[0].shape if name == "momentum_buffer" else second_moment_shape(
+            tuple(params[0].shape))
+        stacked = torch.stack([b if b is not None else params[0].new_zeros(shape)
+                               for b in bufs])
         for j, p in enumerate(params):
-            self.state[p]["momentum_buffer"] = stacked[j]
-        self._stacks[key] = (ids, stacked)
+            self.state[p][name] = stacked[j]
+        self._stacks[(key, name)] = (ids, stacked)
         return stacked
 
     def _muon_update_(self, group: dict, key, params: list, grads: torch.Tensor,
@@ -178,11 +190,17 @@ class HybridOptimizer(torch.optim.Optimizer):
         grads: ``(k, m, n)``, already averaged; ``grad_scale`` (clipping, 1 / world size) is
         applied on the way in. targets: what is updated in place, the ``(k, m, n)`` slab a
         rank owns, or the list ``params`` itself."""
-        momentum = self._stacked_momentum(key, params)
+        momentum = self._stacked_state(key, params)
         direction = muon_direction(grads.to(momentum.dtype), momentum,
                                    momentum=group["momentum"], nesterov=group["nesterov"],
                                    ns_steps=group["ns_steps"], method=group["orthogonalizer"],
-                                   grad_scale=grad_scale)
+                                   grad_scale=grad_scale, equilibrate=group["row_equilibrate"])
+        if group["renormalize"]:
+            direction = renormalize(direction)
+        if group["variance_beta2"] is not None:
+            direction = variance_reduce(direction,
+                                        self._stacked_state(key, params, "second_moment"),
+                                        group["variance_beta2"])
         decay = group["weight_decay"]
         if group["shape_scaled_weight_decay"]:  # decay at the matrix's own (shape-aware) LR
             decay *= shape_lr_scale(*params[0].shape[-2:])
@@ -233,8 +251,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         for i, (p, entry) in enumerate(zip(self._all_params(), layout["params"])):
             state = self.state.get(p, {})
             if entry["kind"] == "muon":
-                if "momentum_buffer" in state:
-                    tensors[f"{i}.momentum_buffer"] = state["momentum_buffer"].detach().clone()
+                for name in sharding.MUON_STATE:
+                    if name in state:
+                        tensors[f"{i}.{name}"] = state[name].detach().clone()
             elif "step" in state:
                 for name in ("exp_avg", "exp_avg_sq"):
                     tensors[f"{i}.{name}"] = state[name].detach().reshape(-1).clone()
@@ -294,8 +313,9 @@ class HybridOptimizer(torch.optim.Optimizer):
             return tensors[f"{i}.{name}"].detach().to(p.device)
 
         if entry["kind"] == "muon":
-            if f"{i}.momentum_buffer" in tensors:
-                self.state[p]["momentum_buffer"] = get("momentum_buffer").to(p.dtype).clone()
+            for name in sharding.MUON_STATE:
+                if f"{i}.{name}" in tensors:
+                    self.state[p][name] = get(name).to(p.dtype).clone()
             return
         if f"{i}.exp_avg" not in tensors:
             return
@@ -315,7 +335,10 @@ class MuonAdamW(HybridOptimizer):
             ``weight_decay`` (0), ``ns_steps`` (5), ``orthogonalizer``
             ("newton_schulz" | "polar_express"), ``cautious_weight_decay`` (False),
             ``shape_scaled_weight_decay`` (False: when True a tall matrix decays at
-            ``lr * sqrt(fan_out / fan_in) * wd``, its own step's LR, as nanochat does).
+            ``lr * sqrt(fan_out / fan_in) * wd``, its own step's LR, as nanochat does),
+            ``row_equilibrate`` (False: MuonEq), ``renormalize`` (False: Muon+),
+            ``variance_beta2`` (None: off; a float turns on NorMuon's variance reduction
+            with that EMA rate, see :func:`~nanogpt_course.optim.muon.variance_reduce`).
             adamw keys: ``lr`` (1e-3), ``betas`` ((0.8, 0.95)), ``eps`` (1e-10),
             ``weight_decay`` (0), ``skip_first_step`` (False: when True a parameter's first
             update is skipped, for gradients that are zero in exact arithmetic at init).

@@ -1,6 +1,7 @@
 """Muon: momentum, then an orthogonalized update for each 2-D weight matrix.
 
-The update of a weight matrix ``W`` (shape ``(fan_out, fan_in)``) is built in three steps:
+The update of a weight matrix ``W`` (shape ``(fan_out, fan_in)``) is built in three steps (four with the optional
+variance reduction):
 
 1. **Momentum** (EMA form, Nesterov by default)::
 
@@ -11,7 +12,17 @@ The update of a weight matrix ``W`` (shape ``(fan_out, fan_in)``) is built in th
    singular value replaced by (about) 1. Every direction the gradient moves along gets the
    same step size, so the rare directions are not drowned by the dominant ones.
 
-3. **Step** with a shape-aware learning rate and decoupled weight decay::
+   Two optional touches on the way (off by default, screened in docs/QUALITY.md): *row
+   equilibration* (MuonEq) rescales every row of ``U`` to the mean row norm first, so no
+   row dominates the spectrum the iteration sees; *renormalization* (Muon+) rescales ``O``
+   to the Frobenius norm ``sqrt(min(m, n))`` of an exact orthogonal matrix, since the
+   iteration leaves singular values in a band around 1, not at 1.
+
+3. **Neuron-wise variance reduction** (NorMuon, optional): ``O``'s rows (tall matrices) or
+   columns (wide) get their own step size from an EMA of their mean squared entry,
+   ``O <- O / sqrt(V)``, rescaled to keep ``||O||_F``; see :func:`variance_reduce`.
+
+4. **Step** with a shape-aware learning rate and decoupled weight decay::
 
        W <- W - lr * wd * W                      # (cautious: only where sign(O) == sign(W))
        W <- W - lr * sqrt(max(1, fan_out / fan_in)) * O
@@ -47,6 +58,10 @@ __all__ = [
     "coefficients",
     "shape_lr_scale",
     "muon_direction",
+    "equilibrate_rows",
+    "renormalize",
+    "variance_reduce",
+    "second_moment_shape",
     "apply_muon_step_",
     "momentum_warmup",
 ]
@@ -244,27 +259,40 @@ def shape_lr_scale(fan_out: int, fan_in: int) -> float:
     return math.sqrt(max(1.0, fan_out / fan_in))
 
 
+def equilibrate_rows(U: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """MuonEq's row equilibration: every row of ``U`` ``(..., m, n)`` rescaled to the mean
+    row norm ``||U||_F / sqrt(m)`` (same shape; ``||U||_F`` is kept). Rows of very different
+    norms make a spread spectrum that the quintics flatten less well."""
+    target = _frobenius_norm(U) / math.sqrt(U.size(-2))  # (..., 1, 1)
+    rows = torch.linalg.vector_norm(U, dim=-1, keepdim=True, dtype=torch.float32)
+    return U * (target / rows.clamp_min(eps)).to(U.dtype)
+
+
 def _momentum_normalize(grad: torch.Tensor, momentum_buffer: torch.Tensor, beta, grad_scale,
                         nesterov: bool, norm_scale: float, eps: float,
-                        dtype: torch.dtype) -> torch.Tensor:
-    """Momentum (in place), Nesterov, Frobenius normalization and the cast: ``(k, m, n)`` in,
-    ``(k, m, n)`` of ``dtype`` out. beta, grad_scale: floats (eager) or 0-d tensors (compiled:
-    one kernel set for every value); grad_scale None: 1."""
+                        dtype: torch.dtype, equilibrate: bool = False) -> torch.Tensor:
+    """Momentum (in place), Nesterov, row equilibration (if asked), Frobenius normalization
+    and the cast: ``(k, m, n)`` in, ``(k, m, n)`` of ``dtype`` out. beta, grad_scale: floats
+    (eager) or 0-d tensors (compiled: one kernel set for every value); grad_scale None: 1."""
     G = grad if grad_scale is None else grad * grad_scale
     momentum_buffer.lerp_(G, 1.0 - beta)  # M = beta M + (1 - beta) G
     U = G.lerp(momentum_buffer, beta) if nesterov else momentum_buffer
+    if equilibrate:
+        U = equilibrate_rows(U)
     norm = _frobenius_norm(U) * norm_scale + eps
     return (U / norm).to(dtype)
 
 
 def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentum: float,
                    nesterov: bool = True, ns_steps: int = 5, method: str = "newton_schulz",
-                   grad_scale: torch.Tensor | float | None = None) -> torch.Tensor:
+                   grad_scale: torch.Tensor | float | None = None,
+                   equilibrate: bool = False) -> torch.Tensor:
     """Update the momentum buffer in place and return the orthogonalized direction ``O``.
 
     grad, momentum_buffer: ``(k, m, n)`` (k matrices of one shape, stacked) or ``(m, n)``.
     grad_scale: a factor for ``grad`` (a float or 0-d tensor: gradient clipping, 1 / world
-    size), applied in the same pass. Returns ``O`` with the same shape, in the momentum
+    size), applied in the same pass. ``equilibrate``: MuonEq's row equilibration
+    (:func:`equilibrate_rows`) before orthogonalizing. Returns ``O`` with the same shape, in the momentum
     buffer's dtype (fp32 for fp32 weights): Newton-Schulz runs in bf16 on CUDA, but its last
     matmul writes fp32 directly (no extra pass, one rounding fewer), and the caller steps
     ``W -= lr * scale * O`` (:func:`apply_muon_step_`) with fast same-dtype kernels.
@@ -280,10 +308,54 @@ def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentu
             scale = (scale.to(grad.device, torch.float32) if torch.is_tensor(scale) else
                      torch.full((), scale, dtype=torch.float32, device=grad.device))
         X = fused.compiled(_momentum_normalize)(grad, momentum_buffer, beta, scale, nesterov,
-                                                *args)
+                                                *args, equilibrate)
     else:
-        X = _momentum_normalize(grad, momentum_buffer, momentum, grad_scale, nesterov, *args)
+        X = _momentum_normalize(grad, momentum_buffer, momentum, grad_scale, nesterov, *args,
+                                equilibrate)
     return _newton_schulz(X, ns_steps, method, momentum_buffer.dtype)
+
+
+def renormalize(O: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Muon+: ``O`` ``(..., m, n)`` rescaled to ``||O||_F = sqrt(min(m, n))``, the norm of an
+    exact orthogonal matrix of that shape (the iteration leaves singular values in a band)."""
+    target = math.sqrt(min(O.size(-2), O.size(-1)))
+    return O * (target / _frobenius_norm(O).clamp_min(eps)).to(O.dtype)
+
+
+def second_moment_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of :func:`variance_reduce`'s state for matrices ``(..., m, n)``: one value
+    per row ``(..., m, 1)`` when ``m >= n``, one per column ``(..., 1, n)`` otherwise (the
+    longer side: the MLP's hidden neurons, on both of its matrices)."""
+    *lead, m, n = shape
+    return (*lead, m, 1) if m >= n else (*lead, 1, n)
+
+
+def variance_reduce(O: torch.Tensor, second_moment: torch.Tensor, beta2: float,
+                    eps: float = 1e-10) -> torch.Tensor:
+    """NorMuon's neuron-wise step sizes for an orthogonalized direction.
+
+    O: ``(..., m, n)``; second_moment: :func:`second_moment_shape` of it, updated in place::
+
+        v = mean of O**2 along the short side     # (..., m, 1) or (..., 1, n)
+        V <- beta2 * V + (1 - beta2) * v
+        O' = O / sqrt(V),  then rescaled so that ||O'||_F = ||O||_F
+
+    An orthogonal ``O`` gives every direction the same step, but not every neuron: rows
+    of a tall ``O`` can still differ in norm, and some neurons keep getting larger updates.
+    Dividing by their running RMS evens that out, as Adam does per entry; restoring the
+    Frobenius norm keeps Muon's step size (and makes a bias correction of ``V`` pointless:
+    a common factor cancels). Returns a new tensor of ``O``'s shape and dtype.
+    """
+    if tuple(second_moment.shape) != second_moment_shape(tuple(O.shape)):
+        raise ValueError(f"second moment of shape {tuple(second_moment.shape)} does not fit "
+                         f"directions of shape {tuple(O.shape)}: expected "
+                         f"{second_moment_shape(tuple(O.shape))}")
+    short_side = -1 if O.size(-2) >= O.size(-1) else -2  # one value per long-side neuron
+    v = O.float().square().mean(dim=short_side, keepdim=True)
+    second_moment.lerp_(v.to(second_moment.dtype), 1.0 - beta2)
+    scaled = O * second_moment.clamp_min(eps).rsqrt().to(O.dtype)
+    keep = _frobenius_norm(O) / _frobenius_norm(scaled).clamp_min(eps)
+    return scaled * keep.to(O.dtype)
 
 
 def apply_muon_step_(params: torch.Tensor | list[torch.Tensor], direction: torch.Tensor, *,

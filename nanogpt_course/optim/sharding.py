@@ -25,8 +25,9 @@ Placement rules (:func:`place`):
   full state.
 
 A rank's **shard** is ``{name: tensor}`` with names ``"{i}.momentum_buffer"`` (full matrix,
-on its owner), ``"{i}.exp_avg"`` / ``"{i}.exp_avg_sq"`` (flat 1-D: the rank's chunk, or the
-whole tensor when replicated) and ``"{i}.step"``. A parameter that never had a gradient has
+on its owner; with variance reduction also ``"{i}.second_moment"``, see ``MUON_STATE``),
+``"{i}.exp_avg"`` / ``"{i}.exp_avg_sq"`` (flat 1-D: the rank's chunk, or the whole tensor
+when replicated) and ``"{i}.step"``. A parameter that never had a gradient has
 no entries.
 
 Moving between world sizes: :func:`consolidate` turns the shards of world ``N`` into the
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 FORMAT = "nanogpt_course.optim.shards"
+MUON_STATE = ("momentum_buffer", "second_moment")  # per-matrix Muon state, on its owner
 VERSION = 1
 
 # AdamW tensors below this many elements (16 KiB in fp32) are all-reduced (all of them in one
@@ -181,8 +183,9 @@ def consolidate(shards: Sequence[dict[str, torch.Tensor]], layout: dict | Sequen
     for i, e in enumerate(layout["params"]):
         if e["mode"] == "owned":
             src = shards[e["owner"]]
-            if f"{i}.momentum_buffer" in src:
-                full[f"{i}.momentum_buffer"] = src[f"{i}.momentum_buffer"]
+            for name in MUON_STATE:
+                if f"{i}.{name}" in src:
+                    full[f"{i}.{name}"] = src[f"{i}.{name}"]
         elif e["mode"] == "replicated":
             for name in ("exp_avg", "exp_avg_sq", "step"):
                 if f"{i}.{name}" in shards[0]:
@@ -222,9 +225,9 @@ def reshard(tensors: dict[str, torch.Tensor], layout: dict, *, world_size: int, 
     shard: dict[str, torch.Tensor] = {}
     for i, e in enumerate(new["params"]):
         if e["mode"] == "owned":
-            key = f"{i}.momentum_buffer"
-            if e["owner"] == rank and key in tensors:
-                shard[key] = tensors[key]
+            for name in MUON_STATE:
+                if e["owner"] == rank and f"{i}.{name}" in tensors:
+                    shard[f"{i}.{name}"] = tensors[f"{i}.{name}"]
         elif f"{i}.exp_avg" in tensors:
             if e["mode"] == "replicated":
                 start, stop = 0, math.prod(e["shape"])
