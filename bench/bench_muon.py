@@ -30,6 +30,7 @@ returns a JSON-safe dict with ``ok``); :func:`muon_variants` works the same way.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -500,17 +501,19 @@ def _one_rank_group(device: torch.device):
     return dist
 
 
-def _run_optimizer(cfg, init: dict, grads, device, *, distributed: bool, ortho_dtype):
+def _run_optimizer(cfg, init: dict, grads, device, *, distributed: bool, ortho_dtype,
+                   muon_options: dict | None = None):
     """``len(grads)`` optimizer steps of a fresh model (weights ``init``) on ``device``.
 
     ``ortho_dtype``: orthogonalization dtype (None: the device's default; float32 also
-    turns TF32 off). Returns (final params on the CPU, per-step updates of the matrix
+    turns TF32 off). ``muon_options``: more ``build_optimizer`` keywords (the Muon
+    refinements). Returns (final params on the CPU, per-step updates of the matrix
     params on the CPU, per-step grad norms, step milliseconds of the last step, state bytes).
     """
     model = GPT(cfg).to(device)
     model.load_state_dict(init)
     opt = build_optimizer(model, max_grad_norm=1.0, distributed=distributed,
-                          weight_decay=0.1, adamw_weight_decay=0.01)
+                          weight_decay=0.1, adamw_weight_decay=0.01, **(muon_options or {}))
     assert isinstance(opt, DistMuonAdamW if distributed else MuonAdamW)
     matrices = {id(p) for p in model.parameter_kinds()["matrix"]}
     params = list(model.parameters())
@@ -578,8 +581,10 @@ DIST_TOL = {
 }
 
 
-def dist_step_vs_cpu(device="cuda", *, tiny: bool = False, steps: int = 3) -> dict:
-    """DistMuonAdamW (1 rank, on ``device``) vs MuonAdamW on the CPU, same gradients:
+def dist_step_vs_cpu(device="cuda", *, tiny: bool = False, steps: int = 3,
+                     muon_options: dict | None = None) -> dict:
+    """DistMuonAdamW (1 rank, on ``device``) vs MuonAdamW on the CPU, same gradients, with
+    ``muon_options`` (``build_optimizer`` keywords, e.g. the refinements) on both sides:
 
     (a) fp32 orthogonalization on both (TF32 off): every parameter within ``DIST_TOL``;
     (b) the device's bf16 orthogonalization vs the CPU's in bf16 (on a CPU device: bf16 on
@@ -599,15 +604,13 @@ def dist_step_vs_cpu(device="cuda", *, tiny: bool = False, steps: int = 3) -> di
     created = _one_rank_group(device)
     try:
         cpu = torch.device("cpu")
-        ref32 = _run_optimizer(cfg, init, grads, cpu, distributed=False,
-                               ortho_dtype=torch.float32)
-        ref16 = _run_optimizer(cfg, init, grads, cpu, distributed=False,
-                               ortho_dtype=torch.bfloat16)
-        dev32 = _run_optimizer(cfg, init, grads, device, distributed=True,
-                               ortho_dtype=torch.float32)
+        run = functools.partial(_run_optimizer, cfg, init, grads, muon_options=muon_options)
+        ref32 = run(cpu, distributed=False, ortho_dtype=torch.float32)
+        ref16 = run(cpu, distributed=False, ortho_dtype=torch.bfloat16)
+        dev32 = run(device, distributed=True, ortho_dtype=torch.float32)
         # the training path: bf16 on CUDA by default; a CPU dry run asks for it explicitly
-        dev16 = _run_optimizer(cfg, init, grads, device, distributed=True,
-                               ortho_dtype=None if device.type == "cuda" else torch.bfloat16)
+        dev16 = run(device, distributed=True,
+                    ortho_dtype=None if device.type == "cuda" else torch.bfloat16)
     finally:
         if created is not None:
             dist.destroy_process_group()
@@ -615,6 +618,7 @@ def dist_step_vs_cpu(device="cuda", *, tiny: bool = False, steps: int = 3) -> di
     norm_err = max(abs(n - t) / t for n, t in zip(dev32[3] + dev16[3], true_norms * 2))
     res = {
         "device": str(device), "depth": cfg.n_layer, "steps": steps,
+        "muon_options": muon_options or {},
         "fp32_matrix_max_rel_err": _max_rel_err(dev32[0], ref32[0], kinds, "matrix"),
         "fp32_other_max_rel_err": _max_rel_err(dev32[0], ref32[0], kinds, "other"),
         "grad_norm_rel_err": norm_err,

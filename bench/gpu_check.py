@@ -356,6 +356,19 @@ def check_dist_muon_step(ctx):
     return bench_muon.dist_step_vs_cpu(ctx.device, tiny=ctx.tiny)
 
 
+# every Muon option that is off by default (the screens of docs/QUALITY.md), all at once
+MUON_REFINEMENTS = {"orthogonalizer": "polar_express", "cautious_weight_decay": True,
+                    "row_equilibrate": True, "renormalize": True, "variance_beta2": 0.9}
+
+
+@check("dist_muon_step_refined")
+def check_dist_muon_step_refined(ctx):
+    """``dist_muon_step`` with Polar Express, cautious decay, MuonEq, Muon+ and NorMuon on."""
+    import bench_muon
+
+    return bench_muon.dist_step_vs_cpu(ctx.device, tiny=ctx.tiny, muon_options=MUON_REFINEMENTS)
+
+
 # "late_loss_rel": the mean loss over the last third of the steps. (A single last step of
 # this one-batch memorization run is noisy: on an H100 on 2026-12-06 the bf16 and FP8 curves
 # agreed within 1.5% for 14 steps, then FP8's last loss rose 8% above bf16's while their

@@ -26,8 +26,15 @@ import torch
 
 from . import sharding
 from .adamw import adamw_step_
-from .muon import (ORTHOGONALIZERS, apply_muon_step_, muon_direction, renormalize,
-                   second_moment_shape, shape_lr_scale, variance_reduce)
+from .muon import (
+    ORTHOGONALIZERS,
+    apply_muon_step_,
+    muon_direction,
+    renormalize,
+    second_moment_shape,
+    shape_lr_scale,
+    variance_reduce,
+)
 
 __all__ = ["MUON_DEFAULTS", "ADAMW_DEFAULTS", "MuonAdamW", "HybridOptimizer"]
 
