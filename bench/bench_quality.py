@@ -32,6 +32,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -268,6 +269,34 @@ REFINEMENTS = {
                                "row_equilibrate": True, "renormalize": True,
                                "variance_beta2": 0.9}},
 }
+
+
+def combined(tags: list[str]) -> dict:
+    """The job keys of several REFINEMENTS at once (``polar+normuon``): the orthogonalizer
+    of any that sets one, their ``muon`` keywords merged."""
+    extra: dict = {}
+    for tag in tags:
+        ref = REFINEMENTS[tag]
+        if "orthogonalizer" in ref:
+            extra["orthogonalizer"] = ref["orthogonalizer"]
+        if "muon" in ref:
+            extra["muon"] = {**extra.get("muon", {}), **ref["muon"]}
+    return extra
+
+
+def combination_job(name: str, by_name: dict) -> dict | None:
+    """A screen or d6 confirmation of several refinements, named with ``+``
+    (``screen_d4_polar+normuon``, ``project_d6_polar+normuon_s0``): the first tag's job
+    with all the tags' settings. None when ``name`` is not such a combination."""
+    match = re.fullmatch(r"(screen_d4|project_d\d+)_([\w+]+?)(_s\d+)?", name)
+    if not match or "+" not in match[2]:
+        return None
+    tags = match[2].split("+")
+    base = by_name.get(f"{match[1]}_{tags[0]}{match[3] or ''}")
+    if base is None or any(t not in REFINEMENTS for t in tags):
+        return None
+    job = {k: v for k, v in base.items() if k not in ("orthogonalizer", "muon", "init")}
+    return {**job, **combined(tags), "name": name}
 
 
 def default_jobs(args, batch_d6: int) -> list[dict]:
@@ -619,9 +648,13 @@ def main(argv=None) -> int:
                 job["batch"] = 4 * 64 * 2
     if args.only:  # in the order given (the queue starts them in that order)
         by_name, wanted = {j["name"]: j for j in jobs}, args.only.split(",")
+        by_name.update({n: job for n in wanted if n not in by_name
+                        for job in [combination_job(n, by_name)] if job is not None})
         unknown = [n for n in wanted if n not in by_name]
         if unknown:
-            print(f"error: unknown job(s) {unknown}; known: {sorted(by_name)}", file=sys.stderr)
+            print(f"error: unknown job(s) {unknown}; known: {sorted(by_name)} and "
+                  f"combinations of refinements joined by '+' ({', '.join(REFINEMENTS)}), "
+                  "e.g. screen_d4_polar+normuon", file=sys.stderr)
             return 2
         jobs = [by_name[n] for n in wanted]
     print(f"{len(jobs)} jobs on {device_name}: " + ", ".join(j["name"] for j in jobs), flush=True)

@@ -75,6 +75,22 @@ def test_nanochat_init_screen_changes_exactly_what_it_says(bench, monkeypatch):
     torch.testing.assert_close(theirs.blocks[1].attn.c_q.weight, ours.blocks[1].attn.c_q.weight)
 
 
+def test_refinements_combine_with_plus(bench):
+    by_name = {j["name"]: j for j in bench.default_jobs(_args(), 262144)}
+    job = bench.combination_job("project_d6_polar+normuon+cautious_s1", by_name)
+    base = by_name["project_d6_polar_s1"]
+    assert job["name"] == "project_d6_polar+normuon+cautious_s1"
+    assert job["seed"] == 1 and job["depth"] == 6 and job["flops"] == base["flops"]
+    assert job["orthogonalizer"] == "polar_express"
+    assert job["muon"] == {"variance_beta2": 0.9, "cautious_weight_decay": True}
+    screen = bench.combination_job("screen_d4_normuon+muoneq", by_name)
+    assert screen["depth"] == 4 and "orthogonalizer" not in screen
+    assert screen["muon"] == {"variance_beta2": 0.9, "row_equilibrate": True}
+    for bad in ("screen_d4_polar", "screen_d4_polar+nosuch", "wd_d4_tpp6_x1.0",
+                "project_d6_polar+normuon_s7"):
+        assert bench.combination_job(bad, by_name) is None, bad
+
+
 def test_muon_screen_keywords_reach_the_optimizer(bench, monkeypatch):
     import functools
 
