@@ -54,7 +54,12 @@ from nanogpt_course.device import describe, pick_device
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.optim import MuonAdamW, build_optimizer, orthogonalize, shape_lr_scale
 from nanogpt_course.optim.demo import bigram_batch
-from nanogpt_course.optim.muon import NEWTON_SCHULZ_COEFFS, coefficients
+from nanogpt_course.optim.muon import (
+    NEWTON_SCHULZ_COEFFS,
+    coefficients,
+    second_moment_shape,
+    variance_reduce,
+)
 
 # %% tags=["parameters"]
 PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
@@ -427,6 +432,42 @@ opt.step()
 mine, _ = muon_step(W0, grad, torch.zeros_like(W0), lr=0.02, momentum=0.95)
 torch.testing.assert_close(W.detach(), mine)
 print(f"shape {tuple(W0.shape)}: LR scale {shape_lr_scale(*W0.shape):.1f}, steps agree")
+
+# %% [markdown]
+# ### Neurons, not only directions: variance reduction
+#
+# Orthogonalizing gives every *direction* of the update the same size, but not every
+# *neuron*. Look at the rows of $O$ for our tall gradient: each row is the update of one
+# output neuron, and their norms still differ. NorMuon (Li et al., 2025), one of the
+# changes in nanochat's Muon, keeps a running mean of each neuron's squared update,
+# $V \leftarrow \beta_2 V + (1-\beta_2)\,\mathrm{mean}_j O_{ij}^2$, divides row $i$ by
+# $\sqrt{V_i}$ (Adam's idea, per neuron instead of per entry) and rescales the result to
+# the norm $O$ had, so Muon's step size stays what it was. Here is the first step, written
+# out (with $V$ starting at 0, the first step's $V$ is $(1-\beta_2)$ times the mean
+# squares, and the constant cancels in the rescaling).
+
+# %%
+O_tall = orthogonalize(torch.randn(4 * WIDTH, WIDTH))
+row_ms = (O_tall**2).mean(dim=1, keepdim=True)  # (4 * WIDTH, 1): one per output neuron
+V = (1 - 0.9) * row_ms
+evened = O_tall / V.sqrt()
+evened = evened * O_tall.norm() / evened.norm()
+print(f"row norms of O:        {O_tall.norm(dim=1).min():.3f} .. {O_tall.norm(dim=1).max():.3f}")
+print(f"after the first step:  {evened.norm(dim=1).min():.3f} .. {evened.norm(dim=1).max():.3f}")
+torch.testing.assert_close(
+    evened, variance_reduce(O_tall, torch.zeros(second_moment_shape(O_tall.shape)), 0.9))
+print("matches nanogpt_course.optim.muon.variance_reduce")
+
+# %% [markdown]
+# After many steps $V$ is an average over time, so the rows are evened out on average
+# rather than exactly. Two more of nanochat's changes are just as short: MuonEq
+# rescales the rows of the momentum to equal norm *before* orthogonalizing, and Muon+
+# rescales $O$ to the Frobenius norm $\sqrt{\min(m, n)}$ of an exact orthogonal matrix.
+# In the library they are group options, off by default
+# (`variance_beta2=0.9`, `row_equilibrate=True`, `renormalize=True`, also keywords of
+# `build_optimizer`). Whether each one earns its place is measured, not assumed: each is
+# screened in a real run at d4 and kept only if it wins by more than the seed noise
+# (`docs/QUALITY.md` has the table).
 
 # %% [markdown]
 # ## 5. Muon + AdamW vs a fair AdamW baseline
