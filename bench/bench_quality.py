@@ -263,12 +263,31 @@ REFINEMENTS = {
     "muoneq": {"muon": {"row_equilibrate": True}},
     "muonplus": {"muon": {"renormalize": True}},
     "normuon": {"muon": {"variance_beta2": 0.9}},
+    # not a Muon change: the weight-decay rule with the d4 sweep's horizon trend (D^-0.7)
+    "wdhorizon": {"weight_decay_horizon": 0.7},
     # everything nanochat's Muon does that ours does not by default
     "nanochat_muon": {"orthogonalizer": "polar_express",
                       "muon": {"cautious_weight_decay": True, "shape_scaled_weight_decay": True,
                                "row_equilibrate": True, "renormalize": True,
                                "variance_beta2": 0.9}},
 }
+
+
+HORIZON_TPP = 6  # tokens per parameter at which the d4 sweep found the rule's λ best
+
+
+def resolve_horizon(job: dict, args) -> dict:
+    """Turn a job's ``weight_decay_horizon`` h into ``weight_decay`` = the rule's λ ×
+    (HORIZON_TPP / tokens per parameter)^h (d4: ``args.rule_wd``, the job's horizon; the
+    d6 side by side: ``args.rule_wd_d6`` at ``args.tpp_d6``)."""
+    h = job.pop("weight_decay_horizon", None)
+    if h is None:
+        return job
+    if job.get("tokens_per_param"):
+        rule, tpp = args.rule_wd, job["tokens_per_param"]
+    else:
+        rule, tpp = args.rule_wd_d6, args.tpp_d6
+    return {**job, "weight_decay": round(rule * (HORIZON_TPP / tpp) ** h, 4)}
 
 
 def combined(tags: list[str]) -> dict:
@@ -281,10 +300,12 @@ def combined(tags: list[str]) -> dict:
             extra["orthogonalizer"] = ref["orthogonalizer"]
         if "muon" in ref:
             extra["muon"] = {**extra.get("muon", {}), **ref["muon"]}
+        if "weight_decay_horizon" in ref:
+            extra["weight_decay_horizon"] = ref["weight_decay_horizon"]
     return extra
 
 
-def combination_job(name: str, by_name: dict) -> dict | None:
+def combination_job(name: str, by_name: dict, args) -> dict | None:
     """A screen or d6 confirmation of several refinements, named with ``+``
     (``screen_d4_polar+normuon``, ``project_d6_polar+normuon_s0``): the first tag's job
     with all the tags' settings. None when ``name`` is not such a combination."""
@@ -296,7 +317,9 @@ def combination_job(name: str, by_name: dict) -> dict | None:
     if base is None or any(t not in REFINEMENTS for t in tags):
         return None
     job = {k: v for k, v in base.items() if k not in ("orthogonalizer", "muon", "init")}
-    return {**job, **combined(tags), "name": name}
+    if "wdhorizon" in tags[1:]:  # the first tag's λ would be the rule's: recompute it
+        job["weight_decay"] = None if match[1] != "screen_d4" else float(args.rule_wd)
+    return resolve_horizon({**job, **combined(tags), "name": name}, args)
 
 
 def default_jobs(args, batch_d6: int) -> list[dict]:
@@ -343,7 +366,8 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
              d4(6, 0.5), d4(2, 0.5), d4(6, 2.0), d4(6, 3.0), d4(6, 0.25), d4(2, 0.25)]
     # issue #12 item 4's refinements, screened at d4 against wd_d4_tpp6_x1.0 (same λ)
     screens = [d4(6, 1.0, name=f"screen_d4_{tag}", **extra) for tag, extra in REFINEMENTS.items()]
-    return pairs[:2] + sweep + screens + pairs[2:] + variants
+    jobs = pairs[:2] + sweep + screens + pairs[2:] + variants
+    return [resolve_horizon(job, args) for job in jobs]
 
 
 def launch(job: dict, log_dir: Path) -> subprocess.Popen:
@@ -633,6 +657,7 @@ def main(argv=None) -> int:
     args.batch_d6 = plan.total_batch_size
     if args.rule_wd is None:  # rule 4 depends on the depth, not on the horizon
         args.rule_wd = scaling.plan(4, stats, tokens_per_param=2).weight_decay
+    args.rule_wd_d6, args.tpp_d6 = plan.weight_decay, plan.target_tokens / plan.scaling_params
     jobs = default_jobs(args, plan.total_batch_size)
     work = Path(args.work) if args.work else out / "work"
     for job in jobs:
@@ -649,7 +674,7 @@ def main(argv=None) -> int:
     if args.only:  # in the order given (the queue starts them in that order)
         by_name, wanted = {j["name"]: j for j in jobs}, args.only.split(",")
         by_name.update({n: job for n in wanted if n not in by_name
-                        for job in [combination_job(n, by_name)] if job is not None})
+                        for job in [combination_job(n, by_name, args)] if job is not None})
         unknown = [n for n in wanted if n not in by_name]
         if unknown:
             print(f"error: unknown job(s) {unknown}; known: {sorted(by_name)} and "

@@ -17,7 +17,7 @@ def bench():
 
 def _args(**kw):
     base = dict(seq_len=1024, device_batch_size=32, depth=6, flops=2.49e16, seeds=2,
-                sweep=True, rule_wd=1.08)
+                sweep=True, rule_wd=1.08, rule_wd_d6=0.817, tpp_d6=4.0)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -77,18 +77,25 @@ def test_nanochat_init_screen_changes_exactly_what_it_says(bench, monkeypatch):
 
 def test_refinements_combine_with_plus(bench):
     by_name = {j["name"]: j for j in bench.default_jobs(_args(), 262144)}
-    job = bench.combination_job("project_d6_polar+normuon+cautious_s1", by_name)
+    job = bench.combination_job("project_d6_polar+normuon+cautious_s1", by_name, _args())
     base = by_name["project_d6_polar_s1"]
     assert job["name"] == "project_d6_polar+normuon+cautious_s1"
     assert job["seed"] == 1 and job["depth"] == 6 and job["flops"] == base["flops"]
     assert job["orthogonalizer"] == "polar_express"
     assert job["muon"] == {"variance_beta2": 0.9, "cautious_weight_decay": True}
-    screen = bench.combination_job("screen_d4_normuon+muoneq", by_name)
+    screen = bench.combination_job("screen_d4_normuon+muoneq", by_name, _args())
     assert screen["depth"] == 4 and "orthogonalizer" not in screen
     assert screen["muon"] == {"variance_beta2": 0.9, "row_equilibrate": True}
     for bad in ("screen_d4_polar", "screen_d4_polar+nosuch", "wd_d4_tpp6_x1.0",
                 "project_d6_polar+normuon_s7"):
-        assert bench.combination_job(bad, by_name) is None, bad
+        assert bench.combination_job(bad, by_name, _args()) is None, bad
+    # the horizon factor of the weight-decay rule: λ × (6 / 4)^0.7 at the d6 benchmark
+    horizon = round(0.817 * 1.5**0.7, 4)
+    assert by_name["project_d6_wdhorizon_s0"]["weight_decay"] == horizon
+    both = bench.combination_job("project_d6_polar+wdhorizon_s0", by_name, _args())
+    assert both["weight_decay"] == horizon and both["orthogonalizer"] == "polar_express"
+    assert "weight_decay_horizon" not in both
+    assert by_name["project_d6_polar_s0"].get("weight_decay") is None  # the rule's own
 
 
 def test_muon_screen_keywords_reach_the_optimizer(bench, monkeypatch):
