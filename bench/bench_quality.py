@@ -61,6 +61,7 @@ def prepare_corpus(max_bytes: int | None, workers: int | None = None) -> tuple[P
     meta = data.read_meta(folder)
     src = meta["source"]
     info = {"name": "offline", "content_sha256": src.get("content_sha256"),
+            "texts_sha256": src.get("texts_sha256"),  # the same on every machine
             "files": len(src.get("files", [])) if isinstance(src.get("files"), list)
             else src.get("files"), "bytes": src.get("bytes"),
             "train_tokens": meta["splits"]["train"]["tokens"],

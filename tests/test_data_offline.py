@@ -70,6 +70,16 @@ def test_collect_is_deterministic_and_reused(tmp_path):
     assert (a / "corpus.jsonl").read_bytes() == (b / "corpus.jsonl").read_bytes()
     ma, mb = offline.read_manifest(a), offline.read_manifest(b)
     assert ma["content_sha256"] == mb["content_sha256"]
+    assert ma["texts_sha256"] == offline.texts_sha256(ma["entries"])
+    # other keys (paths on another machine), another order: only content_sha256 changes
+    moved = [[f"elsewhere/{k}", size, digest, split]
+             for k, size, digest, split in reversed(ma["entries"])]
+    other = offline._manifest(moved, [], None, 0.5, "x")
+    assert other["texts_sha256"] == ma["texts_sha256"]
+    assert other["content_sha256"] != ma["content_sha256"]
+    edited = [list(e) for e in ma["entries"]]
+    edited[0][3] = "val" if edited[0][3] == "train" else "train"  # a file changes split
+    assert offline.texts_sha256(edited) != ma["texts_sha256"]
     stamp = (a / "corpus.jsonl").stat().st_mtime_ns
     _collect(tmp_path, "a")
     assert (a / "corpus.jsonl").stat().st_mtime_ns == stamp  # same files: not rebuilt

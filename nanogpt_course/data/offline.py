@@ -261,6 +261,15 @@ def _write_corpus(out, listing, max_bytes, val_fraction, pydoc, progress) -> lis
     return entries
 
 
+def texts_sha256(entries) -> str:
+    """A hash of the corpus's texts and their splits only: the sorted ``(sha256 of the text,
+    split)`` pairs. Unlike ``content_sha256`` (which also hashes each file's key, a path
+    that differs between machines and Python installs) it is the same wherever the same
+    files were found, so results from two machines can be checked to share their data."""
+    lines = sorted(f"{digest}\0{split}\n" for _key, _size, digest, split in entries)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def _manifest(entries, roots, max_bytes, val_fraction, fingerprint) -> dict:
     corpus_hash = hashlib.sha256()
     for key, size, digest, split in entries:
@@ -278,6 +287,7 @@ def _manifest(entries, roots, max_bytes, val_fraction, fingerprint) -> dict:
         "train_bytes": by_split["train"],
         "val_bytes": by_split["val"],
         "content_sha256": corpus_hash.hexdigest(),
+        "texts_sha256": texts_sha256(entries),
         "listing_sha256": fingerprint,
         "entries": [list(e) for e in entries],
     }

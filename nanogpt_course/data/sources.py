@@ -190,6 +190,8 @@ class Offline(Source):
                 yield Document(record["key"], record["split"], record["text"])
 
         fingerprint = {"corpus": str(folder), "content_sha256": manifest["content_sha256"],
+                       "texts_sha256": manifest.get("texts_sha256")
+                       or offline.texts_sha256(manifest["entries"]),
                        "files": manifest["files"], "bytes": manifest["bytes"],
                        "max_bytes": max_bytes, "val_fraction": val_fraction,
                        "documents": "whole files"}
