@@ -262,7 +262,7 @@ class V1MuonAdamW(MuonAdamW):
         if coef is not None:
             grads.mul_(coef)
         stacked = torch.stack(params)
-        momentum = self._stacked_momentum(key, params)
+        momentum = self._stacked_state(key, params)
         beta = group["momentum"]
         momentum.lerp_(grads, 1.0 - beta)
         update = grads.lerp(momentum, beta) if group["nesterov"] else momentum
