@@ -348,10 +348,11 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                      env={"NANOGPT_COURSE_RESIDUAL": "fp32"}),
                 # issue #18: token and value embeddings stored in bf16 (nanochat's storage)
                 dict(d6, name=f"project_d{args.depth}_bf16emb_s0", embedding_dtype="bf16")]
-    # issue #12: the d4 screens' confirmations at the target size, two seeds each
+    # issue #12: the d4 screens' confirmations at the target size, two seeds each (more
+    # with --seeds)
     for tag, extra in REFINEMENTS.items():
         variants += [dict(d6, name=f"project_d{args.depth}_{tag}_s{seed}", seed=seed, **extra)
-                     for seed in range(2)]
+                     for seed in range(max(2, args.seeds))]
     if not args.sweep:
         return pairs + variants
 

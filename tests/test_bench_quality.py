@@ -76,6 +76,12 @@ def test_nanochat_init_screen_changes_exactly_what_it_says(bench, monkeypatch):
     torch.testing.assert_close(theirs.blocks[1].attn.c_q.weight, ours.blocks[1].attn.c_q.weight)
 
 
+def test_more_seeds_add_confirmations(bench):
+    names = {j["name"] for j in bench.default_jobs(_args(seeds=3), 262144)}
+    assert {"project_d6_polar_s2", "project_d6_s2", "nanochat_d6_s2"} <= names
+    assert "project_d6_polar_s2" not in {j["name"] for j in bench.default_jobs(_args(), 262144)}
+
+
 def test_refinements_combine_with_plus(bench):
     by_name = {j["name"]: j for j in bench.default_jobs(_args(), 262144)}
     job = bench.combination_job("project_d6_polar+normuon+cautious_s1", by_name, _args())
