@@ -125,3 +125,36 @@ def test_metrics_file_and_lines(tmp_path, capsys):
     assert "val_bpb" in train_recs[1] and "val_bpb" in train_recs[2]
     assert train_recs[2]["tokens"] == 3 * 256
     json.dumps(recs)
+
+
+def test_step_times_leave_out_evaluation_and_saving(tmp_path, monkeypatch):
+    """Steps are timed from one loss read to the next (no device sync in between), minus
+    the evaluation and the checkpoint of the step before: a 0.4 s pause in each must show
+    in no step's time, while a pause inside a step does."""
+    from nanogpt_course.train.loop import Trainer
+
+    pause = 0.4
+    real_eval, real_save, real_step = Trainer.evaluate, Trainer.save, Trainer.train_step
+
+    def slow_eval(self, step, last):
+        time.sleep(pause)
+        return real_eval(self, step, last)
+
+    def slow_save(self, step, **kw):
+        time.sleep(pause)
+        return real_save(self, step, **kw)
+
+    def slow_step(self, step):
+        if step == 4:
+            time.sleep(pause)
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_eval)
+    monkeypatch.setattr(Trainer, "save", slow_save)
+    monkeypatch.setattr(Trainer, "train_step", slow_step)
+    out = tmp_path / "run"
+    train(tiny_cfg(out, max_steps=6, save_every=1, log_every=1), echo=False)
+    dts = {r["step"]: r["dt_ms"] for r in read_metrics(out) if "loss" in r}
+    assert sorted(dts) == [1, 2, 3, 4, 5, 6]
+    assert dts[5] >= 1e3 * pause  # the 5th step (index 4) paused inside
+    assert all(dt < 1e3 * pause for s, dt in dts.items() if s != 5), dts

@@ -256,27 +256,36 @@ class Trainer:
         first_step = self.step + 1  # of this process (a resumed run starts later)
         with _StopSignal() as self._stop:
             self._stop_all = False
+            t0 = time.perf_counter()
             while self.step < num_steps:
-                t0 = time.perf_counter()
                 try:
                     loss = self.train_step(self.step)
                 except _OOM as err:
                     raise TrainingOOM(oom_message(run, self.rt)) from err
-                self.rt.sync()
-                dt = time.perf_counter() - t0
+                # No device synchronize here: the step's one host read (its loss) waits for
+                # the backward pass only, so while the GPU runs this step's optimizer kernels
+                # the CPU already logs, builds the next batch and launches its forward. A
+                # step's time runs from the previous step's read to its own, so the times
+                # add up to the training time (evaluation and saving left out, as before).
+                read = time.perf_counter()
+                dt, t0 = read - t0, read
                 self.step += 1
                 self.tokens_seen += run.plan.total_batch_size
                 last = self.step == num_steps
                 rec = self._step_record(loss, dt)
+                periodic = time.perf_counter()  # evaluation, sampling, saving: not step time
                 evaluated = self.evaluate(self.step, last)
                 rec.update(evaluated)
                 stop_now = self._stop_all or (cfg.stop_at is not None and self.step >= cfg.stop_at)
                 if self.step == first_step or last or stop_now:  # the same on every rank
                     rec.update(self._rank_resources())
+                t0 += time.perf_counter() - periodic
                 if self.step % cfg.log_every == 0 or last or evaluated or stop_now:
                     self.log.log(rec)
                 if last or stop_now or self._due(cfg.save_every, self.step, False):
+                    periodic = time.perf_counter()
                     self.save(self.step, finished=last)
+                    t0 += time.perf_counter() - periodic
                 if stop_now and not last:
                     status = "terminated" if self._stop_all else "stopped"
                     why = "SIGTERM" if self._stop_all else f"stop_at={cfg.stop_at}"
