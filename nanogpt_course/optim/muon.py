@@ -1,7 +1,7 @@
 """Muon: momentum, then an orthogonalized update for each 2-D weight matrix.
 
-The update of a weight matrix ``W`` (shape ``(fan_out, fan_in)``) is built in three steps (four with the optional
-variance reduction):
+The update of a weight matrix ``W`` (shape ``(fan_out, fan_in)``) is built in three steps
+(four with the optional variance reduction):
 
 1. **Momentum** (EMA form, Nesterov by default)::
 
