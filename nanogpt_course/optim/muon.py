@@ -292,8 +292,8 @@ def muon_direction(grad: torch.Tensor, momentum_buffer: torch.Tensor, *, momentu
     grad, momentum_buffer: ``(k, m, n)`` (k matrices of one shape, stacked) or ``(m, n)``.
     grad_scale: a factor for ``grad`` (a float or 0-d tensor: gradient clipping, 1 / world
     size), applied in the same pass. ``equilibrate``: MuonEq's row equilibration
-    (:func:`equilibrate_rows`) before orthogonalizing. Returns ``O`` with the same shape, in the momentum
-    buffer's dtype (fp32 for fp32 weights): Newton-Schulz runs in bf16 on CUDA, but its last
+    (:func:`equilibrate_rows`) before orthogonalizing. Returns ``O`` with the same shape,
+    in the momentum buffer's dtype (fp32 for fp32 weights): Newton-Schulz runs in bf16 on CUDA, but its last
     matmul writes fp32 directly (no extra pass, one rounding fewer), and the caller steps
     ``W -= lr * scale * O`` (:func:`apply_muon_step_`) with fast same-dtype kernels.
     """
