@@ -437,6 +437,26 @@ def run_queue(jobs: list[dict], out: Path, *, parallel: int, start_by: float,
         time.sleep(2)
 
 
+SCREEN_BASE = "wd_d4_tpp6_x1.0"  # every d4 screen changes one thing against this job
+
+
+def ab_table(bpb: dict[str, float]) -> list[dict]:
+    """Each screen and d6 variant against its A, for the jobs present in ``bpb``
+    (name -> bits per byte): ``screen_d4_X`` against :data:`SCREEN_BASE`,
+    ``project_dD_X_sK`` against ``project_dD_sK`` (the same seed). ``delta`` < 0: better."""
+    rows = []
+    for name, value in sorted(bpb.items()):
+        base = None
+        if name.startswith("screen_d4_"):
+            base = SCREEN_BASE
+        elif (match := re.fullmatch(r"(project_d\d+)_.+(_s\d+)", name)):
+            base = match[1] + match[2]
+        if base in bpb:
+            rows.append({"job": name, "bpb": round(value, 5), "base": base,
+                         "base_bpb": round(bpb[base], 5), "delta": round(value - bpb[base], 5)})
+    return rows
+
+
 def summarize(out: Path, corpus: dict, device: str, args) -> dict:
     """Collect ``OUT/jobs/*.json`` into ``OUT/summary.json`` (rows in the issue's format)."""
     results = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]
@@ -466,6 +486,7 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                                                           "embedding_dtype", "muon", "init",
                                                           "orthogonalizer")}
                         for r in results}}
+    summary["ab"] = ab_table({r["name"]: r["bpb"] for r in results if r.get("bpb") is not None})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.report:  # two files for a place that takes few (the GPU machine's $OUT)
         report = Path(args.report)
@@ -690,6 +711,9 @@ def main(argv=None) -> int:
               summary=summary, t0=t0)
     result = summary()
     print(json.dumps(result, indent=1, default=str))
+    for row in result["ab"]:  # unindented: readable in a log's tail
+        print(f"A/B {row['job']}: {row['bpb']:.5f} against {row['base']} {row['base_bpb']:.5f} "
+              f"({row['delta']:+.5f} bits per byte)")
     if stats_proc is not None and stats_proc.poll() is None:
         stats_proc.kill()  # started above by this bench
     return 0

@@ -164,3 +164,22 @@ def test_a_job_out_of_memory_is_queued_again_at_half_the_micro_batch(bench, tmp_
     assert started == [("a", 32), ("b", 32), ("a", 16), ("a", 8)]
     assert len(summaries) == 2  # one per job that really finished
     assert bench.retry_smaller({"device_batch_size": 1}) is None
+
+
+def test_ab_table_pairs_each_variant_with_its_own_baseline(bench):
+    # the H200 run of docs/QUALITY.md, plus a d4 screen and jobs without a baseline
+    bpb = {"project_d6_s0": 0.64587, "project_d6_s1": 0.64707, "project_d6_polar_s0": 0.64583,
+           "project_d6_polar_s1": 0.64129, "project_d6_polar+normuon_s0": 0.64362,
+           "project_d6_fp8_s1": 0.7, "nanochat_d6_s0": 0.65681, "wd_d4_tpp6_x1.0": 0.72116,
+           "screen_d4_polar": 0.71768, "screen_d4_normuon": 0.8}
+    rows = {r["job"]: r for r in bench.ab_table(bpb)}
+    assert rows["project_d6_polar_s1"]["base"] == "project_d6_s1"
+    assert rows["project_d6_polar_s1"]["delta"] == pytest.approx(0.64129 - 0.64707)
+    assert rows["project_d6_polar+normuon_s0"]["base"] == "project_d6_s0"
+    assert rows["screen_d4_polar"]["delta"] == pytest.approx(-0.00348)
+    assert rows["screen_d4_normuon"]["base"] == "wd_d4_tpp6_x1.0"
+    assert "project_d6_fp8_s1" in rows  # its seed's baseline is there
+    for no_base in ("project_d6_s0", "nanochat_d6_s0", "wd_d4_tpp6_x1.0"):
+        assert no_base not in rows
+    assert "project_d6_fp8_s1" not in {r["job"] for r in
+                                       bench.ab_table({"project_d6_fp8_s1": 0.7})}
