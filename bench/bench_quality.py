@@ -139,7 +139,7 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
     """Our recipe through our trainer (in this process); optional overrides from the job:
     ``weight_decay``, ``roles`` ("uniform": the group table before the d6 A/B,
     ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``,
-    ``orthogonalizer`` (the trainer's flag), ``muon`` (keyword arguments for
+    ``orthogonalizer`` and ``packing`` (the trainer's flags), ``muon`` (keyword arguments for
     ``optim.build_optimizer`` that the trainer has no flag for), ``init``."""
     from nanogpt_course import checkpoint
     from nanogpt_course.optim import build as optim_build
@@ -160,7 +160,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
                weight_decay=job.get("weight_decay"), fp8=job.get("fp8", False),
                window_pattern=job.get("window_pattern", "L"),
                embedding_dtype=job.get("embedding_dtype", "fp32"),
-               orthogonalizer=job.get("orthogonalizer", "newton_schulz"))
+               orthogonalizer=job.get("orthogonalizer", "newton_schulz"),
+               packing=job.get("packing", "bos"))
     if job.get("tokens_per_param"):
         cfg["tokens_per_param"] = job["tokens_per_param"]
     else:
@@ -348,6 +349,13 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                      env={"NANOGPT_COURSE_RESIDUAL": "fp32"}),
                 # issue #18: token and value embeddings stored in bf16 (nanochat's storage)
                 dict(d6, name=f"project_d{args.depth}_bf16emb_s0", embedding_dtype="bf16")]
+    # issue #12: which part of the difference is the data stream? each recipe fed the
+    # other's rows (ours: random windows; nanochat's: our packed rows), same seeds
+    for seed in range(2):
+        variants += [dict(d6, name=f"project_d{args.depth}_windows_s{seed}", seed=seed,
+                          packing="windows"),
+                     dict(d6, name=f"nanochat_d{args.depth}_packed_s{seed}", seed=seed,
+                          recipe="nanochat", stream="packed")]
     # issue #12: the d4 screens' confirmations at the target size, two seeds each (more
     # with --seeds)
     for tag, extra in REFINEMENTS.items():
@@ -443,13 +451,14 @@ SCREEN_BASE = "wd_d4_tpp6_x1.0"  # every d4 screen changes one thing against thi
 def ab_table(bpb: dict[str, float]) -> list[dict]:
     """Each screen and d6 variant against its A, for the jobs present in ``bpb``
     (name -> bits per byte): ``screen_d4_X`` against :data:`SCREEN_BASE`,
-    ``project_dD_X_sK`` against ``project_dD_sK`` (the same seed). ``delta`` < 0: better."""
+    ``project_dD_X_sK`` against ``project_dD_sK`` (the same seed; ``nanochat_dD_X_sK``
+    likewise). ``delta`` < 0: better."""
     rows = []
     for name, value in sorted(bpb.items()):
         base = None
         if name.startswith("screen_d4_"):
             base = SCREEN_BASE
-        elif (match := re.fullmatch(r"(project_d\d+)_.+(_s\d+)", name)):
+        elif (match := re.fullmatch(r"((?:project|nanochat)_d\d+)_.+(_s\d+)", name)):
             base = match[1] + match[2]
         if base in bpb:
             rows.append({"job": name, "bpb": round(value, 5), "base": base,
@@ -484,7 +493,8 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                                                           "weight_decay", "roles", "seed",
                                                           "fp8", "window_pattern", "env",
                                                           "embedding_dtype", "muon", "init",
-                                                          "orthogonalizer")}
+                                                          "orthogonalizer", "packing",
+                                                          "stream")}
                         for r in results}}
     summary["ab"] = ab_table({r["name"]: r["bpb"] for r in results if r.get("bpb") is not None})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -605,6 +605,13 @@ x, _ = next(windows)
 print(f"windows: {(x[:, 0] == tok.bos_id).float().mean():.0%} of rows start at a document")
 
 # %% [markdown]
+# The trainer takes either: `--packing bos` (the default) or `--packing windows`
+# (pretraining and mid-training; validation always scores the same packed rows, so the two
+# runs' bits per byte compare). Which one trains the better model at equal compute is a
+# measurement, not a matter of taste: `bench/bench_quality.py` has the jobs
+# `project_d6_windows_s0` and `nanochat_d6_packed_s0`, each recipe fed the other's rows.
+
+# %% [markdown]
 # ## What next
 #
 # - `python -m nanogpt_course.data prepare NAME` prepares any dataset from the command line

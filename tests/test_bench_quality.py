@@ -76,6 +76,20 @@ def test_nanochat_init_screen_changes_exactly_what_it_says(bench, monkeypatch):
     torch.testing.assert_close(theirs.blocks[1].attn.c_q.weight, ours.blocks[1].attn.c_q.weight)
 
 
+def test_each_recipe_fed_the_others_rows(bench):
+    by_name = {j["name"]: j for j in bench.default_jobs(_args(), 262144)}
+    for seed in (0, 1):
+        ours = by_name[f"project_d6_windows_s{seed}"]
+        theirs = by_name[f"nanochat_d6_packed_s{seed}"]
+        assert ours["recipe"] == "project" and ours["packing"] == "windows"
+        assert theirs["recipe"] == "nanochat" and theirs["stream"] == "packed"
+        assert ours["seed"] == theirs["seed"] == seed
+        assert not ours.get("side_by_side") and not theirs.get("side_by_side")
+    rows = {r["job"]: r for r in bench.ab_table({"nanochat_d6_s1": 0.65352,
+                                                 "nanochat_d6_packed_s1": 0.66})}
+    assert rows["nanochat_d6_packed_s1"]["base"] == "nanochat_d6_s1"
+
+
 def test_more_seeds_add_confirmations(bench):
     names = {j["name"] for j in bench.default_jobs(_args(seeds=3), 262144)}
     assert {"project_d6_polar_s2", "project_d6_s2", "nanochat_d6_s2"} <= names

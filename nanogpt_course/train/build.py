@@ -26,7 +26,7 @@ DEFAULT_SEQ_LEN = 2048
 FIXED_ON_RESUME = ("mode", "depth", "data", "tokenizer", "seq_len", "total_batch_size",
                    "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
                    "target_flops", "tokens_per_param", "seed", "aspect_ratio", "head_dim",
-                   "window_pattern", "short_window", "orthogonalizer",
+                   "window_pattern", "short_window", "orthogonalizer", "packing",
                    "warmup_steps", "warmdown_ratio", "final_lr_frac")
 
 

@@ -19,6 +19,7 @@ DEFAULT_DATA = {"pretraining": "fineweb_edu", "mid-training": "task_mixture", "a
 # (nanochat's mid-training and SFT settings); pretraining uses the Schedule defaults.
 EMBEDDING_DTYPES = ("fp32", "bf16")
 ORTHOGONALIZERS = ("newton_schulz", "polar_express")  # optim.muon.ORTHOGONALIZERS
+PACKINGS = ("bos", "windows")  # data.loaders.PACKINGS
 FINETUNE_SCHEDULE = {"warmup_steps": 0, "warmdown_ratio": 0.2, "final_lr_frac": 0.0}
 
 
@@ -70,6 +71,7 @@ class TrainConfig:
     fp8: bool = False  # the blocks' linear layers in FP8 while training (Hopper GPUs)
     embedding_dtype: str = "fp32"  # "bf16": token/value embeddings stored in bf16 (memory)
     orthogonalizer: str = "newton_schulz"  # Muon's iteration: or "polar_express"
+    packing: str = "bos"  # training rows: whole documents from BOS, or "windows" (random)
     # ---- Python API only (tests, lessons): stop after this many steps as if preempted
     stop_at: int | None = None
 
@@ -160,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     b("--orthogonalizer", choices=ORTHOGONALIZERS, default="newton_schulz",
       help="Muon's orthogonalization: Keller Jordan's Newton-Schulz quintic (default) or "
            "Polar Express (a tighter polynomial per step; see docs/QUALITY.md)")
+    b("--packing", choices=PACKINGS, default="bos",
+      help="how training rows are cut from the data: bos = whole documents packed best-fit "
+           "from BOS, long ones continued over rows (default); windows = random windows of "
+           "the token stream, as nanochat's quality benchmark feeds it (pretraining only; "
+           "validation always uses bos)")
     return p
 
 
@@ -193,6 +200,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.orthogonalizer not in ORTHOGONALIZERS:
         raise ConfigError(f"--orthogonalizer {cfg.orthogonalizer!r}: choose one of "
                           f"{', '.join(ORTHOGONALIZERS)}")
+    if cfg.packing not in PACKINGS:
+        raise ConfigError(f"--packing {cfg.packing!r}: choose one of {', '.join(PACKINGS)}")
+    if cfg.packing == "windows" and cfg.mode == "sft":
+        raise ConfigError("--packing windows cuts conversations anywhere, so SFT could not "
+                          "keep its loss on the assistant's turns: use it for pretraining or "
+                          "mid-training only")
     if cfg.embedding_dtype not in EMBEDDING_DTYPES:
         raise ConfigError(f"--embedding-dtype {cfg.embedding_dtype!r}: choose one of "
                           f"{', '.join(EMBEDDING_DTYPES)}")

@@ -195,7 +195,7 @@ class DatasetLoaders:
                                 device=runtime.device, verify=False, **kw)
 
     def train(self, run, runtime):
-        return self._loader(run, runtime, "train", run.cfg.seed)
+        return self._loader(run, runtime, "train", run.cfg.seed, packing=run.cfg.packing)
 
     def val(self, run, runtime):
         """The first :func:`val_row_count` global rows of the validation split (seed 0, at
