@@ -439,8 +439,9 @@ print(f"shape {tuple(W0.shape)}: LR scale {shape_lr_scale(*W0.shape):.1f}, steps
 # ### Neurons, not only directions: variance reduction
 #
 # Orthogonalizing gives every *direction* of the update the same size, but not every
-# *neuron*. Look at the rows of $O$ for our tall gradient: each row is the update of one
-# output neuron, and their norms still differ. NorMuon (Li et al., 2025), one of the
+# *neuron*. Orthogonalize a tall random matrix (the shape of the MLP's up-projection) and
+# look at the rows of $O$: each row is the update of one output neuron, and their norms
+# still differ. NorMuon (Li et al., 2025), one of the
 # changes in nanochat's Muon, keeps a running mean of each neuron's squared update,
 # $V \leftarrow \beta_2 V + (1-\beta_2)\,\mathrm{mean}_j O_{ij}^2$, divides row $i$ by
 # $\sqrt{V_i}$ (Adam's idea, per neuron instead of per entry) and rescales the result to
