@@ -161,7 +161,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
                window_pattern=job.get("window_pattern", "L"),
                embedding_dtype=job.get("embedding_dtype", "fp32"),
                orthogonalizer=job.get("orthogonalizer", "newton_schulz"),
-               packing=job.get("packing", "bos"))
+               packing=job.get("packing", "bos"),
+               stochastic_rounding=job.get("stochastic_rounding", False))
     if job.get("tokens_per_param"):
         cfg["tokens_per_param"] = job["tokens_per_param"]
     else:
@@ -348,7 +349,10 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                 dict(d6, name=f"project_d{args.depth}_fp32res_s0",
                      env={"NANOGPT_COURSE_RESIDUAL": "fp32"}),
                 # issue #18: token and value embeddings stored in bf16 (nanochat's storage)
-                dict(d6, name=f"project_d{args.depth}_bf16emb_s0", embedding_dtype="bf16")]
+                dict(d6, name=f"project_d{args.depth}_bf16emb_s0", embedding_dtype="bf16"),
+                # the same with the updates rounded at random (unbiased) instead of to nearest
+                dict(d6, name=f"project_d{args.depth}_bf16emb_sr_s0", embedding_dtype="bf16",
+                     stochastic_rounding=True)]
     # issue #12: which part of the difference is the data stream? each recipe fed the
     # other's rows (ours: random windows; nanochat's: our packed rows), same seeds
     for seed in range(2):
@@ -494,7 +498,7 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                                                           "fp8", "window_pattern", "env",
                                                           "embedding_dtype", "muon", "init",
                                                           "orthogonalizer", "packing",
-                                                          "stream")}
+                                                          "stream", "stochastic_rounding")}
                         for r in results}}
     summary["ab"] = ab_table({r["name"]: r["bpb"] for r in results if r.get("bpb") is not None})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

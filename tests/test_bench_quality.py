@@ -90,6 +90,15 @@ def test_each_recipe_fed_the_others_rows(bench):
     assert rows["nanochat_d6_packed_s1"]["base"] == "nanochat_d6_s1"
 
 
+def test_bf16_embeddings_with_stochastic_rounding_job(bench):
+    by_name = {j["name"]: j for j in bench.default_jobs(_args(), 262144)}
+    job = by_name["project_d6_bf16emb_sr_s0"]
+    assert job["embedding_dtype"] == "bf16" and job["stochastic_rounding"] is True
+    assert "stochastic_rounding" not in by_name["project_d6_bf16emb_s0"]
+    rows = bench.ab_table({"project_d6_s0": 0.64587, "project_d6_bf16emb_sr_s0": 0.65})
+    assert rows[0]["base"] == "project_d6_s0"
+
+
 def test_more_seeds_add_confirmations(bench):
     names = {j["name"] for j in bench.default_jobs(_args(seeds=3), 262144)}
     assert {"project_d6_polar_s2", "project_d6_s2", "nanochat_d6_s2"} <= names

@@ -91,3 +91,65 @@ def test_bf16_embeddings_train_load_and_resume_exactly(tmp_path):
     assert _losses(cut) == b
     for name, tensor in ck.read_model_state(cut).items():
         assert torch.equal(tensor, state[name]), name
+
+
+def test_stochastic_rounding_is_unbiased_and_lands_on_neighbours():
+    from nanogpt_course.optim.adamw import round_stochastic
+
+    gen = torch.Generator().manual_seed(0)
+    lo = torch.tensor(1.0).bfloat16().float()
+    step = 2.0**-7  # bf16 spacing in [1, 2)
+    x = torch.full((20_000,), float(lo) + 0.3 * step)  # 30% of the way to the next value
+    r = round_stochastic(x, generator=gen).float()
+    assert set(r.unique().tolist()) == {float(lo), float(lo) + step}
+    assert abs(float(r.mean()) - float(x[0])) < 0.01 * step  # E[r] = x (sd ~0.003 step)
+    assert abs(float((r > lo).float().mean()) - 0.3) < 0.02
+    neg = round_stochastic(-x, generator=gen).float()  # the sign is kept, same law
+    assert abs(float(neg.mean()) + float(x[0])) < 0.01 * step
+    exact = torch.tensor([0.0, -2.5, 1.0, float("inf"), float("-inf")])
+    assert torch.equal(round_stochastic(exact).float(), exact)  # representable: unchanged
+    assert round_stochastic(torch.tensor([float("nan")])).isnan().all()
+    with pytest.raises(ValueError, match="fp32"):
+        round_stochastic(x.double())
+
+
+def test_stochastic_rounding_keeps_updates_below_half_a_step():
+    """An update of 1/10 of a bf16 step is lost every time by rounding to nearest; rounded
+    at random it moves the weights by the right amount on average."""
+    torch.manual_seed(0)
+    n, steps = 4096, 50
+    lr = 0.1 * 2**-7  # Adam's step is ~lr per entry: a tenth of bf16's spacing at 1.0
+    runs = {}
+    for sr in (False, True):
+        p = torch.ones(n).bfloat16()
+        m, v = torch.zeros_like(p), torch.zeros_like(p)
+        for step in range(1, steps + 1):
+            adamw_step_([p], [torch.ones(n).bfloat16()], [m], [v], step=step, lr=lr,
+                        beta1=0.9, beta2=0.95, eps=1e-10, stochastic_rounding=sr)
+        runs[sr] = p.float()
+    assert torch.equal(runs[False], torch.ones(n))  # every update rounded away
+    drift = 1.0 - float(runs[True].mean())
+    assert abs(drift - steps * lr) < 0.1 * steps * lr  # ~0.039, as in exact arithmetic
+
+
+def test_stochastic_rounding_flag(tmp_path):
+    cfg = parse_args(["--embedding-dtype", "bf16", "--stochastic-rounding"])
+    validate(cfg)
+    assert cfg.stochastic_rounding
+    with pytest.raises(ConfigError, match="--embedding-dtype bf16"):
+        validate(parse_args(["--stochastic-rounding"]))
+    from nanogpt_course.model import GPT
+    from nanogpt_course.train.build import build_optimizer, resolve_run
+
+    run = resolve_run(tiny_cfg(tmp_path / "sr", embedding_dtype="bf16",
+                               stochastic_rounding=True))
+
+    class Runtime:
+        distributed = False
+
+    groups = build_optimizer(run, GPT(run.model_config), Runtime).param_groups
+    adamw = [g for g in groups if g["kind"] == "adamw"]
+    assert adamw and all(g["stochastic_rounding"] for g in adamw)
+    res = train(tiny_cfg(tmp_path / "run", embedding_dtype="bf16", stochastic_rounding=True,
+                         max_steps=3), echo=False)
+    assert res.status == "finished" and math.isfinite(res.final_loss)

@@ -14,7 +14,11 @@ is elementwise, so a shard of a parameter is updated exactly as the whole would 
 Parameters stored in a low-precision dtype (bf16 embeddings, ``--embedding-dtype bf16``)
 keep their moments in that dtype too, but the arithmetic runs on fp32 copies that are
 rounded back once at the end: in bf16 itself ``1 - beta2`` and the small ``v`` updates
-would lose most of their digits.
+would lose most of their digits. Rounding the parameters back to the nearest bf16 value
+loses every update smaller than half a bf16 step (1/256 of the entry): late in a decaying
+schedule that is most of them. ``stochastic_rounding=True`` rounds them up or down at
+random instead, with the probabilities that make the stored value right on average
+(:func:`round_stochastic`), so small updates survive in expectation.
 """
 
 from __future__ import annotations
@@ -23,18 +27,37 @@ import math
 
 import torch
 
-__all__ = ["adamw_step_", "LOW_PRECISION"]
+__all__ = ["adamw_step_", "round_stochastic", "LOW_PRECISION"]
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def round_stochastic(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """fp32 ``x`` rounded to bf16 up or down at random, unbiased: ``E[result] = x``.
+
+    A bf16 number is an fp32 number whose low 16 bits are zero. Adding a uniform random
+    integer in [0, 2^16) to the bit pattern and clearing those bits rounds the magnitude up
+    with probability (the dropped fraction of a step), down otherwise; a carry into the
+    exponent is the right answer too. Non-finite values are rounded to nearest. Returns a
+    bf16 tensor of ``x``'s shape."""
+    if x.dtype != torch.float32:
+        raise ValueError(f"round_stochastic rounds fp32 to bf16, got {x.dtype}")
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device,
+                          generator=generator)
+    rounded = ((bits + noise) & -(1 << 16)).view(torch.float32)  # -(1 << 16): 0xFFFF0000
+    return torch.where(torch.isfinite(x), rounded, x).to(torch.bfloat16)
 
 
 def adamw_step_(params: list[torch.Tensor], grads: list[torch.Tensor],
                 exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], *, step: int,
                 lr: float, beta1: float, beta2: float, eps: float,
-                weight_decay: float = 0.0) -> None:
+                weight_decay: float = 0.0, stochastic_rounding: bool = False) -> None:
     """One AdamW step, in place, on matching lists (same shapes pairwise).
 
     ``step`` is the 1-based step count shared by these tensors (for bias correction).
+    ``stochastic_rounding``: bf16 parameters are written back with :func:`round_stochastic`
+    (their moments, and fp32 parameters, are not affected).
     """
     if not params:
         return
@@ -46,7 +69,11 @@ def adamw_step_(params: list[torch.Tensor], grads: list[torch.Tensor],
         adamw_step_(*wide, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                     weight_decay=weight_decay)
         for k in (0, 2, 3):  # the parameters and both moments (not the gradients)
-            torch._foreach_copy_(narrow[k], wide[k])
+            if k == 0 and stochastic_rounding:
+                for p, w in zip(narrow[0], wide[0]):
+                    p.copy_(round_stochastic(w) if p.dtype == torch.bfloat16 else w)
+            else:
+                torch._foreach_copy_(narrow[k], wide[k])
         rest = [i for i, p in enumerate(params) if p.dtype not in LOW_PRECISION]
         params, grads, exp_avgs, exp_avg_sqs = ([t[i] for i in rest] for t in lists)
         if not params:

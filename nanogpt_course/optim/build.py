@@ -179,6 +179,7 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
                     orthogonalizer: str = "newton_schulz", cautious_weight_decay: bool = False,
                     shape_scaled_weight_decay: bool = False, row_equilibrate: bool = False,
                     renormalize: bool = False, variance_beta2: float | None = None,
+                    stochastic_rounding: bool = False,
                     max_grad_norm: float | None = None, track_grad_norm: bool = False,
                     reference_width: int = REFERENCE_WIDTH, process_group=None,
                     small_param_numel: int = SMALL_PARAM_NUMEL, roles: dict | None = None,
@@ -191,6 +192,7 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
     group. Groups carry ``name`` (the role), ``kind`` and ``initial_lr``; empty roles are
     left out. The Muon options (``orthogonalizer`` to ``variance_beta2``) go to every muon
     group; :class:`~nanogpt_course.optim.hybrid.MuonAdamW` says what each does.
+    ``stochastic_rounding`` goes to every AdamW group (it matters for bf16 embeddings).
     """
     table = ROLES if roles is None else roles
     params = parameter_roles(model)
@@ -217,6 +219,8 @@ def build_optimizer(model: nn.Module, *, distributed: bool | None = None,
                                        else spec["weight_decay"]))
             if spec.get("skip_first_step"):
                 group["skip_first_step"] = True
+            if stochastic_rounding:  # only bf16-stored parameters are rounded differently
+                group["stochastic_rounding"] = True
         groups.append(group)
     if distributed is None:
         distributed = _is_distributed()

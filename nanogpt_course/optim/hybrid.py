@@ -56,6 +56,7 @@ ADAMW_DEFAULTS = {
     "betas": (0.8, 0.95),
     "eps": 1e-10,
     "weight_decay": 0.0,
+    "stochastic_rounding": False,
 }
 CLIP_EPS = 1e-6  # coef = max_norm / (norm + CLIP_EPS), as torch.nn.utils.clip_grad_norm_
 
@@ -236,7 +237,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                         [self.state[params[j]]["exp_avg"] for j in js],
                         [self.state[params[j]]["exp_avg_sq"] for j in js], step=step,
                         lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                        weight_decay=group["weight_decay"])
+                        weight_decay=group["weight_decay"],
+                        stochastic_rounding=group["stochastic_rounding"])
 
     # ------------------------------------------------------------------ accounting
     def state_bytes(self) -> int:
@@ -348,7 +350,9 @@ class MuonAdamW(HybridOptimizer):
             with that EMA rate, see :func:`~nanogpt_course.optim.muon.variance_reduce`).
             adamw keys: ``lr`` (1e-3), ``betas`` ((0.8, 0.95)), ``eps`` (1e-10),
             ``weight_decay`` (0), ``skip_first_step`` (False: when True a parameter's first
-            update is skipped, for gradients that are zero in exact arithmetic at init).
+            update is skipped, for gradients that are zero in exact arithmetic at init),
+            ``stochastic_rounding`` (False: bf16 parameters rounded to nearest after each
+            step; True: unbiased random rounding, see ``adamw.round_stochastic``).
         max_grad_norm: clip the global gradient norm to this before the update (None: off).
         track_grad_norm: compute ``grad_norm`` even without clipping.
         batch_same_shape: orthogonalize same-shape matrices in one batched call (True) or

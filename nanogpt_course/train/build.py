@@ -91,7 +91,8 @@ def _merge_resume(cfg: TrainConfig, saved: TrainConfig) -> TrainConfig:
         raise ConfigError("--resume continues a run with its own settings; these differ from "
                           "the checkpoint's: " + "; ".join(diffs) + ". Drop them, or start a "
                           "new run with another --out.")
-    runtime_knobs = ("device_batch_size", "compile", "fp8", "embedding_dtype", "eval_every", "core_every",
+    runtime_knobs = ("device_batch_size", "compile", "fp8", "embedding_dtype",
+                     "stochastic_rounding", "eval_every", "core_every",
                      "chatcore_every", "sample_every", "save_every", "keep_last", "eval_tokens",
                      "log_every", "device", "stop_at", "out")
     merged = saved.replace(**{k: getattr(cfg, k) for k in runtime_knobs}, resume=True,
@@ -271,8 +272,8 @@ def build_model(run: RunPlan, device: torch.device):
 
 
 def build_optimizer(run: RunPlan, model, runtime):
-    """MuonAdamW (one process) or DistMuonAdamW (several) with the plan's LRs and decay
-    and the run's Muon orthogonalizer."""
+    """MuonAdamW (one process) or DistMuonAdamW (several) with the plan's LRs and decay,
+    the run's Muon orthogonalizer and its rounding of bf16 embeddings."""
     from .. import optim
 
     lrs = run.plan.lrs
@@ -281,7 +282,8 @@ def build_optimizer(run: RunPlan, model, runtime):
                                  unembedding_lr=lrs["unembedding_lr"],
                                  scalar_lr=lrs["scalar_lr"],
                                  weight_decay=run.plan.weight_decay,
-                                 orthogonalizer=run.cfg.orthogonalizer)
+                                 orthogonalizer=run.cfg.orthogonalizer,
+                                 stochastic_rounding=run.cfg.stochastic_rounding)
 
 
 def load_optimizer_state(optimizer, folder: Path, runtime) -> None:

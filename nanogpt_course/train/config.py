@@ -70,6 +70,7 @@ class TrainConfig:
     short_window: int | None = None  # tokens an S layer sees; None = seq_len // 2
     fp8: bool = False  # the blocks' linear layers in FP8 while training (Hopper GPUs)
     embedding_dtype: str = "fp32"  # "bf16": token/value embeddings stored in bf16 (memory)
+    stochastic_rounding: bool = False  # bf16 embeddings: round their updates at random
     orthogonalizer: str = "newton_schulz"  # Muon's iteration: or "polar_express"
     packing: str = "bos"  # training rows: whole documents from BOS, or "windows" (random)
     # ---- Python API only (tests, lessons): stop after this many steps as if preempted
@@ -159,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     b("--embedding-dtype", choices=EMBEDDING_DTYPES, default="fp32",
       help="storage of the token and value embeddings: bf16 halves their weights, gradients "
            "and Adam moments (1.3 GiB less at d12), as nanochat stores them")
+    b("--stochastic-rounding", action="store_true",
+      help="with --embedding-dtype bf16: round the embeddings' updates to bf16 at random "
+           "(unbiased) instead of to nearest, so updates below half a bf16 step survive on "
+           "average (see nanogpt_course/optim/adamw.py)")
     b("--orthogonalizer", choices=ORTHOGONALIZERS, default="newton_schulz",
       help="Muon's orthogonalization: Keller Jordan's Newton-Schulz quintic (default) or "
            "Polar Express (a tighter polynomial per step; see docs/QUALITY.md)")
@@ -200,6 +205,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.orthogonalizer not in ORTHOGONALIZERS:
         raise ConfigError(f"--orthogonalizer {cfg.orthogonalizer!r}: choose one of "
                           f"{', '.join(ORTHOGONALIZERS)}")
+    if cfg.stochastic_rounding and cfg.embedding_dtype != "bf16":
+        raise ConfigError("--stochastic-rounding rounds bf16 embeddings' updates: it needs "
+                          "--embedding-dtype bf16 (fp32 parameters are never rounded)")
     if cfg.packing not in PACKINGS:
         raise ConfigError(f"--packing {cfg.packing!r}: choose one of {', '.join(PACKINGS)}")
     if cfg.packing == "windows" and cfg.mode == "sft":
