@@ -515,6 +515,53 @@ print(f"relative error of the matmul: bf16 {((low.float() - exact).norm() / exac
 # everything outside training steps stay in bf16.
 
 # %% [markdown]
+# ### Storing weights in bf16: where small updates go
+#
+# Computing in bf16 is safe because the optimizer keeps fp32 weights. *Storing* weights in
+# bf16 saves memory (`--embedding-dtype bf16` does it for the embeddings, 1.3 GiB at d12)
+# but each step's result must be rounded back to bf16, and we saw above that
+# `1.0 + 1e-4` is `1.0` there. Late in training, when the learning rate has decayed, most
+# updates are that small, and rounding to nearest throws every one of them away. The fix
+# is to round **at random**: up with probability equal to how far the value is toward the
+# next bf16 number, down otherwise. Each rounding is then right *on average*, so many
+# small updates add up. Fifty updates of $-10^{-4}$ from 1.0, both ways:
+
+# %%
+from nanogpt_course.optim.adamw import round_stochastic  # noqa: E402
+
+
+def round_at_random(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> bf16, up or down at random with the probabilities that keep E[result] = x."""
+    near = x.bfloat16()  # the nearest bf16 value
+    toward_x = torch.where(x > near.float(), torch.inf, -torch.inf).bfloat16()
+    other = torch.nextafter(near, toward_x)  # the bf16 neighbour on x's other side
+    # x lies between them: take `other` with probability (distance to near) / (spacing)
+    p_other = (x - near.float()).abs() / (other.float() - near.float()).abs()
+    return torch.where(torch.rand_like(x) < p_other, other, near)
+
+
+torch.manual_seed(0)
+w_nearest = torch.ones(10_000, dtype=torch.bfloat16)
+w_random = torch.ones(10_000, dtype=torch.bfloat16)
+for _ in range(50):
+    w_nearest = (w_nearest.float() - 1e-4).bfloat16()
+    w_random = round_at_random(w_random.float() - 1e-4)
+print(f"exact: {1 - 50e-4:.4f}   to nearest: {w_nearest.float().mean():.4f}   "
+      f"at random: {w_random.float().mean():.4f}")
+assert w_nearest.float().eq(1.0).all() and abs(w_random.float().mean() - (1 - 50e-4)) < 5e-4
+x = torch.full((100_000,), 1.0 - 3e-4)
+library, ours = round_stochastic(x).float().mean(), round_at_random(x).float().mean()
+print(f"mean of 100,000 roundings of {x[0]:.4f}: library's round_stochastic {library:.6f}, "
+      f"round_at_random {ours:.6f}")
+assert abs(library - x[0]) < 2e-5 and abs(ours - x[0]) < 2e-5  # both unbiased (~6 sd)
+
+# %% [markdown]
+# Rounding to nearest never moves the weights; rounding at random lands within noise of the
+# exact answer. The library's `round_stochastic` does the same with integer arithmetic on
+# the float's bits (add a random 16-bit number to the fp32 pattern, clear the low 16 bits),
+# and the trainer's `--stochastic-rounding` applies it to the bf16 embeddings' updates.
+
+# %% [markdown]
 # ## 8. The whole loop, from scratch
 #
 # Everything together, in the order the library's trainer does it, but with your pieces:
