@@ -189,6 +189,20 @@ def reference_muon(params, grads_per_step, hp_per_step, equilibrate=False, renor
     return params
 
 
+def run_muon_adamw(init, grads_per_step, hp_per_step, **group_options):
+    """MuonAdamW over one muon group of copies of ``init``, with the schedule ``hp_per_step``
+    written into the group each step (as the trainer does); returns (params, optimizer)."""
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = MuonAdamW([{"kind": "muon", "params": params, **group_options}])
+    for gs, hp in zip(grads_per_step, hp_per_step):
+        group = opt.param_groups[0]
+        group["lr"], group["momentum"], group["weight_decay"] = hp["lr"], hp["momentum"], hp["wd"]
+        for p, gr in zip(params, gs):
+            p.grad = gr.clone()
+        opt.step()
+    return params, opt
+
+
 @pytest.mark.parametrize("cautious", [False, True])
 def test_muon_equals_per_matrix_reference(cautious):
     g = torch.Generator().manual_seed(3)
@@ -199,15 +213,7 @@ def test_muon_equals_per_matrix_reference(cautious):
     # a schedule written into param_groups each step, as the trainer does
     hps = [{"lr": 0.02 * (1 - k / 10), "momentum": momentum_warmup(k, warmup_steps=4),
             "wd": 0.05 * k, "cautious": cautious} for k in range(steps)]
-    params = [torch.nn.Parameter(p.clone()) for p in init]
-    opt = MuonAdamW([{"kind": "muon", "params": params,
-                      "cautious_weight_decay": cautious}])
-    for gs, hp in zip(grads, hps):
-        group = opt.param_groups[0]
-        group["lr"], group["momentum"], group["weight_decay"] = hp["lr"], hp["momentum"], hp["wd"]
-        for p, gr in zip(params, gs):
-            p.grad = gr.clone()
-        opt.step()
+    params, _ = run_muon_adamw(init, grads, hps, cautious_weight_decay=cautious)
     expected = reference_muon(init, grads, hps)
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-5)
@@ -226,14 +232,7 @@ def test_muon_refinements_equal_per_matrix_reference(option):
     on = {"row_equilibrate": option in ("row_equilibrate", "all"),
           "renormalize": option in ("renormalize", "all"),
           "variance_beta2": 0.9 if option in ("variance_beta2", "all") else None}
-    params = [torch.nn.Parameter(p.clone()) for p in init]
-    opt = MuonAdamW([{"kind": "muon", "params": params, **on}])
-    for gs, hp in zip(grads, hps):
-        group = opt.param_groups[0]
-        group["lr"], group["momentum"], group["weight_decay"] = hp["lr"], hp["momentum"], hp["wd"]
-        for p, gr in zip(params, gs):
-            p.grad = gr.clone()
-        opt.step()
+    params, opt = run_muon_adamw(init, grads, hps, **on)
     expected = reference_muon(init, grads, hps, equilibrate=on["row_equilibrate"],
                               renorm=on["renormalize"], beta2=on["variance_beta2"])
     plain = reference_muon(init, grads, hps)
