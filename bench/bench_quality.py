@@ -294,17 +294,12 @@ def resolve_horizon(job: dict, args) -> dict:
 
 
 def combined(tags: list[str]) -> dict:
-    """The job keys of several REFINEMENTS at once (``polar+normuon``): the orthogonalizer
-    of any that sets one, their ``muon`` keywords merged."""
+    """The job keys of several REFINEMENTS at once (``polar+normuon``): every tag's keys,
+    dict values (the ``muon`` keywords) merged."""
     extra: dict = {}
     for tag in tags:
-        ref = REFINEMENTS[tag]
-        if "orthogonalizer" in ref:
-            extra["orthogonalizer"] = ref["orthogonalizer"]
-        if "muon" in ref:
-            extra["muon"] = {**extra.get("muon", {}), **ref["muon"]}
-        if "weight_decay_horizon" in ref:
-            extra["weight_decay_horizon"] = ref["weight_decay_horizon"]
+        for key, value in REFINEMENTS[tag].items():
+            extra[key] = {**extra.get(key, {}), **value} if isinstance(value, dict) else value
     return extra
 
 
@@ -319,9 +314,8 @@ def combination_job(name: str, by_name: dict, args) -> dict | None:
     base = by_name.get(f"{match[1]}_{tags[0]}{match[3] or ''}")
     if base is None or any(t not in REFINEMENTS for t in tags):
         return None
-    job = {k: v for k, v in base.items() if k not in ("orthogonalizer", "muon", "init")}
-    if "wdhorizon" in tags[1:]:  # the first tag's λ would be the rule's: recompute it
-        job["weight_decay"] = None if match[1] != "screen_d4" else float(args.rule_wd)
+    refinement_keys = {key for ref in REFINEMENTS.values() for key in ref}
+    job = {k: v for k, v in base.items() if k not in refinement_keys}
     return resolve_horizon({**job, **combined(tags), "name": name}, args)
 
 

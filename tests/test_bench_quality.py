@@ -116,6 +116,8 @@ def test_refinements_combine_with_plus(bench):
     screen = bench.combination_job("screen_d4_normuon+muoneq", by_name, _args())
     assert screen["depth"] == 4 and "orthogonalizer" not in screen
     assert screen["muon"] == {"variance_beta2": 0.9, "row_equilibrate": True}
+    with_init = bench.combination_job("screen_d4_polar+nanochat_init", by_name, _args())
+    assert with_init["init"] == "nanochat" and with_init["orthogonalizer"] == "polar_express"
     for bad in ("screen_d4_polar", "screen_d4_polar+nosuch", "wd_d4_tpp6_x1.0",
                 "project_d6_polar+normuon_s7"):
         assert bench.combination_job(bad, by_name, _args()) is None, bad
