@@ -23,7 +23,10 @@ What runs (sizes at full scale; ``--tiny`` shrinks them all):
   forward+backward + fused AdamW; tok/s, MFU, peak memory.
 - train_step_muon_d12 / train_step_muon_d20: the same training step with the library's
   MuonAdamW (``build_optimizer``), the configuration DESIGN's targets compare against.
-- muon_batching, dist_muon_step: the optimizer paths (bench/bench_muon.py).
+- muon_batching, dist_muon_step, dist_muon_step_refined: the optimizer paths
+  (bench/bench_muon.py), the last with every off-by-default Muon option on.
+- stochastic_rounding: ``round_stochastic`` and bf16 AdamW with ``stochastic_rounding``
+  on the device: only bf16 neighbours, unbiased, small updates add up.
 - fp8_vs_bf16: ``--fp8``'s FP8 linear layers vs bf16 from the same weights (d12, compiled,
   MuonAdamW, 15 steps on one batch): first loss, gradients, late losses and step times.
 - decode_graph_vs_eager: the fast decoder (static KV cache, compiled step replayed as a CUDA
@@ -367,6 +370,39 @@ def check_dist_muon_step_refined(ctx):
     import bench_muon
 
     return bench_muon.dist_step_vs_cpu(ctx.device, tiny=ctx.tiny, muon_options=MUON_REFINEMENTS)
+
+
+@check("stochastic_rounding")
+def check_stochastic_rounding(ctx):
+    """``round_stochastic`` on the device: every draw is one of the two bf16 neighbours, it
+    rounds up as often as the dropped fraction says, and bf16 AdamW updates of a tenth of a
+    bf16 step, lost by rounding to nearest, add up to what fp32 would give (the CPU tests
+    pin the same properties; this runs the device's integer RNG and bit arithmetic)."""
+    from nanogpt_course.optim.adamw import adamw_step_, round_stochastic
+
+    g = torch.Generator(device=ctx.device).manual_seed(7)
+    n = ctx.size(1_000_000, 20_000)
+    step = 2.0 ** -7  # the spacing of bf16 numbers in [1, 2)
+    fractions = torch.tensor([0.1, 0.25, 0.5, 0.9], device=ctx.device)
+    x = (1.0 + fractions * step).repeat_interleave(n)
+    r = round_stochastic(x, generator=g).float()
+    neighbours = ((r == 1.0) | (r == 1.0 + step)).all().item()
+    up = (r == 1.0 + step).float().view(len(fractions), n).mean(1)
+    sigma = (fractions * (1 - fractions) / n).sqrt()
+    up_ok = bool(((up - fractions).abs() <= 5 * sigma).all().item())
+    # 200 AdamW steps whose update (lr with Adam's unit first step) is a tenth of a bf16 step
+    w = torch.ones(n, device=ctx.device, dtype=torch.bfloat16)
+    grad = torch.ones_like(w)
+    m, v = torch.zeros(n, device=ctx.device), torch.zeros(n, device=ctx.device)
+    lr, steps = step / 10, 200
+    for t in range(1, steps + 1):
+        adamw_step_([w], [grad], [m], [v], step=t, lr=lr, beta1=0.0, beta2=0.0, eps=0.0,
+                    stochastic_rounding=True)
+    moved, expected = 1.0 - w.float().mean().item(), lr * steps
+    drift_ok = abs(moved - expected) <= 0.05 * expected
+    return {"ok": neighbours and up_ok and drift_ok, "draws_per_fraction": n,
+            "fractions": fractions.tolist(), "rounded_up": [round(u, 5) for u in up.tolist()],
+            "only_neighbours": neighbours, "adamw_moved": moved, "adamw_expected": expected}
 
 
 # "late_loss_rel": the mean loss over the last third of the steps. (A single last step of
