@@ -508,7 +508,9 @@ print(f"relative error of the matmul: bf16 {((low.float() - exact).norm() / exac
 
 # %% [markdown]
 # More than ten times bf16's error, yet training barely notices: the optimizer keeps fp32 weights,
-# and each step's rounding errors are small and unbiased. The trainer's `--fp8` flag
+# and the rounding errors of a step's *computation* are small, unbiased and gone by the
+# next step (it starts again from the fp32 weights). Rounding *stored* weights is another
+# matter, as the next section shows: those errors stay. The trainer's `--fp8` flag
 # (`nanogpt_course/fp8.py`, H100/H200 only) runs the blocks' linear layers this way: weights
 # and activations in e4m3 forward; in the backward pass the output gradients in e5m2, whose
 # wider range suits gradients better than extra precision. `lm_head`, the embeddings and
@@ -518,13 +520,21 @@ print(f"relative error of the matmul: bf16 {((low.float() - exact).norm() / exac
 # ### Storing weights in bf16: where small updates go
 #
 # Computing in bf16 is safe because the optimizer keeps fp32 weights. *Storing* weights in
-# bf16 saves memory (`--embedding-dtype bf16` does it for the embeddings, 1.3 GiB at d12)
-# but each step's result must be rounded back to bf16, and we saw above that
-# `1.0 + 1e-4` is `1.0` there. Late in training, when the learning rate has decayed, most
-# updates are that small, and rounding to nearest throws every one of them away. The fix
-# is to round **at random**: up with probability equal to how far the value is toward the
-# next bf16 number, down otherwise. Each rounding is then right *on average*, so many
-# small updates add up. Fifty updates of $-10^{-4}$ from 1.0, both ways:
+# bf16 saves memory (`--embedding-dtype bf16` does it for the embeddings: 1.1 GiB measured
+# at d12) but each step's result must be rounded back to bf16, and we saw above that
+# `1.0 + 1e-4` is `1.0` there. Which updates are that small? Adam moves an entry by
+# $\eta \cdot \hat m / \sqrt{\hat v}$, about $\eta$ only when the gradient keeps its sign; an
+# embedding row's gradient is noisy and mostly zero (its token is absent from most
+# batches), so $\hat m / \sqrt{\hat v}$ is far below 1, and late in training, when $\eta$ has
+# decayed too, most updates fall under half a bf16 step. Weight decay's $\eta \lambda w$
+# always does. Rounding to nearest throws every one of them away; in issue #12's d6
+# benchmark bf16 embeddings cost 0.0072 bits per byte (docs/QUALITY.md).
+#
+# A proposed fix (its quality is not measured yet) is to round **at random**: up with
+# probability equal to how far the value is toward the next bf16 number, down otherwise.
+# Each rounding is then right *on average*, so many small updates add up. Fifty updates
+# of $-10^{-4}$ from 1.0, both ways (the second check uses $1 - 3\cdot10^{-4}$, just
+# below 1.0, where rounding up must carry into the exponent):
 
 # %%
 from nanogpt_course.optim.adamw import round_stochastic  # noqa: E402
@@ -558,8 +568,12 @@ assert abs(library - x[0]) < 2e-5 and abs(ours - x[0]) < 2e-5  # both unbiased (
 # %% [markdown]
 # Rounding to nearest never moves the weights; rounding at random lands within noise of the
 # exact answer. The library's `round_stochastic` does the same with integer arithmetic on
-# the float's bits (add a random 16-bit number to the fp32 pattern, clear the low 16 bits),
-# and the trainer's `--stochastic-rounding` applies it to the bf16 embeddings' updates.
+# the float's bits: a bf16 number is an fp32 number whose low 16 bits are zero, and those
+# bits, read as an integer `f`, say how far `x` is toward the next bf16 number (`f / 2^16`
+# of a step). Add a uniform random integer `u` in `[0, 2^16)` and clear the low 16 bits:
+# the sum carries into bit 16, rounding up, exactly when `u >= 2^16 - f`, which happens
+# with probability `f / 2^16`. The trainer's `--stochastic-rounding` applies it to the
+# bf16 embeddings' updates.
 
 # %% [markdown]
 # ## 8. The whole loop, from scratch

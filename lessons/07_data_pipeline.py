@@ -239,7 +239,8 @@ print("a random window starts mid-sentence:", repr(tok.decode(x[0, :24])))
 #
 # **Exercise.** Write `pack_best_fit(lengths, row_len)`: documents `0..n-1` with the given
 # lengths, all available at once; return the rows, each a list of `(doc, tokens_taken)`.
-# Break ties between equal lengths by the smaller document index (sort by `(length, doc)`).
+# Keep the documents sorted by `(length, doc)` and take the *last* key that fits, so among
+# equal lengths the larger document index goes first (what `bisect_right` gives you).
 
 # %%
 def pack_best_fit(lengths, row_len):
@@ -300,7 +301,9 @@ print("pieces of a 40-token document in rows of 11:", pieces(40, 11))
 # %% [markdown]
 # The loader reports what it did: `cropped` (always 0 now), `padded`, and the share of
 # tokens that see at least 1,024 earlier tokens of their own document (the long-context
-# share, at `T = 2048`). Compare the three designs on the same documents:
+# share, at `T = 2048`). Compare two designs on the same documents (the third, random
+# windows, crops nothing and gave a 43% long-context share on the GPU machine's corpus:
+# docs/QUALITY.md):
 
 # %%
 packer = data.packing.BestFitPacker(lengths, 2049, seed=SEED)
@@ -373,26 +376,42 @@ assert min(library_counts) > max(counts[True]), "the library should mix document
 # passing through; shuffled pieces give nearly one document per row. The library's
 # `BestFitPacker` does the second, and keeps only the buffer and a cursor in its state.
 #
-# The library loader: `data.make_loader` memory-maps the shards and packs pieces. Here is
-# a picture of one packed batch: each color is one document. A row either starts with a
-# document's BOS or continues a long document (then it is one color all the way, a whole
-# row of context).
+# One side effect to know about: best fit always takes a full-row piece first, so pieces
+# shorter than a row (short files, and the last piece of a long one) wait in the buffer
+# while full pieces keep arriving, and many of them come out only near the end of an
+# epoch. A run shorter than one epoch therefore sees fewer short files than the corpus
+# holds.
+#
+# Here is a picture of the rows the packer plans: each color is one document. A row
+# starts at the start of a piece: a document's BOS, or a piece boundary inside a long
+# document (then it is often one color all the way, a whole row of context). A piece
+# later in the row can be the tail of a long document, with no BOS in front of it, so
+# the BOS tokens alone do not tell where documents change; the packer's plan does.
 
 # %%
-loader = data.make_loader(offline_folder, "train", batch_size=BATCH, seq_len=SEQ_LEN,
-                          seed=SEED)
-x, y = next(loader)
-segment = torch.cumsum((x == tok.bos_id).long(), dim=1)  # document number inside each row
+picture = data.packing.BestFitPacker(lengths, SEQ_LEN + 1, seed=SEED)
+owner = np.full((BATCH, SEQ_LEN + 1), -1)  # the document of each position, -1: padding
+for r in range(BATCH):
+    at = 0
+    for d, s, e in picture.plan():  # (document, start, end) of each piece in the row
+        owner[r, at:at + e - s] = d
+        at += e - s
 plt.figure(figsize=(9, 0.4 * BATCH + 1))
-plt.imshow(segment % 20, cmap="tab20", aspect="auto", interpolation="nearest")
+plt.imshow(np.ma.masked_less(owner, 0) % 20, cmap="tab20", aspect="auto",
+           interpolation="nearest")
 plt.xlabel("position in the row")
 plt.ylabel("row")
 plt.title("a packed batch: one color per document")
 plt.show()
+# The loader, `data.make_loader`, memory-maps the shards and packs rows the same way.
+loader = data.make_loader(offline_folder, "train", batch_size=BATCH, seq_len=SEQ_LEN,
+                          seed=SEED)
+x, y = next(loader)
 stats = loader.stats()
 assert stats["cropped"] == 0
 print("loader stats:", stats)
-print("row 0 begins:", repr(tok.decode(x[0, :40])))
+print(f"{(x[:, 0] == tok.bos_id).float().mean():.0%} of this batch's rows start at a "
+      "document's BOS; row 0 begins:", repr(tok.decode(x[0, :40])))
 
 # %% [markdown]
 # ## Do packed documents see each other?
@@ -444,7 +463,8 @@ assert (alone - packed).abs().max() > 1e-3
 # %% [markdown]
 # Why not mask? A document mask changes the attention pattern of every batch, which costs
 # speed (a FlexAttention block mask built per batch), and with BOS as a separator the
-# measured gain in pretraining is small; long documents, which carry the long context,
+# gain in pretraining is expected to be small (not measured here); long documents, which
+# carry the long context,
 # fill whole rows on their own anyway. RoPE positions keep counting across a row too: the
 # model sees relative positions only, so that is harmless.
 
@@ -594,22 +614,29 @@ print(f"{rate / 1e6:.1f}M tokens/s at batch {BATCH} x {SEQ_LEN} "
       f"{fast.stats()['cropped']}, padded {fast.stats()['pad_fraction']:.3f}")
 
 # %% [markdown]
-# The other loader, `packing="windows"`, is nanoGPT's: random windows of the token stream.
-# It drops nothing either, but most rows start in the middle of a document, and a
-# window's long context is often the end of one file followed by the start of another.
+# The other loader, `packing="windows"`, tiles the token stream into windows of `T + 1`
+# tokens and serves them in a shuffled order (like the random starts at the top of this
+# lesson, without repeats). It drops almost nothing (each window's first token is never a
+# target), but most rows start in the middle of a document, and a window's long context
+# is often the end of one file followed by the start of another.
 
 # %%
 windows = data.make_loader(offline_folder, batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED,
                            packing="windows")
 x, _ = next(windows)
-print(f"windows: {(x[:, 0] == tok.bos_id).float().mean():.0%} of rows start at a document")
+xb, _ = next(data.make_loader(offline_folder, batch_size=BATCH, seq_len=SEQ_LEN, seed=SEED))
+for name, rows in (("bos", xb), ("windows", x)):
+    print(f"{name:>7}: {(rows[:, 0] == tok.bos_id).float().mean():.0%} of rows start at a "
+          "document's BOS")
 
 # %% [markdown]
 # The trainer takes either: `--packing bos` (the default) or `--packing windows`
 # (pretraining and mid-training; validation always scores the same packed rows, so the two
 # runs' bits per byte compare). Which one trains the better model at equal compute is a
-# measurement, not a matter of taste: `bench/bench_quality.py` has the jobs
-# `project_d6_windows_s0` and `nanochat_d6_packed_s0`, each recipe fed the other's rows.
+# measurement, not a matter of taste, and it has not been made yet: `bench/bench_quality.py`
+# has the jobs `project_d6_windows_s0` and `nanochat_d6_packed_s0`, each recipe fed the
+# other's rows. What to expect: packed rows give more tokens a long same-document past;
+# windows see every file in proportion to its length, short ones included.
 
 # %% [markdown]
 # ## What next
