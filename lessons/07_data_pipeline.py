@@ -379,7 +379,7 @@ assert min(library_counts) > max(counts[True]), "the library should mix document
 # One side effect to know about: best fit always takes a full-row piece first, so pieces
 # shorter than a row (short files, and the last piece of a long one) wait in the buffer
 # while full pieces keep arriving, so they come out later than their share of the epoch.
-# The lag is small at `T = 1024` on the GPU-sized offline corpus (79M tokens: 87% of the
+# The lag is small at `T = 1024` on an offline corpus of 79M GPT-2 tokens (87% of the
 # short files' tokens are used by 90% of the epoch) and larger with short rows and small
 # corpora; a run that stops well before the end of an epoch sees a little fewer short
 # files than the corpus holds.
