@@ -25,7 +25,8 @@
 # 2. **in-context evaluation**: how a language model that only predicts the next token
 #    becomes a multiple-choice scorer (a real HellaSwag and a real ARC question, with the
 #    loss of every choice);
-# 3. **centered accuracy** and the **CORE** score (22 tasks), run on a model through the
+# 3. **centered accuracy** and the **CORE** score (the 22-task "core" set of DCLM's
+#    evaluation suite, built on MosaicML's llm-foundry), run on a model through the
 #    same command you would use on a GPU box, with a chart and a table;
 # 4. **ChatCORE** for chat models (ARC, MMLU, GSM8K and HumanEval, whose programs run in a
 #    sandbox);
@@ -34,9 +35,11 @@
 # It is also the headless evaluation notebook:
 #
 # ```bash
-# papermill lessons/10_evaluation.ipynb out.ipynb -p CHECKPOINT runs/pretraining-d12 \
-#     -p NPROC 8 -p MAX_PER_TASK -1
+# papermill lessons/10_evaluation.ipynb out.ipynb -p PRESET full \
+#     -p CHECKPOINT runs/09_pretrain/full-pretraining-d12 -p NPROC 8 -p MAX_PER_TASK -1
 # ```
+#
+# (lesson 09 writes its run there; `make ddp-train` writes to `runs/pretraining-d12`).
 #
 # runs the full CORE (and ChatCORE when the checkpoint is a chat model) through `torchrun`,
 # with the progress streaming into the cell, and ends with the chart and the table. The
@@ -45,14 +48,14 @@
 # **Run time**, measured on a shared 2-core CPU: `smoke` about 1 minute (2 processes, 8
 # examples per task; most of it is starting the processes), `laptop` about 40 s (1 process,
 # 60 examples per task; the tiny model is fast). `full` on one GPU:
-# an **estimate** of 5 to 15 minutes for CORE with all examples on a d12 (the forward
-# passes are batched; about 90,000 examples with up to 10 in-context examples each).
+# about 4-5 minutes for CORE with all examples on a d12 on one H100 (measured speed,
+# docs/EVALUATION.md; 83,054 examples in the 21 tasks of this machine's bundle, which
+# lacks CoQA, with up to 10 in-context examples each).
 
 # %%
 import json
 import math
 import os
-import random
 from collections import Counter
 
 import matplotlib.pyplot as plt
@@ -68,10 +71,10 @@ from nanogpt_course.train import tiny
 
 # %% tags=["parameters"]
 PRESET = os.environ.get("NANOGPT_COURSE_PRESET", "laptop")
-CHECKPOINT = None  # a step or run folder; None = the cached tiny model (smoke, laptop)
-TASKS = None  # comma-separated CORE task names; None = all 22
-MAX_PER_TASK = None  # examples per task; -1 = all; None = the preset's choice
-NPROC = None  # processes for the CORE/ChatCORE run; None = the preset's choice
+CHECKPOINT = None  # a step or run folder; None: the cached tiny model (smoke, laptop)
+TASKS = None  # comma-separated CORE task names; None: all 22
+MAX_PER_TASK = None  # CORE examples per task; -1: all; None: the preset's choice
+NPROC = None  # processes for the CORE/ChatCORE run; None: the preset's choice
 
 # %% [markdown]
 # ## Settings
@@ -108,10 +111,10 @@ if not HAVE_BUNDLE:
 # ## 1. Bits per byte
 #
 # The training loss is the mean cross-entropy per **token**. But a token is whatever the
-# tokenizer says: with 512 ids a token holds under 2 bytes of this corpus, with GPT-2's
-# 50,257 ids more (about 4 bytes of English prose). Predicting more bytes at once is harder,
-# so the loss per token of the big-vocabulary model is higher even when it models the text
-# equally well.
+# tokenizer says: with 512 ids trained on this corpus (Python sources) a token holds about
+# 2 bytes of it, with 4,096 ids trained on the same text about twice as many. Predicting
+# more bytes at once is harder, so the loss per token of the bigger vocabulary is higher
+# even when it models the text as well or better.
 #
 # Divide instead by the number of **bytes** the predicted tokens stand for, and change
 # nats to bits: bits per byte $= \frac{\sum \text{loss (nats)}}{\ln 2 \cdot \sum
@@ -119,16 +122,17 @@ if not HAVE_BUNDLE:
 #
 # To see it without training two models, take the simplest language model there is, a
 # **unigram** model (each token's probability is its frequency in training text), fit it
-# for two tokenizers on the same text, and score the same held-out text.
+# for each tokenizer on the same text, and score the same held-out files (the corpus's
+# validation split). GPT-2's tokenizer comes third: it was made for English prose.
 
 # %%
 from nanogpt_course.data import offline
 
 corpus = offline.collect(max_bytes=presets.choose(PRESET, smoke=300_000, laptop=1_000_000,
                                                   full=1_000_000), progress=False)
-docs = [json.loads(line)["text"] for line in (corpus / "corpus.jsonl").open(encoding="utf-8")]
-random.Random(0).shuffle(docs)
-held_out, train_docs = docs[: len(docs) // 10], docs[len(docs) // 10:]
+records = [json.loads(line) for line in (corpus / "corpus.jsonl").open(encoding="utf-8")]
+train_docs = [r["text"] for r in records if r["split"] == "train"]
+held_out = [r["text"] for r in records if r["split"] == "val"]  # whole files, never trained on
 
 
 def unigram_scores(tokenizer, train_texts, test_texts):
@@ -145,24 +149,26 @@ def unigram_scores(tokenizer, train_texts, test_texts):
 
 
 scores = {}
-for name, tokenizer in (("trained 512-id BPE", tiny.tiny_tokenizer()),
+for name, tokenizer in (("BPE, 512 ids", tiny.tiny_tokenizer()),
+                        ("BPE, 4,096 ids", Tokenizer.load(tiny.corpus_tokenizer(4096))),
                         ("GPT-2 (50,257 ids)", Tokenizer.gpt2())):
     scores[name] = unigram_scores(tokenizer, train_docs, held_out)
     loss, bpb, bytes_per_token = scores[name]
     print(f"{name:<20} loss/token {loss:5.2f} nats   bits/byte {bpb:5.2f}   "
           f"({bytes_per_token:.2f} bytes per token)")
-by_loss = min(scores, key=lambda k: scores[k][0])
-by_bpb = min(scores, key=lambda k: scores[k][1])
-print(f"better by loss per token: {by_loss}; better by bits per byte: {by_bpb}")
+for measure, i in (("loss per token", 0), ("bits per byte", 1)):
+    a, b = scores["BPE, 512 ids"][i], scores["BPE, 4,096 ids"][i]
+    print(f"512 vs 4,096 ids by {measure}: {'512' if a < b else '4,096'} looks better")
 
 # %% [markdown]
-# Each GPT-2 token holds more text, so each of its predictions is harder: its loss per
+# Each 4,096-id token holds more text, so each of its predictions is harder: its loss per
 # token is pushed up by the tokenizer alone. Bits per byte removes that: it charges both
-# models for the same thing, the text. On this corpus the two rankings disagree (the
-# printed verdicts above): by loss per token the small-vocabulary model looks better,
-# by bits per byte the GPT-2-token unigram is (longer tokens capture more of the text's
-# structure). Only the second comparison is fair, which is why the trainer reports
-# validation bits per byte, and why runs with different tokenizers compare on it.
+# models for the same thing, the text. Read the two verdicts above: by loss per token the
+# small vocabulary looks better, by bits per byte the bigger one is (longer tokens capture
+# more of the text's structure, even for a unigram). GPT-2's tokens, made for English,
+# hold fewer bytes of Python than the 4,096 trained on it, indentation especially. Only
+# the bits-per-byte comparison is fair, which is why the trainer reports validation bits
+# per byte, and why runs with different tokenizers compare on it.
 #
 # Now the same measurement for a real model, from scratch: per-token losses, bytes of each
 # target token, special tokens (0 bytes) and ignored targets (-1) left out. Then the
@@ -182,8 +188,12 @@ def bits_per_byte(model, batches, token_bytes):
     return nats / (math.log(2) * n_bytes)
 
 
+# the validation files of the 2 MB corpus the tiny model trained on (files it never saw)
+tiny_corpus = offline.collect(max_bytes=tiny.CORPUS_BYTES, progress=False)
+model_held_out = [r["text"] for r in map(json.loads, (tiny_corpus / "corpus.jsonl").open())
+                  if r["split"] == "val"]
 T = model.config.sequence_len
-ids = torch.tensor(sum((tok.encode(d) for d in held_out[:40]), [])[: 4 * T + 1])
+ids = torch.tensor(sum((tok.encode(d) for d in model_held_out), [])[: 4 * T + 1])
 batches = [(ids[:-1].view(4, T), ids[1:].view(4, T))]
 ours = bits_per_byte(model.cpu(), batches, tok.token_bytes)
 library = evaluate_bpb(model, batches, tok.token_bytes)
@@ -193,6 +203,9 @@ print(f"tiny model on held-out text: {ours:.4f} bits per byte (library: {library
 
 # %% [markdown]
 # ## 2. In-context evaluation: a language model as a multiple-choice scorer
+#
+# The tasks come from the **eval bundle**, a zip of task files and their metadata that
+# DCLM's evaluation uses (`python -m nanogpt_course.eval download core` fetches it).
 #
 # A base model cannot "answer" a question; it can only say how likely a text is. So we
 # write each choice after the question and ask which *completed text* the model finds most
@@ -296,9 +309,12 @@ answer_credit = exercises.check("10_evaluation.answer_credit", answer_credit)
 #
 # Guessing gets 25% on a 4-way question, 50% on a yes/no one, and 0% on "write the
 # answer". To average tasks fairly, rescale each so that guessing is 0 and perfect is 1:
-# $\text{centered} = \frac{\text{acc} - b}{1 - b}$, with $b$ the task's random baseline (the
-# bundle's `eval_meta_data.csv` gives it in percent). CORE is the mean of the 22 centered
-# accuracies. A model below chance gets a negative number.
+# $\text{centered} = \frac{\text{acc} - b}{1 - b}$, with $b$ the task's baseline (the
+# bundle's `eval_meta_data.csv` gives it in percent). The baseline is what a constant
+# guess scores, not always a uniform one: BoolQ's 62% is the share of its majority answer,
+# so a chance-level model that prefers the other answer lands far below 0 (docs/EVALUATION.md
+# measured −0.63). CORE is the mean of the centered accuracies of the tasks present (22
+# in the full bundle).
 #
 # **Exercise.** Write it (the baseline comes in percent).
 
@@ -336,9 +352,11 @@ else:
     report = None
 
 # %% [markdown]
-# The chart: one bar per task, centered accuracy, 0 = chance. On the tiny model every bar
-# sits near 0, up or down by the noise of a few examples (with n examples the standard
-# error of an accuracy near p is $\sqrt{p(1-p)/n}$: about 0.15 at n = 8, 0.06 at n = 60).
+# The chart: one bar per task, centered accuracy, 0 = chance. On the tiny model the bars
+# scatter around 0 by the noise of a few examples: with n examples the standard error of
+# an accuracy near p is $\sqrt{p(1-p)/n}$ (about 0.18 at n = 8, 0.06 at n = 60), and on the
+# centered scale it is divided by $1 - b$, so at n = 8 a single bar can swing by ±0.3 to
+# ±1. Only the mean over many tasks (CORE) says anything.
 
 # %%
 if report is not None:
@@ -371,7 +389,8 @@ for name, (active, why) in sandbox.layers().items():
 
 # %% [markdown]
 # **Exercise.** GSM8K answers end with `#### <number>`. Extract that number (the last one
-# marked, commas and a `$` allowed), or None.
+# marked; it may be negative, commas and a `$` are allowed, text after the number is
+# ignored), or None when there is no marker or no number after it.
 
 # %%
 def extract_gsm8k_answer(text: str) -> float | None:
@@ -385,14 +404,17 @@ extract_gsm8k_answer = exercises.check("10_evaluation.extract_gsm8k_answer", ext
 # %% [markdown]
 # ChatCORE is run on a chat checkpoint: yours when `CHECKPOINT` is one, else (at `smoke`
 # and `laptop`) the tiny model after a few chat fine-tuning steps. It only knows how to
-# greet and add small numbers, so expect zeros.
+# greet and add small numbers, so expect chance level: 0 on GSM8K and HumanEval, ARC and
+# MMLU near 0, off by the noise of a few examples (here 4 at `smoke` and 20 at `laptop`
+# per task, whatever `MAX_PER_TASK` says).
 
 # %%
-chat_ckpt = ckpt.path if ckpt.kind == "chat" else (
-    None if PRESET == "full" else tiny.tiny_checkpoint("chat"))
 from nanogpt_course.eval.chatcore import data_status
 
-if chat_ckpt is not None and any(v is not None for v in data_status().values()):
+have_chat_data = any(v is not None for v in data_status().values())
+chat_ckpt = ckpt.path if ckpt.kind == "chat" else (
+    None if PRESET == "full" or not have_chat_data else tiny.tiny_checkpoint("chat"))
+if chat_ckpt is not None and have_chat_data:
     chat_n = MAX_PER_TASK if MAX_PER_TASK > 0 else -1
     launch("nanogpt_course.eval", "chatcore", "--checkpoint", str(chat_ckpt),
            "--max-per-task", str(presets.choose(PRESET, smoke=4, laptop=20, full=chat_n)),
@@ -402,14 +424,14 @@ if chat_ckpt is not None and any(v is not None for v in data_status().values()):
         print(f"{name:<14} n={r['n']:<5} acc {r['accuracy']:.3f}  centered {r['centered']:+.3f}")
     print(f"{chat['label']} = {chat['score']:.4f}")
 else:
-    print("ChatCORE skipped: " + ("the checkpoint is a base model (run mid-training first)"
-                                  if chat_ckpt is None else "no ChatCORE data here"))
+    print("ChatCORE skipped: " + ("no ChatCORE data here" if not have_chat_data else
+                                  "the checkpoint is a base model (run mid-training first)"))
 
 # %% [markdown]
 # ## 5. What the numbers of a GPT-2-class model look like
 #
-# Reference points measured with nanochat's implementation of this protocol (ours agrees
-# with it example by example; see docs/EVALUATION.md):
+# Reference points measured with nanochat's implementation of this protocol (ours agreed
+# with it example by example on the tiny model; see docs/EVALUATION.md):
 #
 # | model | CORE | source |
 # |---|---|---|

@@ -36,7 +36,8 @@ def _credit_cases() -> list[Case]:
             Case("two-way tie with gold", ([1.5, 1.5, 2.0], 1)),
             Case("tie at the first choice, gold elsewhere", ([0.7, 0.7, 2.0], 2)),
             Case("all tied", ([1.0, 1.0, 1.0, 1.0], 3)),
-            Case("two choices", ([0.2, 0.1], 1))]
+            Case("two choices", ([0.2, 0.1], 1)),
+            Case("nearly equal is not a tie", ([1.0, 1.0 + 1e-12, 2.0], 0))]
 
 
 def _gsm8k_cases() -> list[Case]:
@@ -44,7 +45,9 @@ def _gsm8k_cases() -> list[Case]:
             Case("commas", ("#### 1,250",)), Case("dollars and decimals", ("#### $3.50",)),
             Case("negative", ("#### -7",)), Case("no marker", ("The answer is 42.",)),
             Case("last marker wins", ("#### 1\nwait, no\n#### 2",)),
-            Case("trailing period", ("#### 70000.",))]
+            Case("trailing period", ("#### 70000.",)),
+            Case("words after the number", ("#### 18 dollars",)),
+            Case("no number after the marker", ("#### unknown",))]
 
 
 exercise("10_evaluation.centered_accuracy", centered_accuracy, _centered_cases, tol=1e-9,
