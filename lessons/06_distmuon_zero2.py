@@ -18,12 +18,19 @@
 # %% [markdown]
 # # 06 · DistMuonAdamW: sharding gradients and optimizer state over ranks (ZeRO-2)
 #
-# With several GPUs, the usual recipe (PyTorch's DDP) gives every GPU a full copy of the
-# model, the gradients and the optimizer state, and averages the gradients with an
-# all-reduce after each backward pass. The copies are wasteful: every rank stores the
-# same gradients and optimizer state and performs the same update.
+# Words first. A **rank** is one of the $W$ cooperating processes (usually one per GPU).
+# A **collective** is a communication call every rank makes together: an **all-reduce**
+# leaves every rank with the sum of all ranks' tensors, a **reduce-scatter** leaves each
+# rank with one slice of that sum, an **all-gather** gives every rank all the slices.
+# **NCCL** runs them between GPUs, **gloo** between CPU processes (what this lesson uses).
 #
-# **ZeRO** (Rajbhandari et al., 2020) removes the duplication in stages. This lesson builds
+# With several GPUs, the usual recipe (PyTorch's DDP) gives every GPU a full copy of the
+# model, the gradients and the optimizer state, and averages the gradients with
+# all-reduces (launched in buckets while backward runs). The copies are wasteful: every
+# rank stores the same gradients and optimizer state and performs the same update.
+#
+# **ZeRO** (the Zero Redundancy Optimizer, Rajbhandari et al., 2020) removes the
+# duplication in stages. This lesson builds
 # the optimizer the course trains with, `DistMuonAdamW`: Muon + AdamW with its gradients
 # and state sharded over ranks (ZeRO stage 2), written directly on `torch.distributed`
 # collectives, with no DDP wrapper. You will:
@@ -125,7 +132,9 @@ draw_zero_stages()
 
 # %% [markdown]
 # **Exercise.** Bytes per rank at a given stage (fp32 params and grads by default, and
-# 8 bytes of optimizer state per parameter, as AdamW's two fp32 moments).
+# 8 bytes of optimizer state per parameter, as AdamW's two fp32 moments). Return a dict
+# with the keys `"params"`, `"grads"`, `"optimizer"` and `"total"` (bytes, as floats: a
+# sharded part is divided by $W$ exactly, not rounded).
 
 # %%
 def zero_bytes_per_rank(num_params: int, world_size: int, stage: int, *, param_bytes: int = 4,
@@ -140,8 +149,12 @@ zero_bytes_per_rank = exercises.check("06_distmuon_zero2.zero_bytes_per_rank",
 
 # %% [markdown]
 # Our optimizer stores less than AdamW: Muon keeps one momentum buffer (4 bytes) per matrix
-# entry, AdamW two moments (8 bytes) for the embeddings, `lm_head` and scalars. Counting the
-# real models (on PyTorch's `meta` device: shapes without memory):
+# entry, AdamW two moments (8 bytes) for the embeddings, `lm_head` and scalars (the small
+# value-embedding gates go to Muon too; they are too small to change these totals).
+# Counting the real models (on PyTorch's `meta` device: shapes without memory) at
+# nanochat's 32,768-token vocabulary, as in docs/PERFORMANCE.md's memory table; with the
+# course's default GPT-2 vocabulary (50,259) d20 has 1,166M parameters, because the value
+# embeddings have one row per token:
 
 # %%
 sizes = {}
@@ -176,9 +189,13 @@ for stage in range(4):
                                                   for k, v in parts.items()))
 
 # %% [markdown]
-# Activations (which depend on the batch, not on the optimizer) come on top; at d20 they
-# dominate, which is why stage 2 is the sweet spot here: it removes most of the
-# optimizer's overhead and leaves the forward/backward untouched.
+# Activations (which depend on the batch, not on the optimizer) come on top, and at d20
+# they are the larger part: at micro-batch 16 one H100 peaks at 46.9 GiB against 11.9 GiB
+# of parameters, gradients and state (docs/PERFORMANCE.md). Why stop at stage 2? On 8 GPUs
+# stage 3 would save only the parameters' share (about 3 GiB here) and costs an extra
+# all-gather of the parameters in the backward pass (about 1.5x the traffic) plus a
+# forward and backward that are no longer the plain single-GPU code. Stage 2 removes most
+# of the optimizer's overhead and leaves the forward/backward untouched.
 
 # %% [markdown]
 # ## 2. The collectives: all-reduce = reduce-scatter + all-gather
@@ -241,12 +258,15 @@ for w in (2, 4, 8):
 # Who owns what? Two different answers for the two halves of the optimizer:
 #
 # - **AdamW tensors are cut flat.** Adam is elementwise, so the flattened tensor is split into
-#   $W$ chunks of $\lceil N/W \rceil$ elements (zero-padded at the end); rank $r$ updates
-#   chunk $r$. Tensors smaller than 4096 elements are not worth two collectives: they are
+#   $W$ chunks of $\lceil N/W \rceil$ elements; rank $r$ updates chunk $r$. The last
+#   chunks can be short or empty: both ends are clamped to $N$, so a rank past the end
+#   gets the empty chunk `(N, N)` (the zero padding exists only in the communication
+#   buffer, where every chunk must have the same size). Tensors smaller than 4096 elements are not worth two collectives: they are
 #   all-reduced together in one, and every rank updates them.
 # - **Muon matrices are owned whole.** Orthogonalization needs the entire matrix, so each
-#   matrix belongs to one rank; owners go round-robin within each shape. So $W$ consecutive
-#   same-shape matrices (neighbouring layers) have $W$ different owners: stacked
+#   matrix belongs to one rank; owners go round-robin within each shape, in parameter
+#   order. So $W$ consecutive same-shape matrices in that order (a layer's `c_q` and `c_k`,
+#   or two layers' `c_fc`) have $W$ different owners: stacked
 #   `(W, m, n)` in owner order, they form a **slab**, and one reduce-scatter hands each rank
 #   the summed gradient of its own matrix.
 #
@@ -255,7 +275,8 @@ for w in (2, 4, 8):
 # %%
 def chunk_bounds(numel: int, world_size: int, rank: int) -> tuple[int, int]:
     """(start, stop) of rank's flat chunk."""
-    raise NotImplementedError("exercise: chunks of ceil(numel / world_size); clamp to numel")
+    raise NotImplementedError("exercise: chunks of ceil(numel / world_size); clamp both "
+                              "start and stop to numel")
 
 
 # %%
@@ -448,7 +469,8 @@ for name, b in report["grad_bytes"].items():
 
 # %% [markdown]
 # The three trainings agree, and the two ZeRO-2 versions hold half the gradient bytes on
-# 2 ranks (a bit more than half: the zero padding of the chunks). Our 40 lines leave out
+# 2 ranks (exactly half here: every tensor of this model has an even size; with an odd
+# one a rank would hold up to $W - 1$ extra zeros of padding). Our 40 lines leave out
 # what the library adds: Muon's whole-matrix slabs, small tensors bundled into one
 # all-reduce, buckets launched in the order gradients complete, a bound on the collectives
 # in flight, gradient accumulation (each micro-step's backward reduce-scatters and the
@@ -460,8 +482,9 @@ for name, b in report["grad_bytes"].items():
 # Here is the library's recorded log of one step on rank 0 as a timeline: the ticks on
 # the first row are the hooks (a gradient is ready), the second row the reduce-scatters
 # being launched, the shaded band the backward pass. Every reduce-scatter leaves *while
-# backward is still running*; with all-reduce data parallelism as written above, nothing
-# would leave before backward ends.
+# backward is still running*. (PyTorch's DDP overlaps its all-reduces the same way; our
+# short `allreduce_step` above does not, to stay short. What ZeRO-2 adds is that each rank
+# then keeps only its own shard.)
 
 # %%
 def draw_timeline(log: list) -> None:
@@ -546,10 +569,12 @@ for n, rep in reports.items():
 
 # %% [markdown]
 # Each rank's gradients and optimizer state shrink like $1/W$ (the small replicated tensors
-# and the Muon matrices, owned whole, make it uneven by a few KiB). And the model is the
-# same: 1 process and 2 processes run the same two forward passes and add the same two
-# gradients, $g_1 + g_2$, one in `p.grad` and one in the reduce-scatter, so on the CPU
-# the parameters are bit-identical. (With more micro-batches per rank the additions happen
+# and the Muon matrices, owned whole, can make the ranks differ a little: compare the
+# printed numbers). And the model is the same: 1 process and 2 processes run the same two
+# forward passes and add the same two gradients. One process accumulates
+# $g_1/2 + g_2/2$ in `p.grad`; two ranks sum $g_1 + g_2$ in the reduce-scatter and then
+# halve it. Halving is exact in floating point, so on the CPU the parameters are
+# bit-identical. (With more micro-batches per rank the additions happen
 # in another order, e.g. $(g_1 + g_3) + (g_2 + g_4)$ instead of $((g_1 + g_2) + g_3) + g_4$,
 # and the results agree to float rounding; the tests check that to a tolerance.)
 

@@ -41,6 +41,7 @@ def _memory_cases() -> list[Case]:
     d12 = 286_261_248  # a d12-sized count, any integer works
     return [Case(f"W={w}, stage {s}", (d12, w, s)) for w, s in
             [(1, 0), (8, 0), (8, 1), (8, 2), (8, 3), (3, 2)]] + [
+        Case("a count W does not divide", (1001, 3, 3)),
         Case("mixed precision bytes", (1000, 4, 1),
              {"param_bytes": 2, "grad_bytes": 2, "state_bytes": 12})]
 
