@@ -31,11 +31,12 @@
 #    `estimate_flops()` and PyTorch's FLOP counter;
 # 3. read what Chinchilla and later work found;
 # 4. run a tiny **sweep** over depth × FLOP budget on your CPU with the real trainer;
-# 5. fit **isoFLOP parabolas** and **power laws** to it;
+# 5. fit **isoFLOP parabolas** (an isoFLOP curve is loss against model size at one fixed
+#    FLOP budget) and **power laws** to it;
 # 6. analyse the committed sweep (`data/scaling/`) with the same tools.
 #
-# Run time on 2 CPU cores (measured on a busy shared machine): `smoke` about 20 s, `laptop`
-# about 1.5 minutes. `full` reruns the committed CPU sweep's setting (depths 1-5 × budgets
+# Run time on 2 CPU cores (measured on a busy shared machine): `smoke` under a minute,
+# `laptop` about 5 minutes. `full` reruns the committed CPU sweep's setting (depths 1-5 × budgets
 # 1e11-1e12 on 24 MB of the offline corpus, `data/scaling/cpu_offline.csv`): about 10 minutes
 # of an idle 2-core CPU (estimated from its runs' speed; much longer on a busy machine).
 
@@ -62,7 +63,7 @@ SEED = 0
 
 # %% [markdown]
 # The preset sizes the sweep of part 4 (and the FLOP-counting models): smoke is six runs of
-# a second or two, laptop eight runs of a few seconds to a minute.
+# a second or two, laptop eight runs of a few seconds to a few minutes.
 
 # %%
 PRESET = presets.validate(PRESET)
@@ -86,19 +87,23 @@ print(f"preset {PRESET!r}: sweep depths {SWEEP_DEPTHS} x budgets "
 # one measured point: nanochat's d12, whose best total batch was $B_{ref} = 2^{19}$ tokens
 # with Muon LR 0.02 and weight decay 0.28 when trained for 12 tokens per parameter.
 #
-# - **Width** $C = 64 L$ rounded up to a multiple of the head size (128), and $C/128$ heads:
+# - **Width** $d = 64 L$ rounded up to a multiple of the head size (128), and $d/128$ heads:
 #   deeper means wider too, so the shape stays the same and one knob moves along a family.
-# - **Horizon** $D$: 12 tokens per *scaling parameter* (matrices + lm_head), or
-#   $D = C_{budget} / \text{FLOPs per token}$ when a FLOP budget is given.
+# - **Horizon** $D$: 12 tokens per *scaling parameter* (matrices + lm_head: the embeddings
+#   are lookups, not matrix products, part 2 explains why they are left out), or
+#   $D = C / \text{FLOPs per token}$ when a FLOP budget $C$ is given.
 # - **Batch** $B = B_{ref}\,(D / D_{ref})^{0.383}$, rounded to a power of two: the best
 #   batch grows with the horizon as a power law (Bergsma et al. 2025, "Power Lines").
 # - **Learning rates** $\eta = \eta_{ref}\sqrt{B / B_{ref}}$: the square-root rule for
 #   Adam-type optimizers (bigger batches average away more noise, so they can take bigger
 #   steps).
-# - **Weight decay** $\lambda = \lambda_{ref}\sqrt{B/B_{ref}}\,D_{ref}/D$: with decoupled
-#   decay the weights are an exponential moving average over about $1/(\eta\lambda)$ steps;
-#   keeping that window a fixed fraction of the run, $B/(\eta\lambda D)$ constant, gives this
-#   rule (Wang & Aitchison 2024).
+# - **Weight decay** $\lambda = \lambda_{ref}\sqrt{B/B_{ref}}\,D_{ref}/D_N$ with
+#   $D_N = 12 \times$ scaling parameters, the model's compute-optimal horizon (not the
+#   trained one: the next section says why). With decoupled decay a step is
+#   $W \leftarrow (1-\eta\lambda)W + \eta\lambda\,(-u/\lambda)$ for an update $u$: an
+#   exponential moving average with rate $\eta\lambda$, so the weights remember about
+#   $1/(\eta\lambda)$ steps. A run has $D/B$ steps, so that window is a fraction
+#   $B/(\eta\lambda D)$ of the run; keeping it fixed gives this rule (Wang & Aitchison 2024).
 #
 # Here is what the library decides at our defaults (GPT-2's tokenizer, context 2048):
 
@@ -123,8 +128,9 @@ def rules_by_hand(depth: int, vocab_size: int = 50259, seq_len: int = 2048,
     D_ref = 12.0 * ref.scaling_params
     B = 2 ** round(math.log2(2**19 * (D / D_ref) ** 0.383))
     scale = math.sqrt(B / 2**19)
+    D_N = 12.0 * me.scaling_params  # the weight decay's horizon: compute-optimal, not D
     return {"tokens": D, "batch": B, "matrix_lr": 0.02 * scale,
-            "weight_decay": 0.28 * scale * D_ref / D}
+            "weight_decay": 0.28 * scale * D_ref / D_N}
 
 
 for d in (6, 20):
@@ -167,7 +173,9 @@ if not points:
 # At 6 tokens per parameter the rule's own λ beats 3× it; at 2 tokens per parameter 3× wins
 # and 6× (what the trained-horizon form would give) is worse again. So the truth lies
 # between the two forms: a shorter run does want more decay, but much less than in
-# proportion (like $D^{-0.7}$ here, one seed). The library keeps the depth-only rule until
+# proportion: the interpolated optimum is near 2.2× the rule at 2 tokens per parameter
+# and near 1× at 6, a factor 2.2 over a 3× change in $D$, about $D^{-0.7}$ (one seed;
+# docs/DEPTH.md). The library keeps the depth-only rule until
 # more seeds say how to shape the correction; for very short runs, `--weight-decay` lets you
 # raise it yourself. (The plot: `docs/results/quality_h100_2026-12-06_3/wd_sweep.png`.)
 
@@ -189,9 +197,11 @@ if not points:
 # counters count it, although the causal mask makes half of them zero).
 #
 # **Exercise.** Write the count for a GPT without value embeddings
-# (`config.value_embeds == False`): per layer $q, o$ are $C \times C$, $k, v$ are
-# $C \times (n_{kv} d_{head})$, the MLP is $C \times 4C$ and $4C \times C$; the lm_head is
-# $C \times$ `config.padded_vocab_size`.
+# (`config.value_embeds == False`): with width $d$ (`config.n_embd`), per layer $q, o$ are
+# $d \times d$, $k, v$ are $d \times (n_{kv} d_{head})$, the MLP is $d \times 4d$ and
+# $4d \times d$; the lm_head is $d \times$ `config.padded_vocab_size`. The config fields:
+# $L$ = `n_layer`, $H$ = `n_head`, $n_{kv}$ = `n_kv_head`, $d_{head}$ = `head_dim`,
+# $T$ = `sequence_len`.
 
 # %%
 def flops_per_token(config: GPTConfig) -> float:
@@ -241,7 +251,9 @@ for r in rows:
 #   C^{0.73}$): big models, trained briefly.
 # - **Hoffmann et al. (2022), "Chinchilla"**, trained over 400 models with the learning-rate
 #   schedule matched to each run's length and found $N_{opt} \propto C^{0.5}$ and
-#   $D_{opt} \propto C^{0.5}$: grow both equally, about **20 tokens per parameter**. Their
+#   $D_{opt} \propto C^{0.5}$ (0.50 and 0.49 with their approaches 1 and 2; their
+#   approach 3, the fitted law used in part 5, gives 0.46): grow both equally, about
+#   **20 tokens per parameter**. Their
 #   70B Chinchilla, trained on 1.4T tokens, beat the 280B Gopher trained with the same
 #   compute. Their "approach 2" is the one we use: for each budget, train several sizes,
 #   fit a parabola to loss against $\log N$, read off the minimum.
@@ -261,8 +273,10 @@ for r in rows:
 # process (`in_process_launcher`: the same code without starting a Python per run) on the
 # `offline` corpus (Python's own sources and docs, 2 MB of it; 24 MB at `full`) with a
 # 512-token tokenizer. Widths grow
-# by 16 per layer so that the sizes are close together, and the batch and learning rates
-# are explicit, as explained in part 1.
+# by 16 per layer so that the sizes are close together, and the batch, learning rates and
+# weight decay are explicit: the depth rules, anchored at a 2^19-token batch, would give
+# these tiny models at a 1,024-token batch a Muon LR near 0.001 and a weight decay near 6,
+# far outside where they were measured.
 
 # %%
 from nanogpt_course.train.tiny import corpus_data, corpus_tokenizer  # noqa: E402
@@ -317,10 +331,10 @@ parabola_minimum = exercises.check("08_scaling_laws.parabola_minimum", parabola_
 
 # %% [markdown]
 # The minima of several budgets give $N_{opt}(C)$ and $D_{opt}(C)$. If they follow power
-# laws $N_{opt} = k\,C^a$, then $\log N_{opt} = a \log C + \log k$: a straight line in
+# laws $N_{opt} = A\,C^a$, then $\log N_{opt} = a \log C + \log A$: a straight line in
 # log-log.
 #
-# **Exercise.** Fit $y = A\,c^k$ by least squares in $\log_{10}$ space; return $(k, A)$.
+# **Exercise.** Fit $y = A\,c^p$ by least squares in $\log_{10}$ space; return $(p, A)$.
 
 # %%
 def power_law_fit(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -355,15 +369,21 @@ assert abs(a_hat - a_true) < 0.03
 # spread of the exponents (with 3 sizes per budget the parabola is exact and there is no
 # spread to read: sweep 4 or more depths for an interval).
 #
-# Now your CPU sweep. At the `smoke` preset its runs are a few dozen steps each, too short
-# for a clean U; at `laptop` a few hundred at most, so one noisy run can move a budget's
-# minimum to an edge. The fit says so (a budget without a minimum is skipped, one at an edge
-# is flagged) rather than inventing a minimum.
+# Now your CPU sweep. At the `smoke` preset its runs are 1 to 37 steps each, far too short
+# for a clean U; at `laptop` the budgets are small enough that the smallest model tried
+# tends to win. Then a budget's minimum sits at an edge: the fit still returns a parabola's
+# vertex, but outside the sizes tried, an extrapolation, and the exponents built on such
+# points mean nothing. The summary marks those budgets "AT THE EDGE" (a budget whose
+# losses do not curve upward is skipped), and the cell below says so in one line.
 
 # %%
 try:
     result = fit.fit_sweep(mine, n_boot=200, seed=SEED)
     print(fit.summary(result, source="this notebook's sweep"))
+    if not all(b.interior for b in result.budgets):
+        print("-> a budget's minimum is at the edge of the depths tried: its optimum is an "
+              "extrapolation and the exponents above are not meaningful (part 6's CPU sweep "
+              "is the one to read)")
     plot.isoflop_figure(result)
     plt.show()
 except ValueError as err:
@@ -379,9 +399,12 @@ except ValueError as err:
 # 425k scaling parameters) × budgets 1e11, 3e11, 1e12 FLOPs on 24 MB of the offline corpus.
 # `gpu_offline.csv` is a real GPU sweep: depths 1-5 (0.57M to 8.8M scaling parameters, an
 # 8,192-token vocabulary) × budgets 1e14, 3e14, 1e15 FLOPs on one H100. Read its plot with
-# a critical eye: at every budget the smallest model allowed won, so its stars sit at the
-# small edge, and the fit says so. That is a finding, not a failure: at these sizes this
-# recipe wants 35-100 tokens per parameter, and the corpus (90M tokens) is too small for
+# a critical eye: at every budget the smallest model allowed won. The fit marks 1e14 and
+# 1e15 "AT THE EDGE", and 3e14 lands a hair inside d1, which is no more trustworthy; the
+# fitted tokens per parameter at the edges are extrapolations (the winning runs themselves
+# trained on 35-104 tokens per parameter). That is a finding, not a failure: at these
+# sizes this recipe wants far more tokens per parameter than Chinchilla's 20, and the
+# corpus (90M tokens) is too small for
 # the smaller neighbour each optimum needs within one epoch. `data/scaling/README.md` gives
 # the next grid (bigger budgets, up to 4 epochs) and why repeating data that much is fine.
 
@@ -426,5 +449,6 @@ for csv_path in committed:
 #
 # Run your own: `make run-scaling-law` (CPU: the tiny default sweep, about ten minutes), or
 # `python -m nanogpt_course.scaling_laws sweep --depths 6,8,10,12,14 --budgets
-# 1e18,2e18,6e18 --nproc 8` on a GPU box, then
+# 1e18,2e18,6e18 --nproc 8` on a GPU box (the seed's sweep: it needs FineWeb-Edu, about
+# 28 GB of parquet, and on the order of 100 H100-hours; it has not been run here), then
 # `python -m nanogpt_course.scaling_laws fit --results CSV --out DIR`.
