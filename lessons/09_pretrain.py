@@ -43,10 +43,12 @@
 # tokens per second; 4 minutes when other jobs kept the load average at 3 to 10), both
 # measured under papermill; the launch cell prints a progress line with an ETA. `full` is an
 # **estimate**, printed by the cell "What the depth rules decided" from the FLOPs of the
-# run and an assumed 40% MFU (a d12 on one H100: a few hours; 8 GPUs: about 8 times less).
+# run and an assumed 40% MFU (a d12 on one H100: about an hour; 8 GPUs: about 8 times
+# less; downloading and tokenizing FineWeb-Edu first takes longer than either).
 # No multi-GPU `full` run of this notebook has been measured yet.
 #
-# Every parameter mirrors a variable of `make ddp-train` (`NPROC` is its `NGPUS`):
+# The parameters mirror the variables of `make ddp-train` (`NPROC` is its `NGPUS`;
+# `TOKENIZER` has no Makefile variable):
 #
 # | parameter | meaning |
 # |---|---|
@@ -101,7 +103,8 @@ FP8 = False
 #
 # A preset fills in whatever was left as `None`. `smoke` and `laptop` train tiny models on
 # the `offline` corpus (the text of Python's own library, present on every machine) with a
-# small tokenizer trained on it, and pass the sizes explicitly. `full` is the seed's
+# small tokenizer trained on it, and pass the sizes explicitly. `full` is the original
+# project's
 # GPT-2-class run: depth 12 (768 wide, 6 heads of 128), the GPT-2 tokenizer, FineWeb-Edu,
 # and everything else from the depth rules.
 
@@ -160,7 +163,7 @@ cfg = TrainConfig(mode=MODE, depth=None if CHECKPOINT else DEPTH, data=DATA,
                   tokenizer=TOKENIZER, target_flops=float(TARGET_FLOPS) if TARGET_FLOPS else None,
                   max_steps=MAX_STEPS, checkpoint=CHECKPOINT, resume=bool(RESUME),
                   core_every=2000 if CORE_EVALS else -1,
-                  chatcore_every=500 if CHATCORE_EVALS else -1,
+                  chatcore_every=1000 if CHATCORE_EVALS else -1,  # make ddp-train's
                   window_pattern=WINDOW_PATTERN, fp8=bool(FP8), **SIZES)
 defaults = TrainConfig()
 args = []
@@ -211,7 +214,8 @@ if plan is not None:
     else:
         print(f"time: {flops:.2e} FLOPs; on a CPU expect thousands of tokens per second, so "
               f"about {tokens / 5000 / 60:.1f} min at 5k tok/s")
-print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 shards)")
+if DATA == "fineweb_edu":
+    print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 shards)")
 
 # %% [markdown]
 # ### Reading the plan
@@ -222,10 +226,11 @@ print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 s
 # - **params / scaling params / FLOPs per token**: the model that `DEPTH` builds. The
 #   "scaling params" leave out the embedding tables (lookups cost no FLOPs); they are what
 #   the horizon is measured against. FLOPs per token is `estimate_flops()` (lesson 03).
-# - **horizon D**: how many tokens to train on, a fixed number of tokens per scaling
-#   parameter (Chinchilla-style: model size and data grow together), unless
-#   `TARGET_FLOPS` or `MAX_STEPS` say otherwise. `D_ref` is the same rule at d12, the
-#   reference the other rules are tuned at.
+# - **horizon D**: how many tokens to train on, 12 tokens per scaling parameter
+#   (nanochat's measured optimum; Chinchilla's classic ratio is ~20: model size and data
+#   grow together), unless `TARGET_FLOPS` sets it. `MAX_STEPS` changes only the step count
+#   (the last line): D, the batch and the weight decay still follow the planned horizon.
+#   `D_ref` is the same rule at d12, the reference the other rules are tuned at.
 # - **total batch**: tokens per optimizer step. It grows with the horizon (bigger runs can
 #   use bigger, less noisy batches); gradient accumulation makes it fit any number of
 #   GPUs (lesson 04).
@@ -233,8 +238,9 @@ print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 s
 #   $\sqrt{B / B_\text{ref}}$ when the batch differs (the CPU presets pass their learning
 #   rates explicitly, so the scale is shown but not applied to them).
 # - **weight decay** (Muon's matrices only): $\lambda_\text{ref} \sqrt{B / B_\text{ref}}
-#   \cdot D_\text{ref} / D$, so a longer run decays less per step and the total amount
-#   of decay stays comparable across depths.
+#   \cdot D_\text{ref} / D_N$ with $D_N$ = 12 × scaling params, so it depends on the depth
+#   and the batch, not on how long you train (lesson 08 says why). The printed value is
+#   the peak at step 0; it then follows a cosine to 0.
 # - **steps**: horizon / batch; the LR schedule (warmup, constant, warmdown; lesson 04) is
 #   fitted to this number.
 #
@@ -245,13 +251,17 @@ print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 s
 # A healthy pretraining curve has recognizable phases (watch the validation bits per
 # byte, the red curve below):
 #
-# 1. **the first few percent of steps**: a steep fall from about $\log_2 V$ bits per token
-#    (uniform guessing) as the model learns which tokens are common, then which follow
+# 1. **the first few percent of steps**: a steep fall from uniform guessing, $\log_2 V$
+#    bits per token, i.e. $\log_2 V$ divided by the bytes per token in bits per byte
+#    (GPT-2: $\log_2 50{,}257 = 15.6$ bits over about 2.2 bytes of code per token, about
+#    7 bits per byte), as the model learns which tokens are common, then which follow
 #    which (unigram and bigram statistics);
 # 2. **the long middle**: a slow, steady decline, roughly a straight line when plotted
 #    against log-steps, as it learns words, syntax and longer patterns;
-# 3. **the warmdown** (the last part, where the LR falls to near zero): a visible extra
-#    drop, as the weights settle.
+# 3. **the warmdown** (the last 65% of the steps by default, where the LR falls linearly
+#    to 5% of its peak): in long runs a visible extra drop as the weights settle; in the
+#    short runs of this notebook the warmdown takes most of the run and the curve simply
+#    keeps bending down.
 #
 # Warning signs: a loss that jumps up and does not come back (LR too high; the trainer
 # stops on NaN), validation rising while training falls (too many epochs over too little
@@ -259,9 +269,10 @@ print("(FineWeb-Edu sample-10BT: ~28 GB of parquet to download, ~20 GB of gpt2 s
 #
 # Typical numbers: at `smoke` the run is far too short to learn much (10 steps: it only
 # gets through phase 1). At `laptop`, the 4-layer model on the offline corpus (Python's
-# own documentation and source) went from 3.88 bits per byte at step 0 to 2.86 at step 25,
-# 2.68 at step 50, 2.37 at step 100 and 2.20 at step 150 in our measurement: phase 1 is
-# over within the first 25 steps, the rest is the slow middle and the warmdown. (Twice the
+# own documentation and source) went from about 3.9 bits per byte at step 0 to 2.9 at
+# step 25, 2.7 at step 50, 2.3-2.4 at step 100 and 2.2 at step 150 in our measurements
+# (±0.1 between machines): phase 1 is over within the first 25 steps; the warmdown starts
+# at step 52 and the gains per step shrink steadily. (Twice the
 # steps, 300, reached 2.07.) Its samples are code-shaped noise and can fall into
 # repetition. A GPT-2-class d12 trained for hours on GPUs goes much further; the
 # reference curve below, once added, shows a real GPU run of ours.
@@ -286,7 +297,8 @@ result = launch("nanogpt_course.train", *args, nproc=NPROC, device=device, out=O
 # ## Loss curves
 #
 # Each step's training loss (noisy: every batch is different text) and the validation bits
-# per byte on held-out text.
+# per byte on held-out text. They are in different units (nats per token on the left,
+# bits per byte on the right), so compare their trends, not their heights.
 
 # %%
 runs = [OUT / "pretraining", OUT / "mid-training"] if MODE == "all" else [OUT]
@@ -311,17 +323,18 @@ plt.show()
 #
 # The course keeps one real GPU run's validation curve in
 # `docs/results/pretrain_d12_reference.json`: a d12 (394M parameters with its embeddings,
-# 124M scaling parameters) trained by this trainer on one H100 for 120 steps of 524,288
+# 124M scaling parameters: the token and value-embedding tables are lookups, lesson 03) trained by this trainer on one H100 for 120 steps of 524,288
 # tokens (63M tokens, 3.9 minutes at 422k tokens/s, 41% MFU), on the GPU machine's
 # `offline` corpus with the GPT-2 tokenizer (`scripts/reference_curve.py` wrote the file;
 # the command is inside it). This cell draws it beside your run against tokens seen, so runs
 # with different batch sizes compare.
 #
-# How to read it: the first ~10M tokens fall from 7 bits per byte (a uniform guess over
-# 50,257 tokens) to about 2 (frequent tokens, then common words and indentation); the
-# long middle phase improves steadily while the learning rate is flat; the last third,
-# where the LR decays to zero (the warmdown), gains more per token than the middle (1.35 to
-# 1.11). That run stopped at 0.5 tokens per scaling parameter, far short of the depth
+# How to read it: the first ~10M tokens (20 steps) fall from 7.0 bits per byte (a uniform
+# guess over 50,257 tokens) to 2.15 (frequent tokens, then common words and indentation);
+# after that the gains per 20 steps shrink steadily (0.28, 0.29, 0.23, 0.15, 0.09, ending
+# at 1.11). The LR is flat only from step 12 to 42; the warmdown takes the last 65% of the
+# steps, falling to 5% of the peak, and a run this far from its horizon shows no separate
+# extra drop. That run stopped at 0.5 tokens per scaling parameter, far short of the depth
 # rules' 12, which is why its samples (also in the file) are still mostly Python-shaped
 # noise. Code is more predictable than prose, so do not compare its numbers with a run on
 # Shakespeare or FineWeb-Edu: compare the shape.
@@ -401,7 +414,10 @@ print(f"checkpoint: {final.path}  (step {meta['step']:,} of {meta['num_steps']:,
       f"{meta['tokens_seen']:,} tokens, kind {meta['kind']}, world size {meta['world_size']})")
 print(f"val bits per byte: {meta.get('val_bpb')}")
 print(f"\nchat:       python -m nanogpt_course.chat --checkpoint {runs[-1]}")
-print(f"evaluate:   python -m nanogpt_course.eval core --checkpoint {runs[-1]}")
-print(f"continue:   papermill ... -p RESUME True  (or: {command} --resume)")
+max_per_task = "" if PRESET == "full" else " --max-per-task 60"
+print(f"evaluate:   python -m nanogpt_course.eval core --checkpoint {runs[-1]}{max_per_task}"
+      "  (needs the eval bundle: python -m nanogpt_course.eval download core)")
+print(f"continue:   raise MAX_STEPS and papermill ... -p RESUME True  (or: {command} "
+      "--max-steps N --resume; the LR schedule is refitted to the new length)")
 if meta["kind"] == "base":
     print(f"chat model: papermill ... -p MODE mid-training -p CHECKPOINT {runs[-1]}")
