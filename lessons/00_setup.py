@@ -22,8 +22,7 @@
 # build a GPT from an empty file: the tokenizer, attention with rotary positions, the
 # model, the optimizers (AdamW and Muon, then Muon sharded over several GPUs), the data
 # pipeline, the training loop, scaling laws, pretraining, evaluation, mid-training and
-# finally a chat window. Some are still being written: the course map below marks the
-# ones present in your copy.
+# finally a chat window. The course map below marks the ones present in your copy.
 #
 # Every lesson follows the same rhythm:
 #
@@ -90,8 +89,8 @@ print(f"at preset {PRESET!r} this lesson uses {n_rows} rows")
 # Four parts. The first builds the model; the second trains it; the third scales the
 # training up and runs it; the fourth measures the result and turns it into a chat model.
 # Arrows show the suggested order, but every lesson runs on its own (whatever it needs,
-# it builds or loads through a cached library helper). A dashed box is a lesson not
-# in your copy yet.
+# it builds or loads through a cached library helper). If a box is dashed, that lesson
+# is missing from your copy.
 
 # %%
 COURSE = [  # (number, title, part)

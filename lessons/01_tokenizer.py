@@ -70,8 +70,8 @@ print(f"preset {PRESET!r}: from-scratch loop on {SCRATCH_CHARS:,} chars, "
 # ## The text
 #
 # We train on *tiny Shakespeare* (about 1 MB of plays). The library looks for it in the data
-# mirror (`NANOGPT_COURSE_DATA`) or the cache. If you have neither and no internet, the
-# cell falls back to a short passage embedded below, so the lesson still runs; the numbers
+# mirror (`NANOGPT_COURSE_DATA`) or the cache. If you have neither (this cell never
+# downloads), it falls back to a short passage embedded below, so the lesson still runs; the numbers
 # will then be smaller and the plots less interesting. Get the real file with
 # `python -m nanogpt_course.data prepare tinyshakespeare`.
 
@@ -167,7 +167,8 @@ for (a, b), n in sorted(counts.items(), key=lambda kv: -kv[1])[:8]:
 
 # %%
 def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace every occurrence of `pair` in `ids` by `new_id`, left to right."""
+    """Replace every occurrence of `pair` in `ids` by `new_id`, left to right; return a new
+    list (leave `ids` as it is: the next cells use it again)."""
     raise NotImplementedError("exercise: scan ids, replacing each occurrence of pair")
 
 
@@ -245,7 +246,8 @@ print("the longer ones:", [t for t in crossing if len(t) >= 3][:12])
 # together, and lumps spaces together. GPT-4's (OpenAI's `cl100k`) fixes several things:
 # contractions match in any case, numbers split into groups of at most three digits (a small
 # vocabulary is not spent on thousands of numbers), newlines stay apart from other
-# whitespace, and a word may carry one leading non-letter like `(` or `.`. **We use the
+# whitespace (though a run of punctuation keeps the newlines right after it: `'!\n'`),
+# and a word may carry one leading non-letter like `(` or `.`. **We use the
 # GPT-4 pattern for the tokenizers we train**: it suits the code and documentation text of
 # the course's `offline` corpus, and it is what the fast trainer uses.
 
@@ -364,7 +366,7 @@ def encode_text(text: str, ranks: dict[bytes, int], pattern: str = GPT4_PATTERN)
 tok = Tokenizer.from_ranks(vocab, GPT4_PATTERN)  # + <|bos|>, <|im_start|>, <|im_end|>
 check_text = text[-3000:]
 ours = encode_text(check_text, ranks)
-assert ours == tok.encode(check_text)
+assert ours == tok.encode(check_text), "encode_text differs from the library: check your encode"
 assert decode(ours, dict(enumerate(vocab))) == tok.decode(ours) == check_text
 print(f"{len(check_text.encode())} bytes -> {len(ours)} tokens, identical to the library; "
       f"{len(check_text.encode()) / len(ours):.2f} bytes per token")
@@ -396,7 +398,8 @@ print("token 15496 is", gpt2.id_to_bytes(15496), "| token 995 is", gpt2.id_to_by
 gpt2_ranks = {token: i for i, token in enumerate(gpt2.ranks)}
 lines = text.splitlines()[:: max(1, len(text.splitlines()) // 200)]
 for line in lines:
-    assert encode_text(line, gpt2_ranks, GPT2_PATTERN) == gpt2.encode(line), line
+    assert encode_text(line, gpt2_ranks, GPT2_PATTERN) == gpt2.encode(line), (
+        f"your encode differs from tiktoken's GPT-2 on {line!r}: check the merge order")
 print(f"from-scratch encoder == tiktoken's GPT-2 on {len(lines)} lines")
 
 # %% [markdown]
@@ -497,9 +500,11 @@ plt.show()
 #
 # A trained tokenizer is saved as one plain JSON file (no pickle, so loading never runs
 # code). `identity` names it for cache folders: tokenized data is kept per tokenizer.
-# `token_bytes` (bytes per id, 0 for special tokens) turns a loss in nats per token into
-# **bits per byte**, a number that is comparable across tokenizers: it is the validation
-# metric of the training runs in lessons 04 and 09.
+# `token_bytes` (bytes per id, 0 for special tokens) turns a loss in nats per token (a
+# cross-entropy measured with the natural log) into **bits per byte**,
+# $\sum \text{loss} / (\ln 2 \cdot \sum \text{token bytes})$, a number that is comparable
+# across tokenizers: it is the validation metric of the training runs in lessons 04 and 09
+# (lesson 10 shows why).
 
 # %%
 folder = paths.cache_dir("lessons", "01_tokenizer", "demo")

@@ -25,12 +25,14 @@
 # 1. **scores**: how well each query matches each key;
 # 2. the **causal mask**: a token may only look back;
 # 3. **softmax** and the weighted sum of values;
-# 4. **multiple heads**, what the heads of a small *trained* model look at, and heads that
-#    share keys and values (GQA);
+# 4. **multiple heads**, and what the heads of a small *trained* model look at (a preview:
+#    it uses pieces sections 6 to 10 explain, so treat it as a black box for now);
 # 5. **sliding windows**, and how a GPU skips the tiles a window rules out;
-# 6. **RoPE**: positions as rotations (one pair, drawn), why the scores then depend only on
-#    distance, and how they fade with it;
-# 7. **QK-norm**: keeping scores in a range where softmax stays soft.
+# 6. heads that share keys and values (**GQA**);
+# 7. why attention alone cannot see order;
+# 8. **RoPE**: positions as rotations (one pair, drawn);
+# 9. why the scores then depend only on distance, and how they fade with it;
+# 10. **QK-norm**: keeping scores in a range where softmax stays soft.
 #
 # Each piece is written plainly first, then checked against `nanogpt_course`, whose
 # versions the model in lesson 03 uses.
@@ -82,16 +84,19 @@ vectors = torch.tensor([[0.1, 0.1, 0.1],   # the:  a little of everything
 query = vectors[3]  # "on"
 seen = vectors[:4]  # causal: "on" sees itself and the words before it
 scores = seen @ query
-weights = torch.softmax(scores / math.sqrt(3), dim=0)
+weights = torch.softmax(scores / math.sqrt(3), dim=0)  # why divide by √3: section 1
 for word, sc, w in zip(words, scores.tolist(), weights.tolist()):
     print(f"  'on' . {word!r:7} = {sc:.2f}   weight {w:.3f}")
 context = weights @ seen
 print(f"weights sum to {weights.sum():.3f}; the new vector for 'on' = {[round(v, 3) for v in context.tolist()]}")
 
 # %% [markdown]
-# "on" matches "sat" best (their vectors point in similar directions), so "sat" gets the
-# largest weight, and the output for "on" is pulled toward the action. "mats" gets no
-# weight at all: it comes later, and a language model may not look ahead (section 2).
+# Among the earlier words "on" matches "sat" best (their vectors point in similar
+# directions), so "sat" gets the largest weight after "on" itself (a vector always matches
+# itself well), and the output for "on" is pulled toward the action. The weights stay
+# close to even because 3-number vectors give small scores; a real model's larger vectors
+# give sharper ones. "mats" gets no weight at all: it comes later, and a language model
+# may not look ahead (section 2).
 # The rest of the lesson is this computation for every token at once, with learned
 # projections, several heads and positions.
 #
@@ -101,7 +106,8 @@ print(f"weights sum to {weights.sum():.3f}; the new vector for 'on' = {[round(v,
 # ("what do I contain?") and a **value** ("what do I pass on if chosen?"). The score of
 # query $i$ against key $j$ is their dot product, $s_{ij} = q_i \cdot k_j$.
 #
-# We divide by $\sqrt{D}$. Why: if the entries of $q$ and $k$ are independent with
+# We divide by $\sqrt{D}$, with $D$ the length of each query and key vector. Why: if the
+# entries of $q$ and $k$ are independent with
 # variance 1, their dot product is a sum of $D$ such products, so its variance is $D$.
 # Unscaled, scores grow with the head size and the softmax turns into a hard max.
 
@@ -437,7 +443,8 @@ print("masked softmax == attention.causal_attention(..., window=W)")
 
 # %% [markdown]
 # A dense (T, T) mask would cost $T^2$ memory again, so on a GPU the library never builds
-# one. Attention kernels work in tiles of 128 × 128; FlexAttention accepts a **block mask**
+# one. Attention kernels work in tiles of 128 × 128; PyTorch's FlexAttention, an attention
+# kernel that is told which tiles to compute, accepts a **block mask**
 # listing, for every row of tiles, which key tiles hold any visible entry and which are
 # completely visible (those need no masking at all). `sliding_window_block_mask` computes
 # that list from tile indices alone. For 2048 tokens and a window of 512:
@@ -458,8 +465,8 @@ plt.show()
 # 2.49e16 FLOPs with `SSSL` (a 512-token window at context 1024) scored 0.6552 validation
 # bits per byte, against 0.6575 with full context in every layer: no loss (one seed; seeds
 # differ by about 0.002). Whether they save *time* depends on the kernel: at context 2048 a
-# 1024-token window skips only a quarter of the causal tiles, and today's measured step is
-# no faster (docs/PERFORMANCE.md); the saving grows with the context.
+# 1024-token window skips only about a fifth of the causal tiles (28 of 136), and today's
+# measured step is no faster (docs/PERFORMANCE.md); the saving grows with the context.
 
 # %% [markdown]
 # ## 6. Sharing keys and values between heads (GQA)
@@ -467,9 +474,8 @@ plt.show()
 # During generation the model keeps every past key and value (lesson 03's KV cache), so
 # their size matters. **Grouped-query attention** keeps $H$ query heads but only
 # $H_{kv} < H$ key/value heads; each kv head serves a group of $H / H_{kv}$ query heads.
-# Query heads $h$ with the same $h \,//\, (H / H_{kv})$ share kv head number
-# $h \,//\, (H / H_{kv})$: with 4 query heads and 2 kv heads, heads 0 and 1 read kv head
-# 0, heads 2 and 3 read kv head 1.
+# Query head $h$ reads kv head $h \,//\, (H / H_{kv})$: with 4 query heads and 2 kv
+# heads, heads 0 and 1 read kv head 0, heads 2 and 3 read kv head 1.
 #
 # ### Exercise: grouped-query attention
 #
@@ -532,7 +538,8 @@ plt.show()
 # Follow one pair. Put the point $(1, 0)$ in pair $i$ and move the token along the
 # sequence: at position $m$ the point sits at angle $m\,\theta_i$ on the unit circle. The
 # fast pair 0 ($\theta_0 = 1$ radian per position) goes round in about 6 positions; a
-# slower pair needs hundreds:
+# slower pair needs more: pair 8 (0.1 radian) about 63, pair 16 about 630, the last pairs
+# tens of thousands:
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(8, 4))

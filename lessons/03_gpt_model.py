@@ -27,12 +27,14 @@
 # 1. the **depth knob**: one number sizes the model;
 # 2. the **residual stream**, drawn: where each part reads and writes;
 # 3. a **skeleton** GPT that runs end to end with empty blocks;
-# 4. the parts: **RMSNorm**, the **ReLU² MLP**, **attention** with value embeddings, the **block**;
-# 5. the **whole model**, checked against the library's on the same `state_dict`;
-# 6. the **logit softcap** and the **loss**;
-# 7. **counting parameters and FLOPs**;
-# 8. **training** your model, then **sampling** (temperature, top-k, top-p, streaming text);
-# 9. the **KV cache**, and how much faster it makes generation.
+# 4. the **ReLU² MLP**;
+# 5. **attention** as a module, with value embeddings;
+# 6. the **block**;
+# 7. the **whole model**, checked against the library's on the same `state_dict`;
+# 8. the **logit softcap** and the **loss**;
+# 9. and 10. **counting parameters**, then **FLOPs**;
+# 11. **training** your model; 12. **sampling** (temperature, top-k, top-p, streaming text);
+# 13. the **KV cache**, and how much faster it makes generation.
 #
 # **Run time**, measured on a shared 2-core CPU (load average about 1): `smoke` 6 s,
 # `laptop` 15 s (up to twice that on a busier machine). `full` (a 6-layer, 256-wide byte
@@ -118,7 +120,10 @@ print(f"head_dim {cfg.head_dim}, {cfg.n_head} query heads sharing {cfg.n_kv_head
 #   back to the raw tokens;
 # - **value embeddings**: every other layer (ending with the last) looks the tokens up in
 #   a second table and adds that vector to its attention *values*, scaled by a learned
-#   per-head gate $2\,\sigma(W_g\, x_{[:32]})$.
+#   per-head gate $2\,\sigma(W_g\, x_{[:32]})$. The gate starts at zero weights, so
+#   $2\sigma(0) = 1$: at initialization the value embedding is simply added, and training
+#   learns where to turn it up or down; 32 channels are enough to decide that, and keep the
+#   gate tiny.
 
 # %%
 def draw_residual_stream(ax):
@@ -220,7 +225,8 @@ print("RMS of each normed vector:", [round(v, 4) for v in rms_norm(xs).pow(2).me
 # After attention mixes information *between* positions, the MLP transforms each position
 # on its own: widen 4×, apply a nonlinearity, project back. The nonlinearity is
 # $\mathrm{relu}(x)^2$: zero for negatives, a parabola for positives. It is as cheap as a
-# ReLU and trained better than GELU in small-model speedruns.
+# ReLU and trained better than GELU in small-model speedruns (modded-nanogpt's races to
+# a target loss).
 
 # %%
 grid = torch.linspace(-3, 3, 200)
@@ -310,7 +316,8 @@ class CausalSelfAttention(nn.Module):
 #
 # A block first mixes the x0 side path into the stream, then adds attention's output, then
 # the MLP's, each reading a normed copy of the stream ("pre-norm"): the stream itself is
-# never normalized, so what one layer writes reaches every later layer unchanged.
+# never normalized, so what one layer writes reaches every later layer, only rescaled by
+# the $\lambda$'s.
 #
 # ### Exercise: one block's residual arithmetic
 #
@@ -463,8 +470,10 @@ print(f"initial loss {loss.item():.3f} (ln 256 = {math.log(256):.3f}); library p
 #
 # Where do the parameters live? Per layer: $C \cdot H D$ for the query and $C^2$ for the
 # output projection, $C \cdot H_{kv} D$ each for keys and values, $8C^2$ for the MLP. Plus
-# two vocabulary tables (token embedding and the untied output head), value embeddings on
-# every other layer, and a few scalars.
+# two vocabulary tables (token embedding and the untied output head), each with
+# `padded_vocab_size` rows; value embeddings on every other layer (ending with the last),
+# each a table of `padded_vocab_size` × $H_{kv} D$ plus its gate, a matrix of
+# $H_{kv} \times \min(32, C)$; and two scalars, $\lambda$ and $\mu$, per layer.
 #
 # ### Exercise: count the parameters from the config alone
 
@@ -513,7 +522,9 @@ for d in depths:
 # blocks grow like $12\,C^2 L$. With $V = 50{,}304$ and $C = 384$, one table (19M) is bigger than
 # all six blocks together (11M). They are cheap, though: a lookup costs no FLOPs, which is
 # why `estimate_flops()` leaves them out, and why parameter counts of small models with
-# value embeddings say little about their compute. As $C$ grows, the matrices win.
+# value embeddings say little about their compute. As $C$ grows, the matrices' share
+# grows (about 10% at d6, 22% at d12, 34% at d20); they overtake the value embeddings
+# only around d34, where $C \approx V / 24$.
 #
 # ## 10. Counting FLOPs
 #
@@ -528,7 +539,8 @@ for d in depths:
 # the window ($W = T$ at full context). Averaged over a sequence of $T$ that is
 # $W - W(W-1)/(2T)$: about $(T+1)/2$ at full context and about $0.75\,W$ when $W = T/2$.
 # `estimate_flops()` counts the full $W$ keys per query (the convention of FLOP counters
-# and of MFU figures), so its attention part overstates the work the causal mask leaves by
+# and of MFU figures, the share of the GPU's peak FLOPs a run actually uses), so its
+# attention part overstates the work the causal mask leaves by
 # up to 2×:
 
 # %%
@@ -540,8 +552,9 @@ for i, W in enumerate(cfg.window_sizes()):
 
 # %% [markdown]
 # PyTorch's FLOP counter measures a real forward + backward. Its matmul part matches
-# $6N$ exactly; the attention kernel on the CPU computes the whole masked (T, T) score
-# table, so the counter sees $W = T$ there whatever the mask:
+# $6N$ exactly. It has no formula for the CPU attention kernel, so it counts 0 FLOPs
+# there (on a GPU it counts flash attention's full $T \times T$ table); the last line
+# below shows what it adds beyond the matmuls:
 
 # %%
 from torch.utils.flop_counter import FlopCounterMode
@@ -557,6 +570,7 @@ print(f"FLOP counter, matmuls: {matmul_flops:,}")
 print(f"6 N tokens:            {6 * n_matmul * idx.numel():,}")
 print(f"estimate_flops() per token: {reference.estimate_flops():,} "
       f"(of which attention {reference.estimate_flops() - 6 * n_matmul:,})")
+print(f"FLOP counter beyond the matmuls: {counter.get_total_flops() - matmul_flops:,}")
 
 # %% [markdown]
 # ## 11. Train your model
@@ -583,6 +597,8 @@ print(f"{len(TEXT):,} characters, {len(data):,} bytes")
 
 # %%
 opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+# windows of at most 64 bytes keep the CPU training quick; the model never sees
+# positions past 64 here (sampling below goes further: that is extrapolation)
 block, BATCH = min(SEQ_LEN, 64), presets.choose(PRESET, smoke=8, laptop=16, full=32)
 start = time.perf_counter()
 for step in range(TRAIN_STEPS + 1):

@@ -25,6 +25,7 @@ is written to teach:
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import re
@@ -119,6 +120,8 @@ def max_diff(got: Any, expected: Any) -> float:
             return math.inf
         if got.shape != expected.shape:
             return math.inf
+        if (got.dtype == torch.bool) != (expected.dtype == torch.bool):
+            return math.inf  # a mask must be a mask: masked_fill and ~ need bool
         if got.numel() == 0:
             return 0.0
         if not (got.is_floating_point() or expected.is_floating_point()):
@@ -175,6 +178,29 @@ def _short(value: Any, width: int = 38) -> str:
     return _value(value, width)
 
 
+def _modified(now: Any, before: Any) -> bool:
+    """Whether the learner's copy of the inputs no longer equals the original (exactly;
+    NaN and inf entries equal themselves)."""
+    import torch
+
+    if isinstance(now, torch.Tensor) and isinstance(before, torch.Tensor):
+        if now.shape != before.shape or now.dtype != before.dtype:
+            return True
+        if now.is_floating_point() or now.is_complex():
+            same = torch.equal(now.isnan(), before.isnan()) and torch.equal(
+                torch.nan_to_num(now), torch.nan_to_num(before))
+            return not same
+        return not torch.equal(now, before)
+    if isinstance(now, dict) and isinstance(before, dict):
+        return now.keys() != before.keys() or any(_modified(now[k], before[k]) for k in now)
+    if isinstance(now, (list, tuple)) and isinstance(before, (list, tuple)):
+        return len(now) != len(before) or any(_modified(a, b) for a, b in zip(now, before))
+    try:
+        return bool(now != before) and not (now != now and before != before)  # NaN == NaN
+    except Exception:  # noqa: BLE001 - values that cannot be compared are not checked
+        return False
+
+
 def _first_differences(got: Any, expected: Any, tol: float, limit: int = 4) -> str:
     """Where two outputs differ, in words: the first differing entries for tensors and
     sequences, missing/extra keys for dicts, else both values."""
@@ -187,6 +213,8 @@ def _first_differences(got: Any, expected: Any, tol: float, limit: int = 4) -> s
             return (f"shape {tuple(got.shape)} but expected {tuple(expected.shape)}"
                     + ("" if got.dtype == expected.dtype else
                        f" (dtype {str(got.dtype)[6:]}, expected {str(expected.dtype)[6:]})"))
+        if (got.dtype == torch.bool) != (expected.dtype == torch.bool):
+            return f"dtype {str(got.dtype)[6:]} but expected {str(expected.dtype)[6:]}"
         if expected.numel() <= SMALL:
             return f"expected {_value(expected)}\n      got      {_value(got)}"
         g, e = got.detach().cpu().double(), expected.detach().cpu().double()
@@ -282,8 +310,11 @@ def run(key: str, fn: Callable) -> Report:
     rows, details, raised = [], [], {}
     for case in ex.cases():
         expected = ex.reference(*case.args, **case.kwargs)
+        # the learner's function gets its own copy: one that edits its input in place must
+        # not change what the next case (or the reference) sees, and is caught below
+        args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
         try:
-            got = fn(*case.args, **case.kwargs)
+            got = fn(*args, **kwargs)
         except NotImplementedError as err:
             return Report(key, rows, error=err)
         except Exception as err:  # the learner's bug: report it with the case, keep going
@@ -298,6 +329,10 @@ def run(key: str, fn: Callable) -> Report:
             diff = math.inf
             details.append((case.name, f"cannot compare the output ({type(err).__name__}: "
                                        f"{err}); expected {_value(expected, 80)}"))
+        if _modified(args, case.args) or _modified(kwargs, case.kwargs):
+            diff = math.inf
+            details.append((case.name, "your function modified its input in place; build "
+                                       "and return a new value instead"))
         ok = diff <= ex.tol
         rows.append((case.name, _short(expected), _short(got), diff, ok))
         if not ok and not (details and details[-1][0] == case.name):

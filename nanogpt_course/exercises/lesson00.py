@@ -19,6 +19,8 @@ def _cases() -> list[Case]:
         Case("all equal", (torch.zeros(4),)),
         Case("large logits", (torch.tensor([1000.0, 1001.0, 999.0]),)),
         Case("batch (2, 5)", (torch.randn(2, 5, generator=g),)),
+        # one row's max must not be subtracted from another row (x.max() without dim)
+        Case("rows of different scale", (torch.tensor([[1.0, 2.0, 3.0], [1000.0, 1001.0, 999.0]]),)),
     ]
 
 

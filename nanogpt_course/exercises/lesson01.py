@@ -62,7 +62,15 @@ def _encode_cases() -> list[Case]:
         Case("unseen text", ("xyz qqq", ranks)),
         Case("whole sentence", (_TEXT, ranks)),
         Case("emoji", ("🙂 the mat", ranks)),
+        # merge order matters here (a greedy longest match or a leftmost-first rule fails)
+        Case("lowest rank first: 'abc'", ("abc", _bytes_plus({b"bc": 256, b"ab": 257}))),
+        Case("left to right: 'aaa'", ("aaa", _bytes_plus({b"aa": 256}))),
     ]
+
+
+def _bytes_plus(merges: dict[bytes, int]) -> dict[bytes, int]:
+    """The 256 single bytes plus ``merges`` (a hand-made vocabulary)."""
+    return {bytes([b]): b for b in range(256)} | merges
 
 
 def _decode_cases() -> list[Case]:
