@@ -155,6 +155,35 @@ def test_raising_answer_is_reported_per_case(tensor_exercise):
     assert [ok for *_, ok in report.rows] == [True, False, True]  # the other cases still ran
 
 
+def test_answer_that_edits_its_input_fails_and_cannot_corrupt_other_cases(tensor_exercise):
+    import torch
+
+    seen = []
+
+    def doubles_in_place(x):
+        if not hasattr(x, "shape"):
+            return []
+        seen.append(x)
+        return x.mul_(2)  # right values, but the caller's tensor is changed
+
+    report = exercises.run(tensor_exercise, doubles_in_place)
+    assert [ok for *_, ok in report.rows] == [False, False, True]
+    assert any("modified its input in place" in text for _, text in report.details)
+    original = exercises.get(tensor_exercise).cases()[0].args[0]
+    torch.testing.assert_close(original, torch.tensor([1.0, 2.0, 3.0]))
+    assert all(x is not case.args[0] for x, case in zip(seen, exercises.get(tensor_exercise).cases()))
+
+
+def test_mask_must_keep_its_bool_dtype():
+    import torch
+
+    mask = torch.tensor([[True, False], [True, True]])
+    assert exercises.max_diff(mask.clone(), mask) == 0
+    assert exercises.max_diff(mask.long(), mask) == float("inf")  # ~ and masked_fill need bool
+    assert exercises.max_diff(mask.float(), mask) == float("inf")
+    assert exercises.max_diff(torch.tensor([1, 2]), torch.tensor([1, 2])) == 0
+
+
 def test_hints_come_in_tiers(tensor_exercise, capsys):
     assert exercises.hint(tensor_exercise).startswith("hint 1 of 3: each entry")
     assert exercises.hint(tensor_exercise).startswith("hint 2 of 3: multiply")
