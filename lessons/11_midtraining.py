@@ -33,11 +33,12 @@
 # The base model is the one shipped with the course (`nanogpt_course/models/base`) when it is
 # there; otherwise a tiny base model is trained once (seconds) and cached.
 #
-# **Run time**, measured under nbval on a shared 2-core CPU (load average 4–5) with the
-# tiny base model already cached and the data mirror: `smoke` 8–15 s, `laptop` 32 s, kernel
-# start included (the very first run also trains and caches the tiny model). `full` is an
-# estimate: about 3 minutes on a CPU. With a larger base model (the shipped one) the step
-# count is cut to a fixed compute budget per preset (`SIZE`); its times are not measured.
+# **Run time** with the shipped base model and the data mirror, on a shared 2-core CPU
+# (load average about 1.5): `smoke` about 18 s, `laptop` about 75 s (49 training steps,
+# 51 s of them). The step count is cut to a fixed compute budget per preset (`SIZE`);
+# `full` is an estimate from it: about 800 steps at about a second each, some 14 minutes
+# on a CPU. Without the shipped model a tiny base model is trained once (seconds) and
+# cached, and everything is faster.
 
 # %%
 import json
@@ -109,7 +110,9 @@ print("".join(f"[{tok.decode([i])}]" if m else tok.decode([i]) for i, m in zip(i
 # In training, the targets are the ids shifted by one, with -1 (ignored by the loss) where
 # the mask of the *next* token is 0 (lesson 07 built `sft_targets`).
 #
-# **Exercise.** Render a conversation with its mask from scratch: start with `[bos]`/`[0]`;
+# **Exercise.** Render a conversation with its mask from scratch: start with
+# `[tokenizer.bos_id]`/`[0]` (the BOS token's name depends on the tokenizer: `<|bos|>` in
+# the course's, `<|endoftext|>` in GPT-2's, which the checker uses);
 # for each message append the header `[<|im_start|>] + encode(role + "\n")`, the body
 # `encode(content) + [<|im_end|>]` and `encode("\n")`; the mask is 1 on the body of assistant
 # messages only. `tokenizer.encode_special("<|im_start|>")` gives a special token's id.
@@ -144,10 +147,13 @@ print(json.dumps(identity.identity_conversations(1, seed=SEED)[0], indent=1))
 
 
 # %% [markdown]
-# We take a few hundred conversations of each part (the full mixture is what
-# `python -m nanogpt_course.train --mode mid-training` uses). The trainer cuts a conversation
-# longer than the context; the held-out ones are chosen among those that fit whole, so that
-# every answer (MMLU's letter, GSM8K's `#### N`) is in what we measure.
+# We take up to 150 (`smoke`), 1,000 (`laptop`) or 5,000 (`full`) conversations of each part
+# (MMLU dev has only 285; the full mixture is what
+# `python -m nanogpt_course.train --mode mid-training` uses). The trainer continues a
+# conversation longer than a row over the next rows, but our evaluation renders one
+# conversation per row and truncates at the context, so the held-out ones are chosen among
+# those that fit whole: every answer (MMLU's letter, GSM8K's `#### N`) is in what we
+# measure.
 
 # %%
 def first(iterable, n: int) -> list:
@@ -219,13 +225,14 @@ print(tok.decode(tok.render_chat(parts.get("mmlu_dev", parts.get("maths", [[]]))
 # ## 3. Before: assistant-token bits per byte
 #
 # How well does the base model already predict the assistant's words? Bits per byte (lesson
-# 10) over the **assistant tokens only**: the same masked targets as in training, so the
-# number says how well the model would answer, not how well it predicts questions.
+# 10) over the **assistant tokens only**: the masked targets of training, except
+# `<|im_end|>`, which has no bytes, so the number says how well the model would answer,
+# not how well it predicts questions.
 #
 # **Exercise.** From per-token losses `(B, T)` in nats, targets `(B, T)` with -1 where not
 # learned, and `token_bytes (V,)` (UTF-8 bytes of each id, 0 for special tokens): sum the
 # losses of the targets that count (>= 0 and with at least one byte), convert to bits and
-# divide by their total bytes.
+# divide by their total bytes. Return a Python float (`float(...)`).
 
 
 # %%
@@ -281,11 +288,16 @@ print("base model, assistant-token bits per byte on held-out conversations: " +
 # (no warmup, a warmdown to zero). On the command line, with the full TaskMixture:
 #
 # ```
-# python -m nanogpt_course.train --mode mid-training --checkpoint runs/my_base
+# python -m nanogpt_course.train --mode mid-training --checkpoint runs/09_pretrain/laptop-pretraining-d4
 # ```
 #
-# Here we write our conversations to a `.jsonl` file (one `{"messages": [...]}` per line) and
-# use `--mode sft`, the same machinery on your own chat file.
+# (the folder lesson 09's `laptop` run writes; any base checkpoint works). Here we write our
+# conversations to a `.jsonl` file (one `{"messages": [...]}` per line) and use
+# `--mode sft`, the same machinery on your own chat file. Two choices differ from the
+# command line: rows of at most 256 tokens (fewer tokens per step, for CPU speed) and
+# explicit learning rates `LRS` (matrix 0.02, embeddings 0.3, unembedding 0.008, scalars
+# 0.5, no weight decay): the depth rules are anchored at 2^19-token batches and give
+# rates half as large at 4,096 tokens per step, too timid for a few dozen steps.
 
 # %%
 work = Path(tempfile.mkdtemp(prefix="lesson11-"))
@@ -299,7 +311,7 @@ cfg = TrainConfig(mode="sft", checkpoint=str(base_path), data=str(chat_file), ou
 result = train(cfg, echo=False)
 print(f"mid-trained {result.step} steps of {ROWS} rows of {SEQ} tokens: final training loss "
       f"{result.final_loss:.3f}, checkpoint {result.checkpoint.name}")
-chat = load_chat_model(result.out, device="cpu", kind="chat")
+chat = load_chat_model(result.out, device="cpu")  # its meta says it is a chat model
 
 # %% [markdown]
 # ## 5. After: the same held-out conversations
@@ -322,12 +334,14 @@ plt.legend()
 plt.show()
 
 # %% [markdown]
-# Every part falls. The identity conversations fall to almost nothing: they come from a
-# handful of templates, so the held-out ones repeat sentences seen in training (a held-out
-# set measures generalization only when it differs from the training data). MMLU's answer is
-# a single letter whose format is learned in a few steps. With the tiny base model's
-# 128-token context hardly any GSM8K conversation fits whole, so that bar rests on very few
-# conversations (or is missing); the shipped model's longer context fixes that.
+# At `laptop` and `full` every part falls (`smoke`'s two steps are too few: a part can even
+# rise). The identity conversations fall to almost nothing: they come from a handful of
+# templates, so the held-out ones repeat sentences seen in training (a held-out set
+# measures generalization only when it differs from the training data). MMLU's measured
+# answer is a single letter: guessing uniformly among A-D costs $\log_2 4 = 2$ bits, so
+# compare its bar with 2 before reading anything into it. (With the tiny fallback base
+# model's 128-token context hardly any GSM8K conversation fits whole, so that bar would
+# rest on very few conversations; the shipped model's 512 tokens fit them.)
 #
 # ## 6. ChatCORE before and after
 #
@@ -359,17 +373,17 @@ else:
 #
 # The same prompts, greedy, in the chat template, before and after. The base model has never
 # seen `<|im_start|>assistant`: it continues with whatever text its pretraining suggests.
-# After mid-training it answers like the assistant in its data, in sentences (a tiny model
-# repeats the identity answer it saw most, and its arithmetic is wrong); generation stops at
-# `<|im_end|>` or after 48 tokens.
+# After mid-training it answers like the assistant in its data, in sentences; a model this
+# small answers almost everything with the identity sentence it saw most. Generation stops
+# at `<|im_end|>` (not printed) or after 48 tokens.
 
 # %%
 def reply(model, question: str, max_tokens: int = 48) -> str:
     """Greedy reply of ``model`` to one user message, up to <|im_end|>."""
     prompt = tok.render_for_completion([{"role": "user", "content": question}])
-    out = list(generate(model, prompt, max_tokens, temperature=0,
-                        stop=[tok.encode_special(IM_END)]))
-    return tok.decode(out)
+    stop = tok.encode_special(IM_END)
+    out = list(generate(model, prompt, max_tokens, temperature=0, stop=[stop]))
+    return tok.decode(out[:-1] if out and out[-1] == stop else out)  # the stop token ends it
 
 
 for question in ["Hello!", "Who are you?", "What is 4 plus 3?",
@@ -383,6 +397,7 @@ for question in ["Hello!", "Who are you?", "What is 4 plus 3?",
 #
 # Lesson 12 chats with a mid-trained model: sampling knobs, the KV cache and three chat
 # front ends. To mid-train your own base model on the full TaskMixture:
-# `python -m nanogpt_course.train --mode mid-training --checkpoint runs/my_base`, score it with
-# `python -m nanogpt_course.eval chatcore` (see `--help`) and pass its run folder as
-# `CHECKPOINT` in lesson 12.
+# `python -m nanogpt_course.train --mode mid-training --checkpoint
+# runs/09_pretrain/laptop-pretraining-d4 --out runs/my_chat`, score it with
+# `python -m nanogpt_course.eval chatcore --checkpoint runs/my_chat` and pass its run folder
+# as `CHECKPOINT` in lesson 12.

@@ -68,6 +68,6 @@ exercise("11_midtraining.render_with_mask", render_with_mask, _render_cases, tol
               "encode(role + '\\n'), body = encode(content) + [im_end], then encode('\\n'); "
               "the mask is 1 on the body of assistant messages only")
 exercise("11_midtraining.assistant_bits_per_byte", assistant_bits_per_byte, _bpb_cases,
-         tol=1e-9,
+         tol=1e-6,  # float32 sums are fine (the lesson's own check uses rtol 1e-6)
          hint="bytes = token_bytes[targets.clamp(min=0)] where targets >= 0, else 0; sum the "
               "losses where bytes > 0; divide by ln(2) and by the total bytes")
