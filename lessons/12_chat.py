@@ -167,8 +167,9 @@ plt.show()
 # ## 4. Top-k and top-p
 #
 # Temperature reshapes the whole distribution; the long tail of unlikely tokens keeps some
-# mass, and a few hundred unlikely tokens together get sampled surprisingly often. Two
-# filters cut the tail before sampling:
+# mass, and where the model is unsure, thousands of unlikely tokens together get sampled
+# surprisingly often (the cell below prints the mass outside the 50 most likely tokens).
+# Two filters cut the tail before sampling:
 #
 # - **top-k** keeps the $k$ most likely tokens (lesson 03 built it);
 # - **top-p** (nucleus) keeps the smallest set of most likely tokens whose probability
@@ -177,7 +178,8 @@ plt.show()
 # **Exercise.** Write the nucleus filter. Sort the logits in descending order, compute the
 # probabilities and, for each token, the probability mass of the tokens strictly before it;
 # drop a token when that mass already reaches `p` (so the top token always stays), and put
-# the mask back in vocabulary order. Dropped logits become `-inf`.
+# the mask back in vocabulary order. Dropped logits become `-inf`. With `p >= 1` keep
+# everything (in float32 the running sum can reach 1.0 before the last token).
 
 
 # %%
@@ -200,12 +202,14 @@ flat_logits = next_token_logits(base_model.model, text_ids)
 for name, lg in [("chat model, first reply token", logits),
                  ("base model, mid-sentence", flat_logits)]:
     kept = [int(torch.isfinite(top_p_filter(lg, p)).sum()) for p in (0.5, 0.9, 0.99)]
-    print(f"{name:32s} tokens kept at p = 0.5 / 0.9 / 0.99: {kept}")
+    tail = 1 - lg.softmax(-1).sort(descending=True).values[:50].sum()
+    print(f"{name:32s} tokens kept at p = 0.5 / 0.9 / 0.99: {kept}; "
+          f"mass outside the top 50: {tail:.3f}")
 
 plt.figure(figsize=(6, 3))
 for name, lg in [("chat, first reply token", logits), ("base, mid-sentence", flat_logits)]:
     sorted_p = lg.softmax(-1).sort(descending=True).values
-    plt.plot(range(1, 101), sorted_p.cumsum(0)[:100], label=name)
+    plt.plot(range(1, len(sorted_p) + 1), sorted_p.cumsum(0), label=name)
 plt.axhline(0.9, color="gray", lw=0.5, ls="--")
 plt.xscale("log")
 plt.xlabel("number of most likely tokens")
@@ -264,9 +268,9 @@ assert with_cache == without
 print("same 24 greedy tokens with and without the cache:", repr(tok.decode(with_cache)))
 
 # %% [markdown]
-# The tiny chat model's context (128 tokens) is too short for the difference to matter, so
-# we time a randomly initialized model with a longer context instead (speed does not depend
-# on what the weights learned). Each step's time is recorded as the sequence grows.
+# To see the effect clearly we time a randomly initialized model of a size we choose
+# instead of the chat model (speed does not depend on what the weights learned). Each
+# step's time is recorded as the sequence grows.
 
 
 # %%
@@ -333,6 +337,9 @@ plt.show()
 # without its question).
 #
 # **Exercise.** Write it: return the rendered prompt ids and the number of dropped messages.
+# A prompt that fits exactly (prompt + reply budget == context) fits. If only the newest
+# message is left and it still does not fit, raise a `ValueError` (the library raises its
+# subclass `PromptTooLong`).
 
 
 # %%
@@ -347,7 +354,8 @@ fit_context = exercises.check("12_chat.fit_context", fit_context)
 
 # %% [markdown]
 # `Conversation` (used by all three front ends) applies it before every reply and records
-# a notice when it dropped something. With a small context the notice appears quickly:
+# a notice when it dropped something. With short replies the model's context holds many
+# turns; in a long chat the notice appears once it fills up:
 
 # %%
 conversation = Conversation(chat_model, system="You are a tiny model.",
@@ -377,8 +385,8 @@ ui
 # %%
 first = ui.say("Hello!")
 second = ui.say("What is 2 plus 3?")
-print(f"\n{len(ui.messages)} messages in the conversation, the last reply has "
-      f"{len(tok.encode(second))} tokens")
+print(f"\n{len(ui.messages)} messages in the conversation, the last reply is about "
+      f"{len(tok.encode(second))} tokens (re-encoded from its text)")
 roles = [m["role"] for m in ui.messages]
 # two exchanges, unless the context was full and the oldest one was dropped (a notice says so)
 assert roles in (["user", "assistant"] * 2, ["user", "assistant"]), roles
@@ -417,7 +425,9 @@ assert run.returncode == 0, run.stderr
 #
 # ## What next
 #
-# Train your own: `python -m nanogpt_course.train --mode all --depth 6` (lesson 09 shows the
-# full run), then chat with it by passing its run folder as `CHECKPOINT` above. Try the
+# Train your own: lesson 09 with `PRESET=laptop` and `MODE=all` trains a small base model
+# and mid-trains it on the CPU (`python -m nanogpt_course.train --mode all --depth 6` is the
+# GPU-scale version: FineWeb-Edu, the GPT-2 tokenizer, context 2048), then chat with it by
+# passing its run folder as `CHECKPOINT` above. Try the
 # sampling knobs on a bigger model: the difference between temperature 0.5 and 1.0 is far
 # easier to hear when the model has something to say.

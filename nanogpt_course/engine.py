@@ -130,7 +130,10 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter: keep the smallest set of most likely tokens whose probability sums
-    to at least ``p`` (always at least the top token); the rest become -inf."""
+    to at least ``p`` (always at least the top token); the rest become -inf. ``p >= 1``
+    keeps everything (the cumulative sum in float32 can reach 1 before the last token)."""
+    if p >= 1.0:
+        return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of strictly better tokens

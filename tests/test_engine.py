@@ -100,6 +100,10 @@ def test_top_p_filter_keeps_smallest_nucleus():
     assert kept(0.81) == [0, 2, 3]
     assert kept(1.0) == [0, 1, 2, 3]
     assert kept(0.01) == [0]  # never empty
+    # a full vocabulary: the float32 running sum reaches 1.0 before the last token, so
+    # without the p >= 1 rule thousands of tokens would be dropped at p = 1
+    wide = torch.randn(50257, generator=torch.Generator().manual_seed(0)) * 3
+    assert torch.isfinite(engine.top_p_filter(wide, 1.0)).all()
 
 
 def test_sample_next_token_modes():

@@ -86,7 +86,11 @@ def _fit_cases() -> list[Case]:
     return [Case("everything fits", (tok, [system] + turns[:2] + [last], 512, 64)),
             Case("drop old turns", (tok, turns + [last], 128, 32)),
             Case("keep the system message", (tok, [system] + turns + [last], 96, 32)),
-            Case("reply budget is capped at half", (tok, turns + [last], 200, 1000))]
+            Case("reply budget is capped at half", (tok, turns + [last], 200, 1000)),
+            # exactly full: prompt + reply budget == context still fits (nothing dropped)
+            Case("exactly full", (tok, [system] + turns[:2] + [last],
+                                  len(tok.render_for_completion([system] + turns[:2] + [last]))
+                                  + 32, 32))]
 
 
 exercise("12_chat.top_p_filter", top_p_filter, _top_p_cases, tol=0.0, compare=_compare_filtered,
