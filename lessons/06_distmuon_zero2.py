@@ -473,15 +473,18 @@ for name, b in report["grad_bytes"].items():
 # one a rank would hold up to $W - 1$ extra zeros of padding). Our 40 lines leave out
 # what the library adds: Muon's whole-matrix slabs, small tensors bundled into one
 # all-reduce, buckets launched in the order gradients complete, a bound on the collectives
-# in flight, gradient accumulation (each micro-step's backward reduce-scatters and the
+# in flight (on GPUs NCCL keeps each send buffer alive until its kernel runs, so unbounded
+# buckets in flight would hold every full gradient again), gradient accumulation (each micro-step's backward reduce-scatters and the
 # owned chunk is *added* into an accumulator), clipping with the global norm, and the
 # checkpoints' resharding.
 #
 # ## 5. Communication overlaps backward
 #
-# Here is the library's recorded log of one step on rank 0 as a timeline: the ticks on
-# the first row are the hooks (a gradient is ready), the second row the reduce-scatters
-# being launched, the shaded band the backward pass. Every reduce-scatter leaves *while
+# Here is the library's recorded log of one step on rank 0 as a timeline, four rows: the
+# hooks (a gradient is ready), the reduce-scatters being launched, the moments the
+# optimizer step *waited for* a reduce-scatter to finish before updating its shard, and
+# the all-gathers launched to send the updated shards back; the shaded band is the
+# backward pass. Every reduce-scatter leaves *while
 # backward is still running*. (PyTorch's DDP overlaps its all-reduces the same way; our
 # short `allreduce_step` above does not, to stay short. What ZeRO-2 adds is that each rank
 # then keeps only its own shard.)
