@@ -174,6 +174,24 @@ def test_answer_that_edits_its_input_fails_and_cannot_corrupt_other_cases(tensor
     assert all(x is not case.args[0] for x, case in zip(seen, exercises.get(tensor_exercise).cases()))
 
 
+def test_input_comparison_is_exact_and_skips_objects_without_a_value():
+    import copy
+
+    import numpy as np
+    import torch
+
+    class Helper:  # e.g. a tokenizer passed to the function: compares by identity
+        pass
+
+    helper = Helper()
+    assert not exercises._modified(copy.deepcopy(helper), helper)
+    assert not exercises._modified(np.array([1.0, np.nan]), np.array([1.0, np.nan]))
+    assert exercises._modified(np.array([1.0, 2.0]), np.array([1.0, 3.0]))
+    assert not exercises._modified(torch.tensor([float("nan"), float("inf")]),
+                                   torch.tensor([float("nan"), float("inf")]))
+    assert exercises._modified([1, {"a": 2}], [1, {"a": 3}])
+
+
 def test_mask_must_keep_its_bool_dtype():
     import torch
 

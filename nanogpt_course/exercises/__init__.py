@@ -180,7 +180,10 @@ def _short(value: Any, width: int = 38) -> str:
 
 def _modified(now: Any, before: Any) -> bool:
     """Whether the learner's copy of the inputs no longer equals the original (exactly;
-    NaN and inf entries equal themselves)."""
+    NaN and inf entries equal themselves). Tensors, arrays, containers and plain values
+    are compared; other objects (a tokenizer) are not: a deep copy of one need not compare
+    equal to it."""
+    import numpy as np
     import torch
 
     if isinstance(now, torch.Tensor) and isinstance(before, torch.Tensor):
@@ -195,10 +198,12 @@ def _modified(now: Any, before: Any) -> bool:
         return now.keys() != before.keys() or any(_modified(now[k], before[k]) for k in now)
     if isinstance(now, (list, tuple)) and isinstance(before, (list, tuple)):
         return len(now) != len(before) or any(_modified(a, b) for a, b in zip(now, before))
-    try:
-        return bool(now != before) and not (now != now and before != before)  # NaN == NaN
-    except Exception:  # noqa: BLE001 - values that cannot be compared are not checked
-        return False
+    if isinstance(now, np.ndarray) and isinstance(before, np.ndarray):
+        return now.shape != before.shape or not np.array_equal(
+            now, before, equal_nan=now.dtype.kind in "fc")
+    if isinstance(now, (int, float, complex, str, bytes, type(None))):
+        return now != before and not (now != now and before != before)  # NaN == NaN
+    return False
 
 
 def _first_differences(got: Any, expected: Any, tol: float, limit: int = 4) -> str:
