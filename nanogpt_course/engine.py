@@ -151,7 +151,7 @@ def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0,
     logits = logits.float() / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
-    if top_p is not None and top_p < 1.0:
+    if top_p is not None:  # the filter itself keeps everything at top_p >= 1
         logits = top_p_filter(logits, top_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
