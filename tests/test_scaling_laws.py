@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +317,27 @@ def test_time_budget_does_not_stop_before_a_run_that_will_be_refused(tmp_path, t
     assert [(r["run_id"], r["status"]) for r in rows] == [("d1-c1e+09", "ok"),
                                                           ("d1-c1e+14", "refused")]
     assert sweep.pending(cfg) == []
+
+
+def test_time_budget_predicts_a_run_from_the_flop_rate_of_its_own_depth(tmp_path, tiny_data,
+                                                                       monkeypatch):
+    """A tiny model runs far fewer FLOPs per second than a larger one, so the slowest rate
+    of any depth would stop the sweep before runs that fit: d2 at 1e12 FLOPs takes ~1 s at
+    d2's measured 1e12 FLOP/s and must start; d1 at 1e12 (1,000 s at 1e9 FLOP/s) must not."""
+    rate = {1: 1e9, 2: 1e12}
+    ran = []
+
+    def fake_run_one(cfg, depth, budget, *, epoch_tokens, launch):
+        ran.append((depth, budget))
+        return {"run_id": cfg.run_id(depth, budget), "status": "ok", "depth": depth,
+                "budget_flops": budget, "flops": budget, "wall_s": budget / rate[depth],
+                "val_bpb": 1.0}
+
+    monkeypatch.setattr(sweep, "run_one", fake_run_one)
+    cfg = _config(tmp_path, tiny_data, depths=[2, 1], budgets=[1e9, 1e12], time_budget_s=100,
+                  started_at=time.perf_counter())
+    sweep.run_sweep(cfg, epoch_tokens=0)
+    assert ran == [(2, 1e9), (1, 1e9), (2, 1e12)]
 
 
 def test_three_sizes_per_budget_give_no_bootstrap_interval():

@@ -377,7 +377,9 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
     """Run every pending pair, one after another in this thread (by default) or
     ``cfg.parallel`` at a time, appending a row as each ends; returns the rows written by
     this call. With ``time_budget_s``, starts no run that would end past it (predicted from
-    the slowest FLOP rate of this call's runs). Parallel runs share the device, so their
+    the slowest FLOP rate this call measured at that depth, or at any depth if none yet: a
+    depth's FLOP rate hardly depends on its budget, but a tiny model runs far fewer FLOPs
+    per second than a large one). Parallel runs share the device, so their
     ``wall_s`` is not a speed measurement; the validation numbers are unaffected."""
     if cfg.parallel > 1 and launch is not subprocess_launcher:
         raise ValueError("parallel runs need the subprocess launcher (one process per run)")
@@ -387,13 +389,14 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
     say(f"{total - len(queue)} of {total} runs already in {cfg.results}; {len(queue)} to go"
         + (f"; {cfg.parallel} at a time" if cfg.parallel > 1 else ""))
     t0 = cfg.started_at if cfg.started_at is not None else time.perf_counter()
-    rates, written = [], []
+    rates: dict[int, list[float]] = {}  # depth -> FLOP rates of this call's finished runs
+    written = []
 
     def fits(depth: int, budget: float) -> bool:
         elapsed = time.perf_counter() - t0
         if cfg.time_budget_s is None or not rates or refused(cfg, depth, budget, epoch_tokens):
             return True  # a refusal is recorded at once: it needs no time
-        predicted = budget / min(rates)
+        predicted = budget / min(rates.get(depth) or min(rates.values()))
         if elapsed + predicted <= cfg.time_budget_s:
             return True
         say(f"stopping: d{depth} at {budget:.3g} FLOPs would need ~{predicted:.0f} s and "
@@ -405,7 +408,7 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
         append_row(cfg.results, row)
         written.append(row)
         if row["status"] == "ok" and row.get("wall_s"):
-            rates.append(row["flops"] / row["wall_s"])
+            rates.setdefault(int(row["depth"]), []).append(row["flops"] / row["wall_s"])
         detail = (f"val {row['val_bpb']:.4f} bpb, {row['wall_s']:.0f} s"
                   if row["status"] == "ok" and row.get("val_bpb") is not None
                   else row.get("error", ""))
