@@ -36,6 +36,10 @@ import torch.nn.functional as F
 
 BACKENDS = ("auto", "sdpa", "flex", "mask")
 FLEX_BLOCK_SIZE = 128  # FlexAttention's tile: the block mask is defined at this granularity
+# Tile sizes, warps and pipeline stages of FlexAttention's Triton kernels (its
+# ``kernel_options``, e.g. {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}); None keeps
+# torch's own choice. bench/bench_attention.py times the candidates on a GPU.
+FLEX_KERNEL_OPTIONS: dict | None = None
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -212,18 +216,23 @@ def flex_attention(q, k, v, block_mask):
     from torch.nn.attention.flex_attention import flex_attention as flex
 
     gqa = q.shape[1] != k.shape[1]
-    if q.device.type != "cuda" or torch.compiler.is_compiling():
+    if q.device.type != "cuda":
         return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    opts = {} if FLEX_KERNEL_OPTIONS is None else {"kernel_options": dict(FLEX_KERNEL_OPTIONS)}
+    if torch.compiler.is_compiling():
+        return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa, **opts)
     global FLEX_SHAPES
     try:
-        return _compiled_flex_fn(FLEX_SHAPES)(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+        return _compiled_flex_fn(FLEX_SHAPES)(q, k, v, block_mask=block_mask, enable_gqa=gqa,
+                                              **opts)
     except Exception as err:
         if FLEX_SHAPES != "dynamic":
             raise
         warnings.warn(f"FlexAttention with dynamic shapes failed ({type(err).__name__}: "
                       f"{err}); compiling it per shape instead", RuntimeWarning, stacklevel=2)
         FLEX_SHAPES = "static"
-        return _compiled_flex_fn("static")(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+        return _compiled_flex_fn("static")(q, k, v, block_mask=block_mask, enable_gqa=gqa,
+                                           **opts)
 
 
 def causal_attention(q, k, v, *, window: int | None = None, backend: str = "auto",
