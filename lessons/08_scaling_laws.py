@@ -405,8 +405,15 @@ except ValueError as err:
 # trained on 35-104 tokens per parameter). That is a finding, not a failure: at these
 # sizes this recipe wants far more tokens per parameter than Chinchilla's 20, and the
 # corpus (90M tokens) is too small for
-# the smaller neighbour each optimum needs within one epoch. `data/scaling/README.md` gives
-# the next grid (bigger budgets, up to 4 epochs) and why repeating data that much is fine.
+# the smaller neighbour each optimum needs within one epoch. So the second GPU sweep,
+# `gpu_offline_4ep.csv` (one H200), raises the budgets to 1e15 and 2e15 (3e15 is still to
+# run) and allows up to 4 passes over the data (repeating data that often costs almost
+# nothing; `data/scaling/README.md` says why). It has what the first lacked: both budgets'
+# best depth, d3, is interior, at 25-35 tokens per parameter. Its curves also show a trap:
+# d4 and d5 train for only 135-269 optimizer steps at these budgets, and d5 even gets
+# *worse* with twice the compute. A scaling sweep measures the recipe as much as the model.
+# (It ran after the data pipeline stopped cutting documents, so its losses are lower than
+# the first sweep's for reasons that have nothing to do with size.)
 
 # %%
 root = paths.repo_root()
