@@ -48,3 +48,13 @@ def test_dry_run_writes_every_row(tmp_path):
     assert all("error" not in r and r["fwd_bwd_ms"] > 0 for r in rows)
     assert rows[2]["max_abs_diff"] == 0.0  # the window row is its own reference
 
+
+
+def test_a_candidate_that_changes_the_output_is_marked_invalid():
+    rows = [{"name": "sdpa_causal", "fwd_bwd_ms": 2.0},
+            {"name": "ok", "fwd_bwd_ms": 1.5, "max_abs_diff": 0.0},
+            {"name": "nan", "fwd_bwd_ms": 1.0, "max_abs_diff": float("nan")},
+            {"name": "far", "fwd_bwd_ms": 1.0, "max_abs_diff": 0.5}]
+    out = bench_attention.annotate(rows, "d12")
+    assert [r.get("invalid", False) for r in out] == [False, False, True, True]
+    assert out[1]["vs_sdpa_causal"] == 0.75 and all(r["shape"] == "d12" for r in out)
