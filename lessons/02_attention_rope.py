@@ -466,7 +466,10 @@ plt.show()
 # bits per byte, against 0.6575 with full context in every layer: no loss (one seed; seeds
 # differ by about 0.002). Whether they save *time* depends on the kernel: at context 2048 a
 # 1024-token window skips only about a fifth of the causal tiles (28 of 136), and today's
-# measured step is no faster (docs/PERFORMANCE.md); the saving grows with the context.
+# measured step is no faster: FlexAttention computes a tile at about 73% of the rate of the
+# flash kernel that full-context layers use, so on an H200 a windowed layer's attention
+# costs 1.19× a full-context one (docs/PERFORMANCE.md). The saving grows with the context
+# and with shorter windows.
 
 # %% [markdown]
 # ## 6. Sharing keys and values between heads (GQA)
