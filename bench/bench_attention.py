@@ -235,7 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=None, help="default: half the sequence")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="three candidates, no other block sizes")
+    p.add_argument("--quick", action="store_true",
+                   help=f"only the candidates {', '.join(QUICK)}; no other mask block")
     p.add_argument("--autotune", action="store_true",
                    help="also let Inductor's max-autotune choose the tiles (minutes of compile)")
     p.add_argument("--dry-run", action="store_true",

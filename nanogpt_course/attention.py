@@ -215,24 +215,23 @@ def flex_attention(q, k, v, block_mask):
     materializes the full score matrix and is only fit for tests). q: (B, H, T, D)."""
     from torch.nn.attention.flex_attention import flex_attention as flex
 
-    gqa = q.shape[1] != k.shape[1]
+    kwargs = {"block_mask": block_mask, "enable_gqa": q.shape[1] != k.shape[1]}
     if q.device.type != "cuda":
-        return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
-    opts = {} if FLEX_KERNEL_OPTIONS is None else {"kernel_options": dict(FLEX_KERNEL_OPTIONS)}
+        return flex(q, k, v, **kwargs)
+    if FLEX_KERNEL_OPTIONS is not None:  # Triton tile options: CUDA kernels only
+        kwargs["kernel_options"] = dict(FLEX_KERNEL_OPTIONS)
     if torch.compiler.is_compiling():
-        return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa, **opts)
+        return flex(q, k, v, **kwargs)
     global FLEX_SHAPES
     try:
-        return _compiled_flex_fn(FLEX_SHAPES)(q, k, v, block_mask=block_mask, enable_gqa=gqa,
-                                              **opts)
+        return _compiled_flex_fn(FLEX_SHAPES)(q, k, v, **kwargs)
     except Exception as err:
         if FLEX_SHAPES != "dynamic":
             raise
         warnings.warn(f"FlexAttention with dynamic shapes failed ({type(err).__name__}: "
                       f"{err}); compiling it per shape instead", RuntimeWarning, stacklevel=2)
         FLEX_SHAPES = "static"
-        return _compiled_flex_fn("static")(q, k, v, block_mask=block_mask, enable_gqa=gqa,
-                                           **opts)
+        return _compiled_flex_fn("static")(q, k, v, **kwargs)
 
 
 def causal_attention(q, k, v, *, window: int | None = None, backend: str = "auto",

@@ -389,14 +389,14 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
     say(f"{total - len(queue)} of {total} runs already in {cfg.results}; {len(queue)} to go"
         + (f"; {cfg.parallel} at a time" if cfg.parallel > 1 else ""))
     t0 = cfg.started_at if cfg.started_at is not None else time.perf_counter()
-    rates: dict[int, list[float]] = {}  # depth -> FLOP rates of this call's finished runs
+    slowest: dict[int, float] = {}  # depth -> slowest FLOP rate of this call's finished runs
     written = []
 
     def fits(depth: int, budget: float) -> bool:
         elapsed = time.perf_counter() - t0
-        if cfg.time_budget_s is None or not rates or refused(cfg, depth, budget, epoch_tokens):
+        if cfg.time_budget_s is None or not slowest or refused(cfg, depth, budget, epoch_tokens):
             return True  # a refusal is recorded at once: it needs no time
-        predicted = budget / min(rates.get(depth) or min(rates.values()))
+        predicted = budget / slowest.get(depth, min(slowest.values()))
         if elapsed + predicted <= cfg.time_budget_s:
             return True
         say(f"stopping: d{depth} at {budget:.3g} FLOPs would need ~{predicted:.0f} s and "
@@ -408,7 +408,8 @@ def run_sweep(cfg: SweepConfig, *, epoch_tokens: int,
         append_row(cfg.results, row)
         written.append(row)
         if row["status"] == "ok" and row.get("wall_s"):
-            rates.setdefault(int(row["depth"]), []).append(row["flops"] / row["wall_s"])
+            depth, rate = int(row["depth"]), row["flops"] / row["wall_s"]
+            slowest[depth] = min(rate, slowest.get(depth, rate))
         detail = (f"val {row['val_bpb']:.4f} bpb, {row['wall_s']:.0f} s"
                   if row["status"] == "ok" and row.get("val_bpb") is not None
                   else row.get("error", ""))
