@@ -406,12 +406,17 @@ except ValueError as err:
 # sizes this recipe wants far more tokens per parameter than Chinchilla's 20, and the
 # corpus (90M tokens) is too small for
 # the smaller neighbour each optimum needs within one epoch. So the second GPU sweep,
-# `gpu_offline_4ep.csv` (one H200), raises the budgets to 1e15 and 2e15 (3e15 is still to
-# run) and allows up to 4 passes over the data (repeating data that often costs almost
-# nothing; `data/scaling/README.md` says why). It has what the first lacked: both budgets'
-# best depth, d3, is interior, at 25-35 tokens per parameter. Its curves also show a trap:
-# d4 and d5 train for only 135-269 optimizer steps at these budgets, and d5 even gets
-# *worse* with twice the compute. A scaling sweep measures the recipe as much as the model.
+# `gpu_offline_4ep.csv` (an H200, then an H100 for its last budget), raises the budgets to
+# 1e15, 2e15 and 3e15 and allows up to 4 passes over the data (repeating data that often
+# costs almost nothing; `data/scaling/README.md` says why). It has what the first lacked:
+# every budget's best depth is interior (d3, d3, d4), at 13-35 tokens per parameter. Its
+# curves also show a trap: every run's loss falls steeply once, somewhere between steps
+# ~120 and ~220, and at 1e15 and 2e15 d4 and d5 train for only 135-269 optimizer steps,
+# so they stop before or during that fall (d5 even gets *worse* with twice the compute,
+# because its batch doubles and its step count does not move). That makes the right side
+# of the two small budgets' curves too high and the fitted $N_{opt} \propto C^{0.75}$ far
+# steeper than Chinchilla's 0.5. A scaling sweep measures the recipe (here: too few steps)
+# as much as the model.
 # (It ran after the data pipeline stopped cutting documents, so its losses are lower than
 # the first sweep's for reasons that have nothing to do with size.)
 
@@ -445,7 +450,7 @@ for csv_path in committed:
 #
 # - **The stars** are each budget's fitted optimum; a star past the last point is an
 #   extrapolation (the summary says "AT THE EDGE"), and a sweep should then add a depth
-#   on that side (the GPU sweep's stars are all on the small side).
+#   on that side (the first GPU sweep's stars are all on the small side).
 # - **The exponents** $a$ and $b$ say how to split more compute between size and data;
 #   with three budgets their bootstrap intervals are wide, which is the honest answer.
 # - **Tokens per parameter** at the optimum, next to Chinchilla's ~20 and nanochat's 8-12:
