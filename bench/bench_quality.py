@@ -139,8 +139,9 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
     """Our recipe through our trainer (in this process); optional overrides from the job:
     ``weight_decay``, ``roles`` ("uniform": the group table before the d6 A/B,
     ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``,
-    ``orthogonalizer`` and ``packing`` (the trainer's flags), ``muon`` (keyword arguments for
-    ``optim.build_optimizer`` that the trainer has no flag for), ``init``."""
+    ``orthogonalizer``, ``cautious_weight_decay`` and ``packing`` (the trainer's flags),
+    ``muon`` (keyword arguments for ``optim.build_optimizer`` that the trainer has no flag
+    for: a flag the trainer passes would override them), ``init``."""
     from nanogpt_course import checkpoint
     from nanogpt_course.optim import build as optim_build
     from nanogpt_course.train import TrainConfig, read_metrics, train
@@ -161,6 +162,7 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
                window_pattern=job.get("window_pattern", "L"),
                embedding_dtype=job.get("embedding_dtype", "fp32"),
                orthogonalizer=job.get("orthogonalizer", "newton_schulz"),
+               cautious_weight_decay=job.get("cautious_weight_decay", True),
                packing=job.get("packing", "bos"),
                stochastic_rounding=job.get("stochastic_rounding", False))
     if job.get("tokens_per_param"):
@@ -260,7 +262,10 @@ def run_job(job: dict) -> dict:
 # confirmed at the target size with two seeds (``project_d6_TAG_s0/_s1``)
 REFINEMENTS = {
     "polar": {"orthogonalizer": "polar_express"},
-    "cautious": {"muon": {"cautious_weight_decay": True}},
+    # cautious decay is the trainer's default since the d6 A/B: "cautious" names the
+    # default (as the results recorded before it were named), "nocautious" the old rule
+    "cautious": {"cautious_weight_decay": True},
+    "nocautious": {"cautious_weight_decay": False},
     "shapewd": {"muon": {"shape_scaled_weight_decay": True}},
     "nanochat_init": {"init": "nanochat"},
     "muoneq": {"muon": {"row_equilibrate": True}},
@@ -269,8 +274,8 @@ REFINEMENTS = {
     # not a Muon change: the weight-decay rule with the d4 sweep's horizon trend (D^-0.7)
     "wdhorizon": {"weight_decay_horizon": 0.7},
     # everything nanochat's Muon does that ours does not by default
-    "nanochat_muon": {"orthogonalizer": "polar_express",
-                      "muon": {"cautious_weight_decay": True, "shape_scaled_weight_decay": True,
+    "nanochat_muon": {"orthogonalizer": "polar_express", "cautious_weight_decay": True,
+                      "muon": {"shape_scaled_weight_decay": True,
                                "row_equilibrate": True, "renormalize": True,
                                "variance_beta2": 0.9}},
 }

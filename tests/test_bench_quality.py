@@ -112,7 +112,9 @@ def test_refinements_combine_with_plus(bench):
     assert job["name"] == "project_d6_polar+normuon+cautious_s1"
     assert job["seed"] == 1 and job["depth"] == 6 and job["flops"] == base["flops"]
     assert job["orthogonalizer"] == "polar_express"
-    assert job["muon"] == {"variance_beta2": 0.9, "cautious_weight_decay": True}
+    assert job["muon"] == {"variance_beta2": 0.9} and job["cautious_weight_decay"] is True
+    old_rule = bench.combination_job("project_d6_polar+nocautious_s0", by_name, _args())
+    assert old_rule["cautious_weight_decay"] is False and "muon" not in old_rule
     screen = bench.combination_job("screen_d4_normuon+muoneq", by_name, _args())
     assert screen["depth"] == 4 and "orthogonalizer" not in screen
     assert screen["muon"] == {"variance_beta2": 0.9, "row_equilibrate": True}
@@ -142,10 +144,12 @@ def test_muon_screen_keywords_reach_the_optimizer(bench, monkeypatch):
     model = GPT(GPTConfig.from_depth(2, vocab_size=100, sequence_len=32))
     groups = [g for g in optim.build_optimizer(model).param_groups if g["kind"] == "muon"]
     assert groups and all(g[key] == value for g in groups for key, value in extra.items())
-    assert extra["cautious_weight_decay"] and extra["variance_beta2"] == 0.9
-    # the orthogonalizer goes through the trainer's own flag (it would override a partial)
+    assert extra["variance_beta2"] == 0.9
+    # the orthogonalizer and cautious decay go through the trainer's own flags (a keyword
+    # the trainer passes would override a partial's)
     assert bench.REFINEMENTS["nanochat_muon"]["orthogonalizer"] == "polar_express"
-    assert "orthogonalizer" not in extra
+    assert bench.REFINEMENTS["nanochat_muon"]["cautious_weight_decay"] is True
+    assert "orthogonalizer" not in extra and "cautious_weight_decay" not in extra
 
 
 def test_plot_sweep_writes_a_png_per_report_and_refuses_an_empty_one(bench, tmp_path):

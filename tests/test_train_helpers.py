@@ -28,11 +28,14 @@ def tiny_cfg(out, **overrides) -> TrainConfig:
 
 def cli_args(cfg: TrainConfig) -> list[str]:
     """The command-line flags equivalent to ``cfg`` (for subprocess runs)."""
-    args = []
+    args, defaults = [], TrainConfig().to_dict()
     for key, value in cfg.to_dict().items():
+        flag = "--" + key.replace("_", "-")
+        if value is False and defaults[key] is True:  # a switch that is on by default
+            args.append("--no-" + flag[2:])
+            continue
         if value is None or value is False or key == "stop_at":
             continue
-        flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
         else:

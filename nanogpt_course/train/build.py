@@ -26,7 +26,8 @@ DEFAULT_SEQ_LEN = 2048
 FIXED_ON_RESUME = ("mode", "depth", "data", "tokenizer", "seq_len", "total_batch_size",
                    "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
                    "target_flops", "tokens_per_param", "seed", "aspect_ratio", "head_dim",
-                   "window_pattern", "short_window", "orthogonalizer", "packing",
+                   "window_pattern", "short_window", "orthogonalizer", "cautious_weight_decay",
+                   "packing",
                    "warmup_steps", "warmdown_ratio", "final_lr_frac")
 
 
@@ -121,7 +122,9 @@ def resolve_run(cfg: TrainConfig, *, world_size: int = 1, loaders=None,
             raise ConfigError(f"--resume: {out} holds no complete checkpoint to continue "
                               "(drop --resume to start a new run there)")
         resume_meta = ck.read_meta(resume_from)
-        cfg = _merge_resume(cfg, TrainConfig.from_dict(resume_meta.get("train_config", {})))
+        # a run saved before --cautious-weight-decay existed decayed every entry
+        saved = {"cautious_weight_decay": False, **resume_meta.get("train_config", {})}
+        cfg = _merge_resume(cfg, TrainConfig.from_dict(saved))
     init_from = ck.resolve(cfg.checkpoint) if cfg.checkpoint else None
     source = resume_from or init_from
     if source is not None:
@@ -273,7 +276,7 @@ def build_model(run: RunPlan, device: torch.device):
 
 def build_optimizer(run: RunPlan, model, runtime):
     """MuonAdamW (one process) or DistMuonAdamW (several) with the plan's LRs and decay,
-    the run's Muon orthogonalizer and its rounding of bf16 embeddings."""
+    the run's Muon orthogonalizer and decay rule and its rounding of bf16 embeddings."""
     from .. import optim
 
     lrs = run.plan.lrs
@@ -283,6 +286,7 @@ def build_optimizer(run: RunPlan, model, runtime):
                                  scalar_lr=lrs["scalar_lr"],
                                  weight_decay=run.plan.weight_decay,
                                  orthogonalizer=run.cfg.orthogonalizer,
+                                 cautious_weight_decay=run.cfg.cautious_weight_decay,
                                  stochastic_rounding=run.cfg.stochastic_rounding)
 
 

@@ -72,6 +72,7 @@ class TrainConfig:
     embedding_dtype: str = "fp32"  # "bf16": token/value embeddings stored in bf16 (memory)
     stochastic_rounding: bool = False  # bf16 embeddings: round their updates at random
     orthogonalizer: str = "newton_schulz"  # Muon's iteration: or "polar_express"
+    cautious_weight_decay: bool = True  # Muon decays only where the update agrees in sign
     packing: str = "bos"  # training rows: whole documents from BOS, or "windows" (random)
     # ---- Python API only (tests, lessons): stop after this many steps as if preempted
     stop_at: int | None = None
@@ -167,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     b("--orthogonalizer", choices=ORTHOGONALIZERS, default="newton_schulz",
       help="Muon's orthogonalization: Keller Jordan's Newton-Schulz quintic (default) or "
            "Polar Express (a tighter polynomial per step; see docs/QUALITY.md)")
+    b("--cautious-weight-decay", action=argparse.BooleanOptionalAction, default=True,
+      help="Muon's weight decay only on the entries whose update already pushes toward zero "
+           "(sign(update) == sign(weight)), so decay never fights the gradient; on by "
+           "default since the d6 A/B (docs/QUALITY.md), --no-cautious-weight-decay decays "
+           "every entry")
     b("--packing", choices=PACKINGS, default="bos",
       help="how training rows are cut from the data: bos = whole documents packed best-fit "
            "from BOS, long ones continued over rows (default); windows = random windows of "
