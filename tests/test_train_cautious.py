@@ -7,24 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train_helpers import cli_args, tiny_cfg
+from test_train_helpers import cli_args, optimizer_groups, tiny_cfg
 
 from nanogpt_course.checkpoint import META, latest
 from nanogpt_course.train import read_metrics, train
-from nanogpt_course.train.build import build_optimizer, resolve_run
 from nanogpt_course.train.config import ConfigError, parse_args
-
-
-class Runtime:
-    distributed = False
-
-
-def _muon_groups(cfg):
-    from nanogpt_course.model import GPT
-
-    run = resolve_run(cfg)
-    opt = build_optimizer(run, GPT(run.model_config), Runtime)
-    return [g for g in opt.param_groups if g["kind"] == "muon"]
 
 
 def _losses(out):
@@ -35,8 +22,9 @@ def test_flag_parses_and_reaches_the_muon_groups(tmp_path):
     assert parse_args([]).cautious_weight_decay is True
     assert parse_args(["--no-cautious-weight-decay"]).cautious_weight_decay is False
     assert "--no-cautious-weight-decay" in cli_args(tiny_cfg(tmp_path, cautious_weight_decay=False))
-    on = _muon_groups(tiny_cfg(tmp_path / "on", weight_decay=0.5))
-    off = _muon_groups(tiny_cfg(tmp_path / "off", weight_decay=0.5, cautious_weight_decay=False))
+    on = optimizer_groups(tiny_cfg(tmp_path / "on", weight_decay=0.5), "muon")
+    off = optimizer_groups(tiny_cfg(tmp_path / "off", weight_decay=0.5,
+                                    cautious_weight_decay=False), "muon")
     assert on and {g["cautious_weight_decay"] for g in on} == {True}
     assert off and {g["cautious_weight_decay"] for g in off} == {False}
     assert {g["weight_decay"] for g in on} == {g["weight_decay"] for g in off} != {0.0}
@@ -63,5 +51,6 @@ def test_resume_keeps_the_runs_own_decay_rule(tmp_path):
     meta = json.loads(meta_path.read_text())
     del meta["train_config"]["cautious_weight_decay"]
     meta_path.write_text(json.dumps(meta))
-    groups = _muon_groups(tiny_cfg(out, resume=True, max_steps=6, weight_decay=0.5))
+    groups = optimizer_groups(tiny_cfg(out, resume=True, max_steps=6, weight_decay=0.5),
+                              "muon")
     assert {g["cautious_weight_decay"] for g in groups} == {False}

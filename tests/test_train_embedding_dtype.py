@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_train_helpers import tiny_cfg
+from test_train_helpers import optimizer_groups, tiny_cfg
 
 from nanogpt_course import checkpoint as ck
 from nanogpt_course.optim.adamw import adamw_step_
@@ -138,17 +138,8 @@ def test_stochastic_rounding_flag(tmp_path):
     assert cfg.stochastic_rounding
     with pytest.raises(ConfigError, match="--embedding-dtype bf16"):
         validate(parse_args(["--stochastic-rounding"]))
-    from nanogpt_course.model import GPT
-    from nanogpt_course.train.build import build_optimizer, resolve_run
-
-    run = resolve_run(tiny_cfg(tmp_path / "sr", embedding_dtype="bf16",
-                               stochastic_rounding=True))
-
-    class Runtime:
-        distributed = False
-
-    groups = build_optimizer(run, GPT(run.model_config), Runtime).param_groups
-    adamw = [g for g in groups if g["kind"] == "adamw"]
+    adamw = optimizer_groups(tiny_cfg(tmp_path / "sr", embedding_dtype="bf16",
+                                      stochastic_rounding=True), "adamw")
     assert adamw and all(g["stochastic_rounding"] for g in adamw)
     res = train(tiny_cfg(tmp_path / "run", embedding_dtype="bf16", stochastic_rounding=True,
                          max_steps=3), echo=False)

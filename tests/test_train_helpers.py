@@ -26,6 +26,19 @@ def tiny_cfg(out, **overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def optimizer_groups(cfg: TrainConfig, kind: str) -> list[dict]:
+    """The param groups of ``kind`` ("muon" or "adamw") the trainer would build for ``cfg``
+    (one process, no data loaded beyond what ``resolve_run`` prepares)."""
+    from types import SimpleNamespace
+
+    from nanogpt_course.model import GPT
+    from nanogpt_course.train.build import build_optimizer, resolve_run
+
+    run = resolve_run(cfg)
+    opt = build_optimizer(run, GPT(run.model_config), SimpleNamespace(distributed=False))
+    return [g for g in opt.param_groups if g["kind"] == kind]
+
+
 def cli_args(cfg: TrainConfig) -> list[str]:
     """The command-line flags equivalent to ``cfg`` (for subprocess runs)."""
     args, defaults = [], TrainConfig().to_dict()

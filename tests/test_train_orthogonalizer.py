@@ -4,11 +4,10 @@ validated, recorded, and fixed for the rest of a run on --resume."""
 from __future__ import annotations
 
 import pytest
-from test_train_helpers import tiny_cfg
+from test_train_helpers import optimizer_groups, tiny_cfg
 
 from nanogpt_course.optim.muon import ORTHOGONALIZERS
 from nanogpt_course.train import read_metrics, train
-from nanogpt_course.train.build import build_optimizer, resolve_run
 from nanogpt_course.train.config import ORTHOGONALIZERS as CONFIG_CHOICES
 from nanogpt_course.train.config import ConfigError, parse_args, validate
 
@@ -24,17 +23,8 @@ def test_flag_parses_validates_and_matches_the_optimizer():
 
 
 def test_polar_express_reaches_the_muon_groups_and_trains(tmp_path):
-    from nanogpt_course.model import GPT
-
     cfg = tiny_cfg(tmp_path / "pe", orthogonalizer="polar_express")
-    run = resolve_run(cfg)
-    model = GPT(run.model_config)
-
-    class Runtime:
-        distributed = False
-
-    groups = [g for g in build_optimizer(run, model, Runtime).param_groups
-              if g["kind"] == "muon"]
+    groups = optimizer_groups(cfg, "muon")
     assert groups and {g["orthogonalizer"] for g in groups} == {"polar_express"}
     ns = train(tiny_cfg(tmp_path / "ns", max_steps=4), echo=False)
     pe = train(cfg.replace(max_steps=4), echo=False)
