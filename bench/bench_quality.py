@@ -139,7 +139,8 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
     """Our recipe through our trainer (in this process); optional overrides from the job:
     ``weight_decay``, ``roles`` ("uniform": the group table before the d6 A/B,
     ``UNIFORM_ROLES``; the default table is nanochat's), ``tokens_per_param``,
-    ``orthogonalizer``, ``cautious_weight_decay`` and ``packing`` (the trainer's flags),
+    ``orthogonalizer``, ``cautious_weight_decay``, ``packing``, ``window_pattern`` and
+    ``short_window`` (the trainer's flags),
     ``muon`` (keyword arguments for ``optim.build_optimizer`` that the trainer has no flag
     for: a flag the trainer passes would override them), ``init``."""
     from nanogpt_course import checkpoint
@@ -160,6 +161,7 @@ def run_project(job: dict, folder: Path, out: Path) -> dict:
                sample_every=0, log_every=50, out=str(out / "run"), tokenizer="gpt2",
                weight_decay=job.get("weight_decay"), fp8=job.get("fp8", False),
                window_pattern=job.get("window_pattern", "L"),
+               short_window=job.get("short_window"),
                embedding_dtype=job.get("embedding_dtype", "fp32"),
                orthogonalizer=job.get("orthogonalizer", "newton_schulz"),
                cautious_weight_decay=job.get("cautious_weight_decay", True),
@@ -340,6 +342,9 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
     d6 = dict(d6, seed=0, recipe="project")
     variants = [dict(d6, name=f"project_d{args.depth}_fp8_s0", fp8=True),
                 dict(d6, name=f"project_d{args.depth}_SSSL_s0", window_pattern="SSSL"),
+                # a window of a quarter of the context (the one FlexAttention can make pay)
+                dict(d6, name=f"project_d{args.depth}_SSSLq_s0", window_pattern="SSSL",
+                     short_window=args.seq_len // 4),
                 # issue #12's group A/B: the table before nanochat's became the default
                 dict(d6, name=f"project_d{args.depth}_groups_uniform_s0", roles="uniform"),
                 dict(d6, name=f"project_d{args.depth}_groups_uniform_s1", roles="uniform",
@@ -495,7 +500,8 @@ def summarize(out: Path, corpus: dict, device: str, args) -> dict:
                         | {k: r["job"].get(k) for k in ("depth", "flops", "tokens_per_param",
                                                           "weight_decay", "roles", "seed",
                                                           "fp8", "window_pattern", "env",
-                                                          "embedding_dtype", "muon", "init",
+                                                          "short_window", "embedding_dtype",
+                                                          "muon", "init",
                                                           "orthogonalizer", "packing",
                                                           "stream", "stochastic_rounding")}
                         for r in results}}

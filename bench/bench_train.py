@@ -8,6 +8,7 @@ tokenizer keep data and tokenization out of the measurement (as in DESIGN.md's t
     python bench/bench_train.py --depth 12 --compile                     # one GPU
     torchrun --nproc_per_node=8 bench/bench_train.py --depth 20 --compile  # several
     python bench/bench_train.py --dry-run                                # CPU, seconds
+    python bench/bench_train.py --depth 12 --compile --profile $OUT/prof  # + where time goes
     python bench/bench_train.py --depth 12 --compile --optimizer zero2     # ZeRO-2 hooks, 1 GPU
     python bench/bench_train.py --depth 12 --compile --nanochat .nanochat \
         --merge-summary docs/results/perf_summary.json                     # + nanochat, 1 GPU
@@ -33,6 +34,11 @@ FLOPs-per-token count, ours (``GPT.estimate_flops``, the depth rules' number): t
 ratio is the throughput ratio; nanochat's own count is reported beside it.
 A CPU ``--dry-run`` runs nanochat eagerly in fp32 (dynamo off, as bench_quality's dry run),
 so its compiled optimizer steps need no compiler.
+
+``--profile DIR`` (issue #18's "profile first"): every step's phases on the device's
+stream (forward + backward, optimizer, the gap before the next step) and, over
+``--profile-steps`` extra steps after the timed ones, torch.profiler's kernels by category
+(``bench/train_profile.py``); files in DIR, the summary in the report's ``profile``.
 
 ``NANOGPT_COURSE_LOSS=chunked`` measures our model with the opt-in chunked loss
 (``nanogpt_course/chunked_loss.py``; the report's ``loss_impl`` says which one ran).
@@ -63,6 +69,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # this checkout's package, then
 import nanochat_ref  # noqa: E402  (bench/ is not a package)
 import perf_summary  # noqa: E402
 import torch  # noqa: E402
+import train_profile  # noqa: E402
 
 from nanogpt_course import chunked_loss  # noqa: E402
 from nanogpt_course.model import GPTConfig  # noqa: E402
@@ -106,15 +113,24 @@ def main(argv=None) -> dict:
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
     p.add_argument("--window-pattern", default="L", help="e.g. SSSL (the trainer's flag)")
+    p.add_argument("--short-window", type=int, default=None,
+                   help="tokens an S layer sees (the trainer's flag; default half the context)")
     p.add_argument("--fp8", action="store_true", help="the trainer's --fp8 (Hopper GPUs)")
     p.add_argument("--embedding-dtype", choices=("fp32", "bf16"), default="fp32",
                    help="the trainer's --embedding-dtype")
+    p.add_argument("--stochastic-rounding", action="store_true",
+                   help="the trainer's --stochastic-rounding (with --embedding-dtype bf16)")
     p.add_argument("--nanochat", metavar="PATH",
                    help="also measure nanochat (a checkout at commit 92d63d4) in this process")
     p.add_argument("--merge-summary", nargs="?", const=perf_summary.DEFAULT_PATH, type=Path,
                    metavar="PATH", help="write this depth's train entry into PATH "
                    "(default docs/results/perf_summary.json)")
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="also time each step's phases and profile its kernels "
+                   "(bench/train_profile.py); files go to DIR, the summary into the report")
+    p.add_argument("--profile-steps", type=int, default=3,
+                   help="steps run under torch.profiler after the timed ones (default 3)")
     args = p.parse_args(argv)
     args.window_pattern = args.window_pattern.upper()
     if args.dry_run:
@@ -172,21 +188,25 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
     The trainer, its model and optimizer are dropped before returning."""
     total = args.device_batch_size * args.seq_len * rt.world_size * args.accum
     shape = dict(vocab_size=args.vocab, sequence_len=args.seq_len,
-                 window_pattern=args.window_pattern)
+                 window_pattern=args.window_pattern, short_window=args.short_window)
+    # the profiled steps come after the timed ones (the profiler slows them)
+    steps = args.steps + (args.profile_steps if args.profile else 0)
     config = GPTConfig.from_depth(args.depth, **shape)
     stats = lambda d: model_stats(GPTConfig.from_depth(d, **shape))  # noqa: E731
-    plan = scaling.plan(args.depth, stats, max_steps=args.steps, total_batch_size=total)
+    plan = scaling.plan(args.depth, stats, max_steps=steps, total_batch_size=total)
     out = Path(tempfile.mkdtemp(prefix="bench-train-")) if rt.is_main else Path("/nonexistent")
     out = Path(rt.broadcast_object(str(out)))
     cfg = TrainConfig(depth=args.depth, seq_len=args.seq_len, total_batch_size=total,
-                      device_batch_size=args.device_batch_size, max_steps=args.steps,
+                      device_batch_size=args.device_batch_size, max_steps=steps,
                       compile=args.compile, eval_every=-1, sample_every=-1, out=str(out),
                       data="random", tokenizer="random", fp8=args.fp8,
-                      window_pattern=args.window_pattern, embedding_dtype=args.embedding_dtype)
+                      window_pattern=args.window_pattern, short_window=args.short_window,
+                      embedding_dtype=args.embedding_dtype,
+                      stochastic_rounding=args.stochastic_rounding)
     loaders = MemoryLoaders(tokens)
     run = RunPlan(cfg=cfg, out=out, kind="base", tokenizer=RandomTokenizer(args.vocab),
                   model_config=config, plan=plan,
-                  schedule=Schedule(num_steps=args.steps, warmup_steps=min(5, args.steps)),
+                  schedule=Schedule(num_steps=steps, warmup_steps=min(5, args.steps)),
                   grad_accum=check_batch(total, args.device_batch_size, args.seq_len,
                                          rt.world_size),
                   world_size=rt.world_size, loaders=loaders)
@@ -196,13 +216,17 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
         torch.cuda.reset_peak_memory_stats(rt.device)
     start = time.perf_counter()
     trainer = Trainer(run, rt, loaders, echo=rt.is_main)
+    profiler = None
+    if args.profile and rt.is_main:
+        profiler = train_profile.StepProfiler(trainer, args.profile, first=args.steps,
+                                              count=args.profile_steps)
     result = trainer.fit()
     wall = time.perf_counter() - start
     peak = peak_gib(rt.device)
     del trainer  # its model, optimizer and compiled forward: nanochat's peak is its own
     report = {}
     if rt.is_main:
-        recs = steady([r for r in read_metrics(out) if "loss" in r])
+        recs = steady([r for r in read_metrics(out) if "loss" in r][:args.steps])
         tok_s = statistics.median(r["tok_per_sec"] for r in recs)
         mfus = [r["mfu"] for r in recs if r.get("mfu") is not None]
         report = {
@@ -212,14 +236,18 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "seq_len": args.seq_len, "device_batch_size": args.device_batch_size,
             "grad_accum": run.grad_accum, "compile": args.compile,
             "optimizer": args.optimizer, "loss_impl": chunked_loss.loss_impl_from_env(),
-            "window_pattern": config.window_pattern, "fp8": args.fp8,
-            "embedding_dtype": args.embedding_dtype, "params": plan.num_params, "scaling_params": plan.scaling_params,
+            "window_pattern": config.window_pattern, "short_window": config.short_window,
+            "fp8": args.fp8,
+            "embedding_dtype": args.embedding_dtype,
+            "stochastic_rounding": args.stochastic_rounding, "params": plan.num_params, "scaling_params": plan.scaling_params,
             "flops_per_token": plan.flops_per_token, "steps": args.steps,
             "tok_per_sec": tok_s, "tok_per_sec_per_gpu": tok_s / rt.world_size,
             "mfu_percent": statistics.median(mfus) if mfus else None,
             "step_ms": statistics.median(r["dt_ms"] for r in recs),
             "peak_mem_gib": peak, "final_loss": result.final_loss, "wall_s": wall,
         }
+        if profiler is not None:
+            report["profile"] = profiler.report(skip=args.steps - len(recs))
         shutil.rmtree(out, ignore_errors=True)
     return report
 
@@ -304,11 +332,15 @@ def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,
 
 
 def summary_key(args) -> str:
-    """The ``train`` section's key: ``d12``, ``d12_SSSL``, ``d12_fp8`` (issue #19's names),
-    ``d12_bf16emb`` (embeddings stored in bf16)."""
+    """The ``train`` section's key: ``d12``, ``d12_SSSL``, ``d12_SSSL_w512`` (a short window
+    of 512 tokens), ``d12_fp8`` (issue #19's names), ``d12_bf16emb`` (embeddings stored in
+    bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically)."""
     pattern = args.window_pattern
-    return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}") + ("_fp8" * args.fp8)
-            + ("_bf16emb" if getattr(args, "embedding_dtype", "fp32") == "bf16" else ""))
+    window = getattr(args, "short_window", None)
+    return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}")
+            + (f"_w{window}" if window and pattern != "L" else "") + ("_fp8" * args.fp8)
+            + ("_bf16emb" if getattr(args, "embedding_dtype", "fp32") == "bf16" else "")
+            + ("_sr" if getattr(args, "stochastic_rounding", False) else ""))
 
 
 def summary_entry(report: dict, meta: dict) -> dict:

@@ -212,3 +212,24 @@ def test_ab_table_pairs_each_variant_with_its_own_baseline(bench):
         assert no_base not in rows
     assert "project_d6_fp8_s1" not in {r["job"] for r in
                                        bench.ab_table({"project_d6_fp8_s1": 0.7})}
+
+
+def test_quarter_window_job_reaches_the_trainer(bench, monkeypatch, tmp_path):
+    """project_d6_SSSLq_s0: SSSL with a window of a quarter of the context, passed to the
+    trainer's TrainConfig (the run itself is stopped at the config)."""
+    from nanogpt_course import train
+
+    job = {j["name"]: j for j in bench.default_jobs(_args(), 262144)}["project_d6_SSSLq_s0"]
+    assert job["window_pattern"] == "SSSL" and job["short_window"] == 256
+    seen = {}
+
+    def fake_train(cfg, echo=False):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(bench.data, "read_meta", lambda folder: {"vocab_size": 50304})
+    with pytest.raises(RuntimeError, match="stop here"):
+        bench.run_project(dict(job, device="cpu"), tmp_path, tmp_path)
+    cfg = seen["cfg"]
+    assert (cfg.window_pattern, cfg.short_window, cfg.seed) == ("SSSL", 256, 0)

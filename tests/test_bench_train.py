@@ -98,3 +98,42 @@ def test_static_memory_counts_both_recipes(repo, nanochat_dir):
     assert theirs["embedding_params"] == 2 * n_emb and theirs["embedding_state"] == 4 * n_emb
     rest = lambda r: r["params"] - r["embedding_params"]  # noqa: E731
     assert abs(rest(ours) - rest(theirs)) <= 4 * 64  # nanochat's few extra scalars
+
+
+def test_profile_phases_and_kernel_categories(repo, tmp_path):
+    """--profile: the phases of the timed steps and the profiled steps' operator time add up
+    to (no more than) the steps' time, and the table's matrix multiplies and attention are
+    found; a window pattern with a short window reaches the model."""
+    report_path, folder = tmp_path / "report.json", tmp_path / "prof"
+    cmd = [sys.executable, str(repo / "bench" / "bench_train.py"), "--dry-run", "--json",
+           str(report_path), "--profile", str(folder), "--profile-steps", "2",
+           "--window-pattern", "SSSL", "--short-window", "16"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["short_window"] == 16 and report["window_pattern"] == "SSSL"
+    phases, kernels = report["profile"]["phases"], report["profile"]["kernels"]
+    assert phases["steps"] == report["steps"] - 2  # the timed steps after the warm-up ones
+    parts = [phases[k] for k in ("forward_backward_ms", "optimizer_ms", "between_steps_ms")]
+    assert all(v > 0 for v in parts)
+    assert sum(parts) < 1.5 * report["step_ms"]  # the phases are parts of a step
+    assert kernels["steps"] == 2
+    assert {"matmul", "attention"} <= set(kernels["ms_per_step"])
+    assert kernels["kernel_ms_per_step"] <= 1.05 * kernels["wall_ms_per_step"]
+    assert json.loads((folder / "profile.json").read_text()) == report["profile"]
+    assert "aten::" in (folder / "profile_ops.txt").read_text()
+
+
+def test_kernel_categories_by_name():
+    import train_profile
+
+    names = {"sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n": "matmul",
+             "nvjet_tst_256x128_64x4_2x1_v_bz_coopA_TNT": "matmul",
+             "pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel": "attention",
+             "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0": "triton fused",
+             "triton_tem_fused_mm_3": "matmul",
+             "Memcpy HtoD (Pageable -> Device)": "copy / memset",
+             "void at::native::vectorized_elementwise_kernel<4, ...>": "aten elementwise / reduce",
+             "ncclDevKernel_AllReduce_Sum_f32_RING_LL": "nccl",
+             "aten::bmm": "matmul", "something_new": "other"}
+    assert {n: train_profile.category(n) for n in names} == names
