@@ -405,6 +405,47 @@ def check_stochastic_rounding(ctx):
             "only_neighbours": neighbours, "adamw_moved": moved, "adamw_expected": expected}
 
 
+@check("adamw_fused")
+def check_adamw_fused(ctx):
+    """torch's fused AdamW kernel (the default on CUDA, ``optim.adamw``) against the
+    readable ``_foreach`` passes on the device: d12's embedding-sized tensors in fp32 and in
+    bf16 storage, 5 steps with weight decay from the same state; and each path's time."""
+    from nanogpt_course.optim.adamw import adamw_step_
+
+    shapes = [(ctx.size(32768, 512), ctx.size(768, 64)), (ctx.size(768, 64),)] * 2
+    out = {"ok": True}
+    for dtype in (torch.float32, torch.bfloat16):
+        results, times = {}, {}
+        for fused in (True, False):
+            g = torch.Generator(device=ctx.device).manual_seed(0)
+            params = [torch.randn(s, device=ctx.device, generator=g).to(dtype) for s in shapes]
+            m = [torch.zeros_like(p) for p in params]
+            v = [torch.zeros_like(p) for p in params]
+            grads = [[torch.randn(s, device=ctx.device, generator=g).to(dtype) for s in shapes]
+                     for _ in range(5)]
+            ctx.sync()
+            t0 = time.perf_counter()
+            for step, grad in enumerate(grads, start=1):
+                adamw_step_(params, grad, m, v, step=step, lr=0.01, beta1=0.8, beta2=0.95,
+                            eps=1e-10, weight_decay=0.1, fused=fused)
+            ctx.sync()
+            times[fused] = 1000 * (time.perf_counter() - t0) / len(grads)
+            results[fused] = params
+        a = torch.cat([p.float().flatten() for p in results[True]])
+        b = torch.cat([p.float().flatten() for p in results[False]])
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        if dtype == torch.float32:
+            ok = rel_err(a, b) < 1e-5
+        else:  # both round fp32 results to nearest: at most one bf16 step apart
+            ulp = torch.finfo(torch.bfloat16).eps * b.abs().clamp_min(1e-3)
+            ok = (bool(((a - b).abs() <= ulp).all().item())
+                  and (a == b).float().mean().item() > 0.95)
+        out[name] = {"rel_err": rel_err(a, b), "equal_fraction": (a == b).float().mean().item(),
+                     "fused_ms": round(times[True], 3), "readable_ms": round(times[False], 3)}
+        out["ok"] = out["ok"] and bool(ok)
+    return out
+
+
 # "late_loss_rel": the mean loss over the last third of the steps. (A single last step of
 # this one-batch memorization run is noisy: on an H100 on 2026-12-06 the bf16 and FP8 curves
 # agreed within 1.5% for 14 steps, then FP8's last loss rose 8% above bf16's while their
