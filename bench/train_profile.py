@@ -46,6 +46,13 @@ def category(name: str) -> str:
     return "other"
 
 
+def is_annotation(ev) -> bool:
+    """A user range shown on the device's timeline (``Optimizer.step#MuonAdamW.step``,
+    ``record_function`` names), not a kernel: it spans kernels counted on their own."""
+    return bool(getattr(ev, "is_user_annotation", False)) or ev.name.startswith(
+        ("Optimizer.", "ProfilerStep"))
+
+
 class StreamClock:
     """Timestamps on the device's stream (CUDA events) or the host's clock (CPU)."""
 
@@ -138,6 +145,8 @@ class StepProfiler:
         totals: dict[str, float] = {}
         for ev in self.prof.events():
             if cuda and ev.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            if cuda and is_annotation(ev):  # a range over kernels counted on their own
                 continue
             # a CPU op's self time: its children (the mm under a linear) are counted apart
             us = ev.device_time if cuda else ev.self_cpu_time_total

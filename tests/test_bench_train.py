@@ -137,3 +137,16 @@ def test_kernel_categories_by_name():
              "ncclDevKernel_AllReduce_Sum_f32_RING_LL": "nccl",
              "aten::bmm": "matmul", "something_new": "other"}
     assert {n: train_profile.category(n) for n in names} == names
+
+
+def test_device_ranges_are_not_counted_as_kernels():
+    import types
+
+    import train_profile
+
+    def ev(name, annotation=False):
+        return types.SimpleNamespace(name=name, is_user_annotation=annotation)
+
+    assert train_profile.is_annotation(ev("Optimizer.step#MuonAdamW.step"))
+    assert train_profile.is_annotation(ev("my_range", annotation=True))
+    assert not train_profile.is_annotation(ev("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN"))
