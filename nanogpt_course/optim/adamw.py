@@ -24,8 +24,9 @@ On CUDA the same step runs through torch's fused AdamW kernel (``torch._fused_ad
 what ``torch.optim.AdamW(fused=True)`` calls): one kernel reads each parameter, gradient
 and moment once and writes them once, where the readable ``_foreach`` version below makes
 seven passes (at d12 ~6.5 ms of a ~134 ms step on an H100, issue #18). It computes in fp32
-and writes bf16 tensors back rounded to nearest, as the readable path does. Stochastic
-rounding stays on the readable path. ``fused=False`` (or ``NANOGPT_COURSE_FUSED_ADAMW=0``)
+and writes bf16 tensors back rounded to nearest, as the readable path does. With
+stochastic rounding the bf16 tensors take the readable path's fp32 copies, and the fused
+kernel updates those copies before they are rounded at random. ``fused=False`` (or ``NANOGPT_COURSE_FUSED_ADAMW=0``)
 runs the readable version anywhere; ``tests/test_optim_adamw_fused.py`` ties the two.
 """
 
@@ -86,7 +87,7 @@ def adamw_step_(params: list[torch.Tensor], grads: list[torch.Tensor],
         narrow = [[t[i] for i in low] for t in lists]
         wide = [[t.float() for t in ts] for ts in narrow]
         adamw_step_(*wide, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                    weight_decay=weight_decay)
+                    weight_decay=weight_decay, fused=fused)  # fused on CUDA: one pass
         for k in (0, 2, 3):  # the parameters and both moments (not the gradients)
             if k == 0 and stochastic_rounding:
                 for p, w in zip(narrow[0], wide[0]):
