@@ -463,13 +463,20 @@ plt.show()
 # %% [markdown]
 # Do windows cost quality? Measured on a GPU (docs/QUALITY.md): a d6 model trained for
 # 2.49e16 FLOPs with `SSSL` (a 512-token window at context 1024) scored 0.6552 validation
-# bits per byte, against 0.6575 with full context in every layer: no loss (one seed; seeds
-# differ by about 0.002). Whether they save *time* depends on the kernel: at context 2048 a
-# 1024-token window skips only about a fifth of the causal tiles (28 of 136), and today's
-# measured step is no faster: FlexAttention computes a tile at about 73% of the rate of the
-# flash kernel that full-context layers use, so on an H200 a windowed layer's attention
-# costs 1.19× a full-context one (docs/PERFORMANCE.md). The saving grows with the context
-# and with shorter windows.
+# bits per byte, against 0.6575 with full context in every layer; with a window of a
+# quarter of the context (`--short-window 256`) 0.6393 against 0.6447 (a later recipe):
+# no loss either time (one seed each; seeds differ by about 0.002-0.005).
+#
+# Do they save *time*? That depends on the kernel. FlexAttention computes a tile more
+# slowly than the flash kernel that full-context layers use (at 55-75% of its rate in
+# these measurements; a partly masked tile costs it most), so a window must skip enough
+# tiles to make up for it. At context 2048 a 1024-token window skips 28 of the 136
+# causal tiles, too few: on an H200 such a layer's attention costs 1.19× a full-context
+# one, and the d12 step is no faster. The 512-token window above skips 66, about half:
+# on an H100 its attention costs 0.95× flash at d12, and a whole d12 training step with
+# `--window-pattern SSSL --short-window 512` is 2.2% faster than full context (2.4% at d20;
+# docs/PERFORMANCE.md, "A quarter window pays"). The saving grows with the context and
+# with shorter windows.
 
 # %% [markdown]
 # ## 6. Sharing keys and values between heads (GQA)

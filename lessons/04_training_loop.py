@@ -210,6 +210,27 @@ torch.testing.assert_close(w, ref.detach())
 print("5 AdamW steps match torch.optim.AdamW")
 
 # %% [markdown]
+# The library's AdamW, `optim.adamw.adamw_step_`, is the same arithmetic over *lists* of
+# tensors, one `torch._foreach_*` call per line of the formula: seven passes over memory,
+# each reading and writing every parameter or moment. The update is so cheap per number
+# that those passes, not the arithmetic, are its cost: on an H100 they took ~6.5 ms of a
+# 134 ms d12 training step (docs/PERFORMANCE.md, "Where a d12 step's time goes"). So on a
+# GPU the library hands the lists to torch's *fused* AdamW kernel, which reads each
+# number once and writes it once. Same math, fewer trips to memory; both against your five
+# steps (PyTorch has the fused kernel on the CPU too):
+
+# %%
+from nanogpt_course.optim.adamw import adamw_step_  # noqa: E402
+
+for fused in (False, True):
+    lw, lm, lv = [w0.clone()], [torch.zeros_like(w0)], [torch.zeros_like(w0)]
+    for t, grad in enumerate(grads, start=1):
+        adamw_step_(lw, [grad], lm, lv, step=t, lr=0.01, beta1=0.9, beta2=0.95, eps=1e-8,
+                    weight_decay=0.1, fused=fused)
+    torch.testing.assert_close(lw[0], w)
+    print(f"library AdamW ({'fused kernel' if fused else 'seven foreach passes'}) == yours")
+
+# %% [markdown]
 # An optimizer is your update plus bookkeeping: the running averages of every parameter,
 # the step count, and **parameter groups**, lists of parameters that share a learning
 # rate. `MyAdamW` is all of that around your `adamw_update`; the loop in section 8 trains
