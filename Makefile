@@ -79,14 +79,15 @@ quickstart: ## train a tiny GPT on the CPU in minutes: samples + runs/quickstart
 	@bash scripts/setup.sh "$(VENV)" "$(TORCH_SPEC)" ""
 	@$(PY) scripts/quickstart.py $(ARGS)
 
-ddp-train: setup ## torchrun on NGPUS GPUs: MODE DEPTH DATA TARGET_FLOPS MAX_STEPS CHECKPOINT RESUME CORE_EVALS CHATCORE_EVALS WINDOW_PATTERN FP8 OUT ARGS
+ddp-train: setup ## torchrun on NGPUS GPUs: MODE DEPTH DATA TARGET_FLOPS MAX_STEPS CHECKPOINT RESUME CORE_EVALS CHATCORE_EVALS WINDOW_PATTERN SHORT_WINDOW FP8 OUT ARGS
 	$(PY) -m torch.distributed.run $(RDZV) --nproc_per_node=$(NGPUS) -m nanogpt_course.train \
 	  --mode $(MODE) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--depth $(DEPTH)) \
 	  $(if $(DATA),--data $(DATA)) $(if $(TARGET_FLOPS),--target-flops $(TARGET_FLOPS)) \
 	  $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) $(if $(call truthy,$(RESUME)),--resume) \
 	  $(if $(call truthy,$(CORE_EVALS)),--core-every $(CORE_EVERY)) \
 	  $(if $(call truthy,$(CHATCORE_EVALS)),--chatcore-every $(CHATCORE_EVERY)) \
-	  $(if $(WINDOW_PATTERN),--window-pattern $(WINDOW_PATTERN)) $(if $(call truthy,$(FP8)),--fp8) \
+	  $(if $(WINDOW_PATTERN),--window-pattern $(WINDOW_PATTERN)) \
+	  $(if $(SHORT_WINDOW),--short-window $(SHORT_WINDOW)) $(if $(call truthy,$(FP8)),--fp8) \
 	  $(if $(OUT),--out $(OUT)) $(ARGS)
 
 chat-server: ## web chat on http://localhost:8003: CHECKPOINT (default: the shipped chat model) PORT HOST ARGS

@@ -130,12 +130,14 @@ def test_make_ddp_train_runs_two_gloo_ranks(tmp_path):
     assert meta["step"] == 2 and meta["world_size"] == 2
 
 
-def test_make_ddp_train_passes_window_pattern_and_fp8():
+def test_make_ddp_train_passes_window_pattern_short_window_and_fp8():
     result = subprocess.run(["make", "-n", "--no-print-directory", "-o", "setup", "ddp-train",
-                             "PY=python", "WINDOW_PATTERN=SSSL", "FP8=1"],
+                             "PY=python", "WINDOW_PATTERN=SSSL", "SHORT_WINDOW=512", "FP8=1"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "--window-pattern SSSL" in result.stdout and "--fp8" in result.stdout
+    assert "--short-window 512" in result.stdout
     plain = subprocess.run(["make", "-n", "--no-print-directory", "-o", "setup", "ddp-train",
                             "PY=python", "FP8=0"], cwd=REPO, capture_output=True, text=True,
                            timeout=60)
     assert "--fp8" not in plain.stdout and "--window-pattern" not in plain.stdout
+    assert "--short-window" not in plain.stdout
