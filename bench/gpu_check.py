@@ -410,6 +410,7 @@ def check_adamw_fused(ctx):
     """torch's fused AdamW kernel (the default on CUDA, ``optim.adamw``) against the
     readable ``_foreach`` passes on the device: d12's embedding-sized tensors in fp32 and in
     bf16 storage, 5 steps with weight decay from the same state; and each path's time."""
+    from nanogpt_course.optim import adamw
     from nanogpt_course.optim.adamw import adamw_step_
 
     shapes = [(ctx.size(32768, 512), ctx.size(768, 64)), (ctx.size(768, 64),)] * 2
@@ -443,6 +444,8 @@ def check_adamw_fused(ctx):
         out[name] = {"rel_err": rel_err(a, b), "equal_fraction": (a == b).float().mean().item(),
                      "fused_ms": round(times[True], 3), "readable_ms": round(times[False], 3)}
         out["ok"] = out["ok"] and bool(ok)
+    out["fused_kernel_ran"] = adamw.FUSED  # False: the kernel failed and the check compared
+    out["ok"] = out["ok"] and adamw.FUSED  # the readable path with itself
     return out
 
 

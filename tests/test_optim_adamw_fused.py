@@ -84,3 +84,23 @@ def test_default_is_readable_on_the_cpu(monkeypatch):
     with pytest.raises(AssertionError, match="fused kernel"):
         adamw.adamw_step_(params, [torch.ones_like(p) for p in params], m, v, step=2, lr=0.1,
                           beta1=0.9, beta2=0.95, eps=1e-8, fused=True)
+
+
+def test_a_refused_kernel_falls_back_once_with_a_warning(monkeypatch):
+    """If torch's fused kernel raises (a build or device without it), the step still
+    happens, on the readable path, with one warning; later calls skip the kernel."""
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no fused kernel here")
+
+    monkeypatch.setattr(torch, "_fused_adamw_", refuse)
+    monkeypatch.setattr(adamw, "FUSED", True)
+    expected = _run([torch.float32] * 3, fused=False, steps=2)
+    with pytest.warns(UserWarning, match="fused AdamW kernel failed"):
+        got = _run([torch.float32] * 3, fused=True, steps=2)
+    assert adamw.FUSED is False and len(calls) == 1
+    for a_list, b_list in zip(got, expected):
+        for a, b in zip(a_list, b_list):
+            assert torch.equal(a, b)

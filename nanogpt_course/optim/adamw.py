@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
@@ -125,13 +126,30 @@ def _fused_adamw_step_(params, grads, exp_avgs, exp_avg_sqs, *, step: int, lr: f
     """:func:`adamw_step_`'s arithmetic in one fused kernel per dtype. The kernel wants
     each tensor's step count as a device tensor; one filled on the device (no copy from
     the host, which would wait for the queued backward) serves every tensor of a dtype.
-    Gradients are cast to their parameter's dtype, as the caller's bf16 path does."""
+    Gradients are cast to their parameter's dtype, as the caller's bf16 path does.
+
+    If the kernel refuses its arguments (a torch build or device without it), a warning is
+    printed once, :data:`FUSED` is turned off and that dtype's tensors, and every later
+    call, take the readable path: the argument checks run before the kernel writes."""
+    global FUSED
+    hyper = dict(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(params):
         by_dtype.setdefault(p.dtype, []).append(i)
     for dtype, idx in by_dtype.items():
-        count = torch.full((), float(step), dtype=torch.float32, device=params[idx[0]].device)
-        torch._fused_adamw_([params[i] for i in idx], [grads[i].to(dtype) for i in idx],
-                            [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx], [],
-                            [count] * len(idx), lr=lr, beta1=beta1, beta2=beta2,
-                            weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+        lists = [[t[i] for i in idx] for t in (params, grads, exp_avgs, exp_avg_sqs)]
+        if not FUSED:
+            adamw_step_(*lists, **hyper, fused=False)
+            continue
+        count = torch.full((), float(step), dtype=torch.float32, device=lists[0][0].device)
+        try:
+            torch._fused_adamw_(lists[0], [g.to(dtype) for g in lists[1]], lists[2], lists[3],
+                                [], [count] * len(idx), lr=lr, beta1=beta1, beta2=beta2,
+                                weight_decay=weight_decay, eps=eps, amsgrad=False,
+                                maximize=False)
+        except (RuntimeError, TypeError, NotImplementedError) as err:
+            FUSED = False
+            warnings.warn(f"torch's fused AdamW kernel failed ({err}); AdamW runs its readable "
+                          "foreach passes from now on (same results, slower on a GPU)",
+                          stacklevel=3)
+            adamw_step_(*lists, **hyper, fused=False)
