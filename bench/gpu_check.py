@@ -405,6 +405,17 @@ def check_stochastic_rounding(ctx):
             "only_neighbours": neighbours, "adamw_moved": moved, "adamw_expected": expected}
 
 
+# bf16 storage: both paths compute in fp32 and round to nearest, but on the GPU their fp32
+# results differ in the last bits (operation order, fused multiply-adds), so a moment
+# sometimes rounds the other way, and where a gradient is near zero Adam's m / sqrt(v) is a ratio of two tiny
+# bf16 numbers that such a flip can change a lot. On an H100 (2026-12-07) after 5 steps on
+# 50.3M entries: relative L2 difference 4.7e-5, 0.036% of entries unequal, 992 (2.0e-5)
+# more than 2 bf16 steps apart, the largest by 0.023, about two updates of lr = 0.01 (an
+# update whose sign flipped). The check first demanded every entry within one bf16 step,
+# which the CPU meets exactly, and failed on that; this tolerance was set afterwards.
+BF16_ADAMW_TOLERANCE = {"rel_err": 1e-3, "far_fraction": 1e-4}
+
+
 @check("adamw_fused")
 def check_adamw_fused(ctx):
     """torch's fused AdamW kernel (the default on CUDA, ``optim.adamw``) against the
@@ -435,13 +446,15 @@ def check_adamw_fused(ctx):
         a = torch.cat([p.float().flatten() for p in results[True]])
         b = torch.cat([p.float().flatten() for p in results[False]])
         name = "fp32" if dtype == torch.float32 else "bf16"
+        steps_apart = (a - b).abs() / (torch.finfo(torch.bfloat16).eps * b.abs().clamp_min(1e-3))
+        far = (steps_apart > 2.001).float().mean().item()
         if dtype == torch.float32:
             ok = rel_err(a, b) < 1e-5
-        else:  # both round fp32 results to nearest: at most one bf16 step apart
-            ulp = torch.finfo(torch.bfloat16).eps * b.abs().clamp_min(1e-3)
-            ok = (bool(((a - b).abs() <= ulp).all().item())
-                  and (a == b).float().mean().item() > 0.95)
+        else:  # see BF16_ADAMW_TOLERANCE
+            ok = rel_err(a, b) < BF16_ADAMW_TOLERANCE["rel_err"] \
+                and far < BF16_ADAMW_TOLERANCE["far_fraction"]
         out[name] = {"rel_err": rel_err(a, b), "equal_fraction": (a == b).float().mean().item(),
+                     "more_than_2_bf16_steps_apart": far,
                      "fused_ms": round(times[True], 3), "readable_ms": round(times[False], 3)}
         out["ok"] = out["ok"] and bool(ok)
     out["fused_kernel_ran"] = adamw.FUSED  # False: the kernel failed and the check compared
