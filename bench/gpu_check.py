@@ -407,12 +407,12 @@ def check_stochastic_rounding(ctx):
 
 # bf16 storage: both paths compute in fp32 and round to nearest, but on the GPU their fp32
 # results differ in the last bits (operation order, fused multiply-adds), so a moment
-# sometimes rounds the other way, and where a gradient is near zero Adam's m / sqrt(v) is a ratio of two tiny
-# bf16 numbers that such a flip can change a lot. On an H100 (2026-12-07) after 5 steps on
-# 50.3M entries: relative L2 difference 4.7e-5, 0.036% of entries unequal, 992 (2.0e-5)
-# more than 2 bf16 steps apart, the largest by 0.023, about two updates of lr = 0.01 (an
-# update whose sign flipped). The check first demanded every entry within one bf16 step,
-# which the CPU meets exactly, and failed on that; this tolerance was set afterwards.
+# sometimes rounds the other way, and where a gradient is near zero Adam's m / sqrt(v) is a
+# ratio of two tiny bf16 numbers that such a flip can change a lot. On an H100 (2026-12-07)
+# after 5 steps on 50.3M entries: relative L2 difference 4.7e-5, 0.036% of entries unequal,
+# 992 (2.0e-5) more than 2 bf16 steps apart, the largest by 0.023, about two updates of
+# lr = 0.01 (an update whose sign flipped). The check first demanded every entry within one
+# bf16 step, which the CPU meets exactly, and failed on that; this tolerance came after.
 BF16_ADAMW_TOLERANCE = {"rel_err": 1e-3, "far_fraction": 1e-4}
 
 

@@ -23,11 +23,12 @@ random instead, with the probabilities that make the stored value right on avera
 On CUDA the same step runs through torch's fused AdamW kernel (``torch._fused_adamw_``,
 what ``torch.optim.AdamW(fused=True)`` calls): one kernel reads each parameter, gradient
 and moment once and writes them once, where the readable ``_foreach`` version below makes
-seven passes (at d12 ~6.5 ms of a ~134 ms step on an H100, issue #18). It computes in fp32
-and writes bf16 tensors back rounded to nearest, as the readable path does. With
+seven passes (at d12 on an H100: 2.1 ms per step against ~6.5 ms, issue #18). It computes
+in fp32 and writes bf16 tensors back rounded to nearest, as the readable path does. With
 stochastic rounding the bf16 tensors take the readable path's fp32 copies, and the fused
-kernel updates those copies before they are rounded at random. ``fused=False`` (or ``NANOGPT_COURSE_FUSED_ADAMW=0``)
-runs the readable version anywhere; ``tests/test_optim_adamw_fused.py`` ties the two.
+kernel updates those copies before they are rounded at random. ``fused=False`` (or
+``NANOGPT_COURSE_FUSED_ADAMW=0``) runs the readable version anywhere;
+``tests/test_optim_adamw_fused.py`` ties the two.
 """
 
 from __future__ import annotations
