@@ -250,6 +250,26 @@ if DATA == "fineweb_edu":
 #
 # Every line names its flag: pass the flag to override the rule.
 #
+# ### Where a step's time goes on a GPU
+#
+# The time estimate assumes 40% MFU: the share of the GPU's peak bf16 rate that the
+# model's FLOPs use. Why not 100%? A profile of one d12 step on an H100 (seq 2048 ×
+# micro-batch 32, 127 ms, 46% MFU; `python bench/bench_train.py --depth 12 --compile
+# --profile DIR`, docs/PERFORMANCE.md) shows where the time goes:
+#
+# | part of the step | share |
+# |---|---|
+# | matrix multiplies (the FLOPs that MFU counts, plus Muon's Newton–Schulz) | ~50% |
+# | kernels `torch.compile` generated: RMSNorm, ReLU², softcap + cross-entropy, residual mixes | ~27% |
+# | attention (flash kernels; they run far below the peak rate) | ~17% |
+# | the optimizer's elementwise work and copies, the GPU idle | ~7% |
+#
+# The elementwise kernels do few FLOPs per byte, so they are bound by memory bandwidth,
+# not compute: a quarter of the time for almost none of the counted FLOPs. That is why
+# nanochat and this project both sit at 44-46% MFU on this GPU, and why fusing passes over
+# memory (one AdamW kernel instead of seven passes bought this step 4 ms) pays more than
+# anything that speeds up arithmetic.
+#
 # ## What to expect
 #
 # A healthy pretraining curve has recognizable phases (watch the validation bits per
