@@ -167,17 +167,17 @@ class StepProfiler:
     def phases(self, skip: int) -> dict:
         """Median milliseconds of each phase over the steps after ``skip`` (not the
         profiled ones: the profiler slows them)."""
-        keep = [m for i, m in enumerate(self.marks)
-                if skip <= i < self.first and "opt_end" in m]
-        nxt = {id(m): self.marks[i + 1] for i, m in enumerate(self.marks[:-1])}
         fb, opt, gap = [], [], []
-        for m in keep:
+        for i in range(skip, min(self.first, len(self.marks))):
+            m = self.marks[i]
+            if "opt_end" not in m:
+                continue
             fb.append(self.clock.ms(m["forward"], m["opt_start"]))
             opt.append(self.clock.ms(m["opt_start"], m["opt_end"]))
-            if id(m) in nxt:
-                gap.append(self.clock.ms(m["opt_end"], nxt[id(m)]["forward"]))
+            if i + 1 < len(self.marks):
+                gap.append(self.clock.ms(m["opt_end"], self.marks[i + 1]["forward"]))
         med = lambda v: round(statistics.median(v), 3) if v else None  # noqa: E731
-        return {"steps": len(keep), "forward_backward_ms": med(fb), "optimizer_ms": med(opt),
+        return {"steps": len(fb), "forward_backward_ms": med(fb), "optimizer_ms": med(opt),
                 "between_steps_ms": med(gap)}
 
     def report(self, skip: int) -> dict:
