@@ -217,6 +217,41 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+def relu_squared_reference(h: torch.Tensor) -> torch.Tensor:
+    """relu(h)², the readable version (autograd saves ``h`` for its backward)."""
+    return F.relu(h).square()
+
+
+class ReluSquared(torch.autograd.Function):
+    """relu(h)² that keeps only its output for the backward pass.
+
+    The derivative is 2·relu(h), and relu(h) = sqrt(relu(h)²): the backward can be computed
+    from the output ``a`` alone. The output has to be kept anyway (it is the input of the
+    MLP's second matmul, whose weight gradient needs it), so the pre-activation ``h`` is not
+    kept at all: one (B, T, 4C) tensor less per layer (4.5 GiB at d12 × micro-batch 32).
+    torch.compile traces both methods, so the forward and backward stay fused kernels.
+    ``tests/test_model_relu2.py`` ties it to :func:`relu_squared_reference`.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        a = F.relu(h).square()
+        ctx.save_for_backward(a)
+        return a
+
+    @staticmethod
+    def backward(ctx, grad_a: torch.Tensor) -> torch.Tensor:
+        (a,) = ctx.saved_tensors
+        # d relu(h)²/dh = 2 relu(h) = 2 sqrt(a), computed in at least fp32 (bf16 rounds once)
+        acc = torch.promote_types(a.dtype, torch.float32)
+        return (grad_a.to(acc) * (2 * a.to(acc).sqrt())).to(a.dtype)
+
+
+def relu_squared(h: torch.Tensor) -> torch.Tensor:
+    """relu(h)² with the smaller backward of :class:`ReluSquared`. h: any shape."""
+    return ReluSquared.apply(h)
+
+
 class MLP(nn.Module):
     """x → relu(x W_fc)² W_proj: squared ReLU, ``mlp_ratio`` times wider inside."""
 
@@ -227,7 +262,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=False)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        """x: (B, T, C) → (B, T, C)."""
+        return self.c_proj(relu_squared(self.c_fc(x)))
 
 
 class Block(nn.Module):
