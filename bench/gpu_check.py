@@ -243,6 +243,53 @@ def _kv_decode(ctx: Context, pattern: str) -> dict:
     return out
 
 
+def saved_storage_bytes(fn, *args) -> tuple[torch.Tensor, list[int]]:
+    """``fn(*args)`` and the byte sizes of the distinct storages autograd keeps for backward."""
+    kept = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, list(kept.values())
+
+
+@check("relu2_saved")
+def check_relu2_saved(ctx):
+    """The MLP's relu² (model.ReluSquared) under the trainer's recipe (compiled, bf16
+    autocast on CUDA): the graph keeps one (B, T, 4C) hidden tensor per MLP, where autograd
+    on the readable ``F.relu(h).square()`` keeps two; the output and input gradient agree."""
+    from nanogpt_course import model as model_module
+
+    cfg = ctx.config()
+    torch.manual_seed(0)
+    mlp = model_module.MLP(cfg).to(ctx.device)
+    torch.nn.init.normal_(mlp.c_proj.weight, std=0.02)
+    B, T = 2, ctx.size(2048, 48)
+    x = torch.randn(B, T, cfg.n_embd, device=ctx.device, requires_grad=True)
+
+    def kept_hidden(relu2):
+        def forward(inp):
+            return mlp.c_proj(relu2(mlp.c_fc(inp)))
+        fn = ctx.maybe_compile(forward)
+        with ctx.autocast():
+            fn(x).float().square().sum().backward()  # compile first
+            out, sizes = saved_storage_bytes(fn, x)
+        x.grad = None
+        out.float().square().sum().backward()
+        hidden = B * T * cfg.mlp_ratio * cfg.n_embd * out.element_size()
+        return out.detach().float(), x.grad.detach().clone(), sum(b == hidden for b in sizes)
+
+    out, grad, n_fast = kept_hidden(model_module.relu_squared)
+    ref_out, ref_grad, n_ref = kept_hidden(model_module.relu_squared_reference)
+    out_err, grad_err = rel_err(out, ref_out), rel_err(grad, ref_grad)
+    ok = n_fast == 1 and out_err < 1e-2 and grad_err < 2e-2
+    return {"ok": ok, "hidden_tensors_kept": n_fast, "readable_hidden_tensors_kept": n_ref,
+            "out_rel_err": out_err, "grad_rel_err": grad_err, "batch": B, "seq": T}
+
+
 @check("kv_decode_L")
 def check_kv_decode_full(ctx):
     return _kv_decode(ctx, "L")
