@@ -272,6 +272,30 @@ class MLP(nn.Module):
 
 
 # %% [markdown]
+# ### What the backward pass keeps
+#
+# Training keeps, for every layer, the tensors its backward pass will need. The MLP's
+# hidden tensors are 4× wider than everything else, so they are a large part of the memory
+# of a training step. The derivative of $\mathrm{relu}(h)^2$ is $2\,\mathrm{relu}(h)$,
+# and $\mathrm{relu}(h) = \sqrt{\mathrm{relu}(h)^2}$: the output $a$ alone is enough for
+# the backward pass, and $a$ is kept anyway (the second matmul's weight gradient reads it).
+# The library's `model.relu_squared` is an autograd function built on that: it keeps $a$
+# and never the pre-activation $h$. Under `torch.compile` on a GPU that is one wide
+# tensor less per layer (4.5 GiB at d12 with 32 × 2048 tokens; docs/PERFORMANCE.md).
+# Same gradient as autograd on the readable version:
+
+# %%
+from nanogpt_course.model import relu_squared, relu_squared_reference
+
+h = torch.randn(4, 8, requires_grad=True)
+g = torch.randn(4, 8)
+(grad_fast,) = torch.autograd.grad(relu_squared(h), h, g)
+(grad_readable,) = torch.autograd.grad(relu_squared_reference(h), h, g)
+torch.testing.assert_close(grad_fast, grad_readable)
+print("gradient from the output alone matches autograd:", torch.equal(grad_fast, grad_readable)
+      or "(to rounding)")
+
+# %% [markdown]
 # ## 5. Attention, as a module
 #
 # Everything here comes from lesson 02: project the normed input to queries, keys and
