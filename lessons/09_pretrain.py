@@ -270,6 +270,14 @@ if DATA == "fineweb_edu":
 # memory (one AdamW kernel instead of seven passes bought this step 4 ms) pays more than
 # anything that speeds up arithmetic.
 #
+# Memory has its own profile (`python bench/bench_peak_memory.py --depth 12`, which
+# replays the allocator's trace of one step): the peak comes at the end of the forward
+# pass, when `lm_head` writes the logits (4 GiB at 32 × 2048 × 32,768 in bf16) on top of
+# every activation kept for the backward pass (about 18 GiB at d12), with the weights and
+# optimizer state (3 GiB) underneath. The widest activations are the MLP's: keeping only
+# relu²'s output and computing its derivative from it (lesson 03) took the d12 peak from
+# 29.4 to 24.9 GiB on an H100, below nanochat's 27.4.
+#
 # ## What to expect
 #
 # A healthy pretraining curve has recognizable phases (watch the validation bits per
