@@ -218,7 +218,8 @@ class CausalSelfAttention(nn.Module):
 
 
 def relu_squared_reference(h: torch.Tensor) -> torch.Tensor:
-    """relu(h)², the readable version (autograd saves ``h`` for its backward)."""
+    """relu(h)², the readable version. Autograd keeps relu(h) for its backward; a compiled
+    training graph kept both a (B, T, 4C) pre-activation and the output (see ReluSquared)."""
     return F.relu(h).square()
 
 
