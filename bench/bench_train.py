@@ -10,6 +10,7 @@ tokenizer keep data and tokenization out of the measurement (as in DESIGN.md's t
     python bench/bench_train.py --dry-run                                # CPU, seconds
     python bench/bench_train.py --depth 12 --compile --profile $OUT/prof  # + where time goes
     python bench/bench_train.py --depth 12 --compile --optimizer zero2     # ZeRO-2 hooks, 1 GPU
+    python bench/bench_train.py --depth 12 --compile --compile-mode max-autotune-no-cudagraphs
     python bench/bench_train.py --depth 12 --compile --nanochat .nanochat \
         --merge-summary docs/results/perf_summary.json                     # + nanochat, 1 GPU
 
@@ -75,6 +76,7 @@ from nanogpt_course import chunked_loss  # noqa: E402
 from nanogpt_course.model import GPTConfig  # noqa: E402
 from nanogpt_course.train import scaling  # noqa: E402
 from nanogpt_course.train.build import RunPlan, model_stats  # noqa: E402
+from nanogpt_course.train.compiling import COMPILE_MODES, compile_mode_from_env  # noqa: E402
 from nanogpt_course.train.config import TrainConfig, check_batch  # noqa: E402
 from nanogpt_course.train.data import MemoryLoaders  # noqa: E402
 from nanogpt_course.train.loop import Trainer  # noqa: E402
@@ -110,6 +112,9 @@ def main(argv=None) -> dict:
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step per rank")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode for our forward (NANOGPT_COURSE_COMPILE_MODE; "
+                        "nanochat's side keeps its default)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
     p.add_argument("--window-pattern", default="L", help="e.g. SSSL (the trainer's flag)")
@@ -214,6 +219,8 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
         _force_dist_optimizer(args.optimizer, rt)
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
+    if args.compile_mode:  # read by compile_for_training when the trainer compiles
+        os.environ["NANOGPT_COURSE_COMPILE_MODE"] = args.compile_mode
     start = time.perf_counter()
     trainer = Trainer(run, rt, loaders, echo=rt.is_main)
     profiler = None
@@ -235,6 +242,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "depth": args.depth, "width": config.n_embd, "vocab": args.vocab,
             "seq_len": args.seq_len, "device_batch_size": args.device_batch_size,
             "grad_accum": run.grad_accum, "compile": args.compile,
+            "compile_mode": compile_mode_from_env() if args.compile else None,
             "optimizer": args.optimizer, "loss_impl": chunked_loss.loss_impl_from_env(),
             "window_pattern": config.window_pattern, "short_window": config.short_window,
             "fp8": args.fp8,
@@ -341,7 +349,8 @@ def summary_key(args) -> str:
     return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}")
             + (f"_w{window}" if window and pattern != "L" else "") + ("_fp8" * args.fp8)
             + ("_bf16emb" if getattr(args, "embedding_dtype", "fp32") == "bf16" else "")
-            + ("_sr" if getattr(args, "stochastic_rounding", False) else ""))
+            + ("_sr" if getattr(args, "stochastic_rounding", False) else "")
+            + ("_autotune" if "autotune" in (getattr(args, "compile_mode", None) or "") else ""))
 
 
 def summary_entry(report: dict, meta: dict) -> dict:

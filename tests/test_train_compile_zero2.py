@@ -34,6 +34,28 @@ def test_whole_model_compile_without_backward_sharding(monkeypatch):
     assert not dist_opt.shards_grads_in_backward
 
 
+def test_compile_mode_from_the_environment(monkeypatch):
+    """NANOGPT_COURSE_COMPILE_MODE reaches torch.compile (whole model and block by block);
+    a mode torch does not have is refused with the list of those it has."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    model = GPT(demo_config())
+    adamw = MuonAdamW([{"kind": "adamw", "params": list(model.parameters())}])
+    monkeypatch.delenv("NANOGPT_COURSE_COMPILE_MODE", raising=False)
+    compile_for_training(model, adamw)
+    assert seen[-1] == {"dynamic": False}
+    monkeypatch.setenv("NANOGPT_COURSE_COMPILE_MODE", "max-autotune-no-cudagraphs")
+    compile_for_training(model, adamw)
+    assert seen[-1] == {"dynamic": False, "mode": "max-autotune-no-cudagraphs"}
+    dist_opt = build_optimizer(model, distributed=True)
+    compile_for_training(model, dist_opt)
+    assert all(kw.get("mode") == "max-autotune-no-cudagraphs" for kw in seen[-len(model.blocks) - 1:])
+    dist_opt.remove_hooks()
+    monkeypatch.setenv("NANOGPT_COURSE_COMPILE_MODE", "fastest")
+    with pytest.raises(ValueError, match="not a torch.compile mode.*max-autotune"):
+        compile_for_training(model, adamw)
+
+
 @pytest.mark.slow
 def test_blockwise_compile_shards_gradients_during_backward():
     torch.manual_seed(0)

@@ -19,9 +19,11 @@ backward, the whole model otherwise (one GPU: MuonAdamW, the faster single graph
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["BlockwiseCompiled", "compile_for_training"]
+__all__ = ["COMPILE_MODES", "BlockwiseCompiled", "compile_for_training", "compile_mode_from_env"]
 
 
 def _head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -70,9 +72,27 @@ def _allow_recompiles(n: int) -> None:
             return
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode_from_env() -> str | None:
+    """``NANOGPT_COURSE_COMPILE_MODE``: torch.compile's ``mode`` for the training forward,
+    for A/B runs (``max-autotune-no-cudagraphs`` tries Triton matmul templates, which can
+    fuse pointwise epilogues, against cuBLAS; compiling takes minutes). Unset: torch's
+    default."""
+    mode = os.environ.get("NANOGPT_COURSE_COMPILE_MODE") or None
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"NANOGPT_COURSE_COMPILE_MODE={mode!r} is not a torch.compile mode; "
+                         f"use one of {', '.join(COMPILE_MODES)} (or unset it)")
+    return mode
+
+
 def compile_for_training(model, optimizer, **compile_kwargs):
     """The callable ``(idx, targets) -> loss`` the trainer runs under ``--compile``."""
     compile_kwargs.setdefault("dynamic", False)
+    mode = compile_mode_from_env()
+    if mode is not None:
+        compile_kwargs.setdefault("mode", mode)
     if getattr(optimizer, "shards_grads_in_backward", False) and hasattr(model, "blocks"):
         return BlockwiseCompiled(model, **compile_kwargs)
     return torch.compile(model, **compile_kwargs)
