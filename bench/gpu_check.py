@@ -243,8 +243,9 @@ def _kv_decode(ctx: Context, pattern: str) -> dict:
     return out
 
 
-def saved_storage_bytes(fn, *args) -> tuple[torch.Tensor, list[int]]:
-    """``fn(*args)`` and the byte sizes of the distinct storages autograd keeps for backward."""
+def saved_storage_bytes(fn, *args) -> tuple[torch.Tensor, dict[int, int]]:
+    """``fn(*args)`` and the distinct storages autograd keeps for backward, as
+    {data pointer: bytes}."""
     kept = {}
 
     def pack(t):
@@ -253,7 +254,7 @@ def saved_storage_bytes(fn, *args) -> tuple[torch.Tensor, list[int]]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn(*args)
-    return out, list(kept.values())
+    return out, kept
 
 
 @check("relu2_saved")
@@ -276,11 +277,12 @@ def check_relu2_saved(ctx):
         fn = ctx.maybe_compile(forward)
         with ctx.autocast():
             fn(x).float().square().sum().backward()  # compile first
-            out, sizes = saved_storage_bytes(fn, x)
+            out, kept = saved_storage_bytes(fn, x)
         x.grad = None
         out.float().square().sum().backward()
         hidden = B * T * cfg.mlp_ratio * cfg.n_embd * out.element_size()
-        return out.detach().float(), x.grad.detach().clone(), sum(b == hidden for b in sizes)
+        n_hidden = sum(b == hidden for b in kept.values())
+        return out.detach().float(), x.grad.detach().clone(), n_hidden
 
     out, grad, n_fast = kept_hidden(model_module.relu_squared)
     ref_out, ref_grad, n_ref = kept_hidden(model_module.relu_squared_reference)

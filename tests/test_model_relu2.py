@@ -4,25 +4,20 @@ Checked against autograd on the readable ``F.relu(h).square()``: the same values
 gradients (fp64 gradcheck, bf16 within one rounding), and half the saved bytes, eager and
 under torch.compile (eager autograd keeps one tensor either way: relu's output, which
 ``square`` also needs; the compiled graph of the readable version keeps h and relu(h)²).
+The saved-tensor counting and the compiled comparison are bench/gpu_check.py's
+(``relu2_saved``), run here on the CPU.
 """
 
 import pytest
 import torch
+from conftest import load_bench
 
-from nanogpt_course.model import GPT, MLP, GPTConfig, relu_squared, relu_squared_reference
+from nanogpt_course.model import GPT, GPTConfig, relu_squared, relu_squared_reference
 
 
-def saved_storages(fn, *args):
-    """Output of ``fn(*args)`` and the distinct storages autograd saved for its backward."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*args)
-    return out, storages
+@pytest.fixture(scope="module")
+def gpu_check():
+    yield from load_bench("gpu_check")
 
 
 def test_forward_and_gradient_match_the_reference_in_fp64():
@@ -53,38 +48,22 @@ def test_bf16_gradient_within_one_rounding_of_fp32():
     torch.testing.assert_close(mine.double(), exact, rtol=2 * 2.0**-8, atol=0)
 
 
-def test_saves_only_the_output():
+def test_saves_only_the_output(gpu_check):
     h = torch.randn(2, 8, 64, requires_grad=True)
-    a, mine = saved_storages(relu_squared, h)
+    a, mine = gpu_check.saved_storage_bytes(relu_squared, h)
     assert list(mine) == [a.untyped_storage().data_ptr()]  # not h
 
 
 @pytest.mark.slow
-def test_compiled_mlp_keeps_one_hidden_activation_not_two():
+def test_compiled_mlp_keeps_one_hidden_activation_not_two(gpu_check):
     """Under torch.compile the partitioner decides what to keep; the hidden (B, T, 4C)
     tensors kept for backward drop from two (pre-activation and output) to one."""
-    cfg = GPTConfig.from_depth(2, vocab_size=128, sequence_len=64)
-    torch.manual_seed(0)
-    mlp = MLP(cfg)
-    x = torch.randn(2, 48, cfg.n_embd, requires_grad=True)  # 96 rows: unlike any weight's size
-    hidden_bytes = 2 * 48 * cfg.mlp_ratio * cfg.n_embd * 4
-
-    def kept_hidden(module):
-        compiled = torch.compile(module, dynamic=False)
-        compiled(x).sum().backward()  # compile first
-        out, saved = saved_storages(compiled, x)
-        return out, sum(1 for b in saved.values() if b == hidden_bytes)
-
-    out, n = kept_hidden(mlp)
-    assert n == 1
-
-    class Readable(torch.nn.Module):
-        def forward(self, x):
-            return mlp.c_proj(relu_squared_reference(mlp.c_fc(x)))
-
-    ref_out, n_ref = kept_hidden(Readable())
-    assert n_ref == 2
-    torch.testing.assert_close(out, ref_out)
+    ctx = gpu_check.Context(device=torch.device("cpu"), tiny=True, compile=True)
+    r = gpu_check.check_relu2_saved(ctx)
+    assert r["hidden_tensors_kept"] == 1
+    assert r["readable_hidden_tensors_kept"] == 2
+    assert r["out_rel_err"] < 1e-6 and r["grad_rel_err"] < 1e-6  # fp32 on the CPU
+    assert r["ok"]
 
 
 def test_gpt_gradients_match_the_readable_mlp(monkeypatch):
