@@ -11,6 +11,7 @@ tokenizer keep data and tokenization out of the measurement (as in DESIGN.md's t
     python bench/bench_train.py --depth 12 --compile --profile $OUT/prof  # + where time goes
     python bench/bench_train.py --depth 12 --compile --optimizer zero2     # ZeRO-2 hooks, 1 GPU
     python bench/bench_train.py --depth 12 --compile --compile-mode max-autotune-no-cudagraphs
+    python bench/bench_train.py --depth 12 --compile --coordinate-tuning 1  # tuned Triton kernels
     python bench/bench_train.py --depth 12 --compile --nanochat .nanochat \
         --merge-summary docs/results/perf_summary.json                     # + nanochat, 1 GPU
 
@@ -76,7 +77,11 @@ from nanogpt_course import chunked_loss  # noqa: E402
 from nanogpt_course.model import GPTConfig  # noqa: E402
 from nanogpt_course.train import scaling  # noqa: E402
 from nanogpt_course.train.build import RunPlan, model_stats  # noqa: E402
-from nanogpt_course.train.compiling import COMPILE_MODES, compile_mode_from_env  # noqa: E402
+from nanogpt_course.train.compiling import (  # noqa: E402
+    COMPILE_MODES,
+    compile_mode_from_env,
+    coordinate_tuning_from_env,
+)
 from nanogpt_course.train.config import TrainConfig, check_batch  # noqa: E402
 from nanogpt_course.train.data import MemoryLoaders  # noqa: E402
 from nanogpt_course.train.loop import Trainer  # noqa: E402
@@ -115,6 +120,10 @@ def main(argv=None) -> dict:
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode for our forward (NANOGPT_COURSE_COMPILE_MODE; "
                         "nanochat's side keeps its default)")
+    p.add_argument("--coordinate-tuning", choices=("0", "1"), default=None,
+                   help="Inductor's coordinate-descent tuning of our Triton kernels "
+                        "(NANOGPT_COURSE_COORDINATE_TUNING; nanochat's side keeps torch's "
+                        "default)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
     p.add_argument("--window-pattern", default="L", help="e.g. SSSL (the trainer's flag)")
@@ -221,6 +230,8 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
         torch.cuda.reset_peak_memory_stats(rt.device)
     if args.compile_mode:  # read by compile_for_training when the trainer compiles
         os.environ["NANOGPT_COURSE_COMPILE_MODE"] = args.compile_mode
+    if args.coordinate_tuning is not None:
+        os.environ["NANOGPT_COURSE_COORDINATE_TUNING"] = args.coordinate_tuning
     start = time.perf_counter()
     trainer = Trainer(run, rt, loaders, echo=rt.is_main)
     profiler = None
@@ -243,6 +254,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "seq_len": args.seq_len, "device_batch_size": args.device_batch_size,
             "grad_accum": run.grad_accum, "compile": args.compile,
             "compile_mode": compile_mode_from_env() if args.compile else None,
+            "coordinate_tuning": coordinate_tuning_from_env() if args.compile else None,
             "optimizer": args.optimizer, "loss_impl": chunked_loss.loss_impl_from_env(),
             "window_pattern": config.window_pattern, "short_window": config.short_window,
             "fp8": args.fp8,

@@ -42,6 +42,7 @@ def test_compile_mode_from_the_environment(monkeypatch):
     model = GPT(demo_config())
     adamw = MuonAdamW([{"kind": "adamw", "params": list(model.parameters())}])
     monkeypatch.delenv("NANOGPT_COURSE_COMPILE_MODE", raising=False)
+    monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "0")
     compile_for_training(model, adamw)
     assert seen[-1] == {"dynamic": False}
     monkeypatch.setenv("NANOGPT_COURSE_COMPILE_MODE", "max-autotune-no-cudagraphs")
@@ -53,6 +54,35 @@ def test_compile_mode_from_the_environment(monkeypatch):
     dist_opt.remove_hooks()
     monkeypatch.setenv("NANOGPT_COURSE_COMPILE_MODE", "fastest")
     with pytest.raises(ValueError, match="not a torch.compile mode.*max-autotune"):
+        compile_for_training(model, adamw)
+
+
+def test_coordinate_tuning_from_the_environment(monkeypatch):
+    """NANOGPT_COURSE_COORDINATE_TUNING turns Inductor's coordinate-descent tuning on per
+    compile call: as options (with a mode spelled out as its own options, since torch.compile
+    refuses both), never for another backend, and a value other than 0/1 is refused."""
+    from torch._inductor import list_mode_options
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    model = GPT(demo_config())
+    adamw = MuonAdamW([{"kind": "adamw", "params": list(model.parameters())}])
+    monkeypatch.delenv("NANOGPT_COURSE_COMPILE_MODE", raising=False)
+    monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "1")
+    compile_for_training(model, adamw)
+    assert seen[-1] == {"dynamic": False, "options": {"coordinate_descent_tuning": True}}
+    monkeypatch.setenv("NANOGPT_COURSE_COMPILE_MODE", "reduce-overhead")
+    compile_for_training(model, adamw)
+    assert seen[-1]["options"] == {**list_mode_options("reduce-overhead"),
+                                   "coordinate_descent_tuning": True}
+    assert "mode" not in seen[-1] and seen[-1]["options"]["triton.cudagraphs"] is True
+    compile_for_training(model, adamw, backend="aot_eager")
+    assert seen[-1] == {"dynamic": False, "backend": "aot_eager"}
+    monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "0")
+    compile_for_training(model, adamw)
+    assert seen[-1] == {"dynamic": False, "mode": "reduce-overhead"}
+    monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "yes")
+    with pytest.raises(ValueError, match="use 1 .on. or 0"):
         compile_for_training(model, adamw)
 
 

@@ -23,7 +23,8 @@ import os
 
 import torch
 
-__all__ = ["COMPILE_MODES", "BlockwiseCompiled", "compile_for_training", "compile_mode_from_env"]
+__all__ = ["COMPILE_MODES", "BlockwiseCompiled", "compile_for_training", "compile_kwargs_from_env",
+           "compile_mode_from_env", "coordinate_tuning_from_env"]
 
 
 def _head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -87,12 +88,45 @@ def compile_mode_from_env() -> str | None:
     return mode
 
 
+def coordinate_tuning_from_env() -> bool:
+    """``NANOGPT_COURSE_COORDINATE_TUNING`` (``1``/``0``, default
+    :data:`COORDINATE_TUNING_DEFAULT`): let Inductor tune each generated Triton kernel's
+    launch configuration (block sizes, warps) by timing its neighbours, once, at compile time.
+    Same arithmetic, kernels tuned to the GPU; it adds compile time and changes nothing on
+    the CPU, whose kernels are C++."""
+    raw = os.environ.get("NANOGPT_COURSE_COORDINATE_TUNING")
+    if raw is None or raw == "":
+        return COORDINATE_TUNING_DEFAULT
+    if raw not in ("0", "1"):
+        raise ValueError(f"NANOGPT_COURSE_COORDINATE_TUNING={raw!r}: use 1 (on) or 0 (off)")
+    return raw == "1"
+
+
+COORDINATE_TUNING_DEFAULT = False
+
+
+def compile_kwargs_from_env() -> dict:
+    """torch.compile's ``mode`` / ``options`` for the training forward, from the two
+    variables above. torch.compile takes a mode or options, not both, so with coordinate
+    tuning on the mode is spelled out as its options (``torch._inductor.list_mode_options``)
+    plus ``coordinate_descent_tuning``; passed per call, nothing global changes (a nanochat
+    model compiled in the same process, as bench_train does, gets torch's defaults)."""
+    mode = compile_mode_from_env()
+    if not coordinate_tuning_from_env():
+        return {"mode": mode} if mode is not None else {}
+    from torch._inductor import list_mode_options
+
+    options = dict(list_mode_options(mode or "default"))
+    options["coordinate_descent_tuning"] = True
+    return {"options": options}
+
+
 def compile_for_training(model, optimizer, **compile_kwargs):
     """The callable ``(idx, targets) -> loss`` the trainer runs under ``--compile``."""
     compile_kwargs.setdefault("dynamic", False)
-    mode = compile_mode_from_env()
-    if mode is not None:
-        compile_kwargs.setdefault("mode", mode)
+    if "backend" not in compile_kwargs:  # mode and options are Inductor's
+        for key, value in compile_kwargs_from_env().items():
+            compile_kwargs.setdefault(key, value)
     if getattr(optimizer, "shards_grads_in_backward", False) and hasattr(model, "blocks"):
         return BlockwiseCompiled(model, **compile_kwargs)
     return torch.compile(model, **compile_kwargs)
