@@ -355,14 +355,17 @@ def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,
 def summary_key(args) -> str:
     """The ``train`` section's key: ``d12``, ``d12_SSSL``, ``d12_SSSL_w512`` (a short window
     of 512 tokens), ``d12_fp8`` (issue #19's names), ``d12_bf16emb`` (embeddings stored in
-    bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically)."""
+    bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically), ``d12_autotune``
+    and ``d12_coord`` (a compile mode with max-autotune, coordinate-descent tuning asked
+    for)."""
     pattern = args.window_pattern
     window = getattr(args, "short_window", None)
     return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}")
             + (f"_w{window}" if window and pattern != "L" else "") + ("_fp8" * args.fp8)
             + ("_bf16emb" if getattr(args, "embedding_dtype", "fp32") == "bf16" else "")
             + ("_sr" if getattr(args, "stochastic_rounding", False) else "")
-            + ("_autotune" if "autotune" in (getattr(args, "compile_mode", None) or "") else ""))
+            + ("_autotune" if "autotune" in (getattr(args, "compile_mode", None) or "") else "")
+            + ("_coord" if getattr(args, "coordinate_tuning", None) == "1" else ""))
 
 
 def summary_entry(report: dict, meta: dict) -> dict:

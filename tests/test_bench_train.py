@@ -150,3 +150,22 @@ def test_device_ranges_are_not_counted_as_kernels():
     assert train_profile.is_annotation(ev("Optimizer.step#MuonAdamW.step"))
     assert train_profile.is_annotation(ev("my_range", annotation=True))
     assert not train_profile.is_annotation(ev("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN"))
+
+
+def test_summary_keys_name_what_differs_from_the_default_recipe():
+    """perf_summary.json's train keys: one per recipe, so an A/B never overwrites d12."""
+    import argparse
+
+    import bench_train
+
+    def key(**kw):
+        base = dict(depth=12, window_pattern="L", short_window=None, fp8=False,
+                    embedding_dtype="fp32", stochastic_rounding=False, compile_mode=None,
+                    coordinate_tuning=None)
+        return bench_train.summary_key(argparse.Namespace(**{**base, **kw}))
+
+    assert key() == "d12" and key(depth=20) == "d20"
+    assert key(window_pattern="SSSL", short_window=512) == "d12_SSSL_w512"
+    assert key(compile_mode="max-autotune-no-cudagraphs") == "d12_autotune"
+    assert key(coordinate_tuning="1") == "d12_coord" and key(coordinate_tuning="0") == "d12"
+    assert key(embedding_dtype="bf16", stochastic_rounding=True) == "d12_bf16emb_sr"
