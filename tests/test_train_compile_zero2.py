@@ -78,6 +78,8 @@ def test_coordinate_tuning_from_the_environment(monkeypatch):
     assert "mode" not in seen[-1] and seen[-1]["options"]["triton.cudagraphs"] is True
     compile_for_training(model, adamw, backend="aot_eager")
     assert seen[-1] == {"dynamic": False, "backend": "aot_eager"}
+    compile_for_training(model, adamw, mode="default")  # a caller's mode is not overridden
+    assert seen[-1] == {"dynamic": False, "mode": "default"}
     monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "0")
     compile_for_training(model, adamw)
     assert seen[-1] == {"dynamic": False, "mode": "reduce-overhead"}

@@ -88,6 +88,9 @@ def compile_mode_from_env() -> str | None:
     return mode
 
 
+COORDINATE_TUNING_DEFAULT = False
+
+
 def coordinate_tuning_from_env() -> bool:
     """``NANOGPT_COURSE_COORDINATE_TUNING`` (``1``/``0``, default
     :data:`COORDINATE_TUNING_DEFAULT`): let Inductor tune each generated Triton kernel's
@@ -100,9 +103,6 @@ def coordinate_tuning_from_env() -> bool:
     if raw not in ("0", "1"):
         raise ValueError(f"NANOGPT_COURSE_COORDINATE_TUNING={raw!r}: use 1 (on) or 0 (off)")
     return raw == "1"
-
-
-COORDINATE_TUNING_DEFAULT = False
 
 
 def compile_kwargs_from_env() -> dict:
@@ -124,9 +124,8 @@ def compile_kwargs_from_env() -> dict:
 def compile_for_training(model, optimizer, **compile_kwargs):
     """The callable ``(idx, targets) -> loss`` the trainer runs under ``--compile``."""
     compile_kwargs.setdefault("dynamic", False)
-    if "backend" not in compile_kwargs:  # mode and options are Inductor's
-        for key, value in compile_kwargs_from_env().items():
-            compile_kwargs.setdefault(key, value)
+    if not {"backend", "mode", "options"} & compile_kwargs.keys():  # the caller's choice wins
+        compile_kwargs.update(compile_kwargs_from_env())  # mode and options are Inductor's
     if getattr(optimizer, "shards_grads_in_backward", False) and hasattr(model, "blocks"):
         return BlockwiseCompiled(model, **compile_kwargs)
     return torch.compile(model, **compile_kwargs)
