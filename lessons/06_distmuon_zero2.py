@@ -62,7 +62,7 @@ from matplotlib.patches import Rectangle
 from safetensors.torch import load_file, save_file
 
 from nanogpt_course import exercises, paths, presets
-from nanogpt_course.launch import init_distributed, launch
+from nanogpt_course.launch import finish_distributed, init_distributed, launch
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.optim import (
     DistMuonAdamW,
@@ -425,6 +425,7 @@ def train_three_ways(steps: int, out: str) -> None:
         with open(os.path.join(out, "report.json"), "w") as f:
             json.dump({"grad_bytes": grad_bytes, "log": log, "world_size": W,
                        "param_bytes": live_bytes(params)}, f)
+    finish_distributed()  # every rank waits here: none tears gloo down while rank 0 writes
 
 
 # %% [markdown]
@@ -440,7 +441,7 @@ run_root.mkdir(parents=True, exist_ok=True)
 header = '''import json, os, sys
 import torch, torch.distributed as dist, torch.nn.functional as F
 from safetensors.torch import save_file
-from nanogpt_course.launch import init_distributed
+from nanogpt_course.launch import finish_distributed, init_distributed
 from nanogpt_course.model import GPT
 from nanogpt_course.optim import DistMuonAdamW, RecordingCollectives, adamw_step_
 from nanogpt_course.optim.demo import bigram_batch, demo_config
