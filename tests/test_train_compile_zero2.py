@@ -34,14 +34,21 @@ def test_whole_model_compile_without_backward_sharding(monkeypatch):
     assert not dist_opt.shards_grads_in_backward
 
 
-def test_compile_mode_from_the_environment(monkeypatch):
-    """NANOGPT_COURSE_COMPILE_MODE reaches torch.compile (whole model and block by block);
-    a mode torch does not have is refused with the list of those it has."""
+@pytest.fixture
+def recorded_compile(monkeypatch):
+    """torch.compile replaced by a recorder of its keyword arguments (the list ``seen``),
+    a demo GPT, a one-GPU optimizer for it, and no compile mode in the environment."""
     seen = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
-    model = GPT(demo_config())
-    adamw = MuonAdamW([{"kind": "adamw", "params": list(model.parameters())}])
     monkeypatch.delenv("NANOGPT_COURSE_COMPILE_MODE", raising=False)
+    model = GPT(demo_config())
+    return seen, model, MuonAdamW([{"kind": "adamw", "params": list(model.parameters())}])
+
+
+def test_compile_mode_from_the_environment(recorded_compile, monkeypatch):
+    """NANOGPT_COURSE_COMPILE_MODE reaches torch.compile (whole model and block by block);
+    a mode torch does not have is refused with the list of those it has."""
+    seen, model, adamw = recorded_compile
     monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "0")
     compile_for_training(model, adamw)
     assert seen[-1] == {"dynamic": False}
@@ -57,17 +64,13 @@ def test_compile_mode_from_the_environment(monkeypatch):
         compile_for_training(model, adamw)
 
 
-def test_coordinate_tuning_from_the_environment(monkeypatch):
+def test_coordinate_tuning_from_the_environment(recorded_compile, monkeypatch):
     """NANOGPT_COURSE_COORDINATE_TUNING turns Inductor's coordinate-descent tuning on per
     compile call: as options (with a mode spelled out as its own options, since torch.compile
     refuses both), never for another backend, and a value other than 0/1 is refused."""
     from torch._inductor import list_mode_options
 
-    seen = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
-    model = GPT(demo_config())
-    adamw = MuonAdamW([{"kind": "adamw", "params": list(model.parameters())}])
-    monkeypatch.delenv("NANOGPT_COURSE_COMPILE_MODE", raising=False)
+    seen, model, adamw = recorded_compile
     monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "1")
     compile_for_training(model, adamw)
     assert seen[-1] == {"dynamic": False, "options": {"coordinate_descent_tuning": True}}
