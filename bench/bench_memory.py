@@ -81,11 +81,10 @@ def ours(depth: int, vocab: int, seq_len: int) -> dict:
 def nanochat(path: str, depth: int, vocab: int, seq_len: int) -> dict:
     with mock.patch.dict(os.environ, {"NANOCHAT_DTYPE": "bfloat16", "TORCHDYNAMO_DISABLE": "1"}):
         ref = nanochat_ref.load(path)
-        model = nanochat_ref.build_model(ref, depth, vocab_size=vocab, sequence_len=seq_len,
-                                         device="cpu", seed=0)
-        rules = nanochat_ref.base_train_rules(ref, model, depth, vocab_size=vocab,
-                                              sequence_len=seq_len)
-        return measure(model, nanochat_ref.build_optimizer(model, rules))
+        model, _, optimizer = nanochat_ref.build_recipe(ref, depth, vocab_size=vocab,
+                                                        sequence_len=seq_len, device="cpu",
+                                                        seed=0)
+        return measure(model, optimizer)
 
 
 def main(argv=None) -> dict:

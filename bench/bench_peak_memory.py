@@ -108,11 +108,9 @@ def nanochat_step(args, x, y):
     import nanochat_ref
 
     ref = nanochat_ref.load(args.nanochat)
-    kw = dict(vocab_size=args.vocab, sequence_len=args.seq_len)
-    model = nanochat_ref.build_model(ref, args.depth, device="cuda", seed=0, **kw)
-    rules = nanochat_ref.base_train_rules(ref, model, args.depth,
-                                          total_batch_size=x.numel(), **kw)
-    optimizer = nanochat_ref.build_optimizer(model, rules)
+    model, _, optimizer = nanochat_ref.build_recipe(
+        ref, args.depth, vocab_size=args.vocab, sequence_len=args.seq_len, device="cuda",
+        seed=0, total_batch_size=x.numel())
     forward = torch.compile(model, dynamic=False)
 
     def step():  # nanochat computes in bf16 by itself (no autocast)

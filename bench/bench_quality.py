@@ -206,15 +206,12 @@ def run_nanochat(job: dict, folder: Path, out: Path) -> dict:
     ref = nanochat_ref.load(job["nanochat"])
     meta = data.read_meta(folder)
     vocab, T, device = meta["vocab_size"], job["seq_len"], job["device"]
-    model = nanochat_ref.build_model(ref, job["depth"], vocab_size=vocab, sequence_len=T,
-                                     device=device, seed=job["seed"])
-    rules = nanochat_ref.base_train_rules(ref, model, job["depth"], vocab_size=vocab,
-                                          sequence_len=T,
-                                          total_batch_size=job.get("nanochat_batch"))
+    model, rules, optimizer = nanochat_ref.build_recipe(
+        ref, job["depth"], vocab_size=vocab, sequence_len=T, device=device, seed=job["seed"],
+        total_batch_size=job.get("nanochat_batch"))
     batch = rules["total_batch_size"]
     count = closed_form(job["depth"], vocab, T, job["flops"], batch)
     steps = job.get("max_steps") or count["steps"]
-    optimizer = nanochat_ref.build_optimizer(model, rules)
     step_model = torch.compile(model, dynamic=False) if job.get("compile", True) else model
     micro = job["device_batch_size"]
     accum = batch // (micro * T)

@@ -318,11 +318,9 @@ def measure_nanochat(ref, args, device, tokens: torch.Tensor, *,
     """nanochat's model and optimizer on ``tokens``, timed like ours (see the docstring)."""
     B, T, accum = args.device_batch_size, args.seq_len, args.accum
     compile_model = args.compile and not args.dry_run
-    model = nanochat_ref.build_model(ref, args.depth, vocab_size=args.vocab, sequence_len=T,
-                                     device=device, seed=0)
-    rules = nanochat_ref.base_train_rules(ref, model, args.depth, vocab_size=args.vocab,
-                                          sequence_len=T, total_batch_size=B * T * accum)
-    optimizer = nanochat_ref.build_optimizer(model, rules)
+    model, rules, optimizer = nanochat_ref.build_recipe(
+        ref, args.depth, vocab_size=args.vocab, sequence_len=T, device=device, seed=0,
+        total_batch_size=B * T * accum)
     forward = torch.compile(model, dynamic=False) if compile_model else model
     batches = token_batches(tokens, B, T)
     seconds, loss_value = [], None

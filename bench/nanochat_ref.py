@@ -7,14 +7,16 @@ repository's root is git-excluded and travels to the GPU machine with ``carry``)
 (its FA3 kernels are downloaded from the Hub, which the GPU machine cannot reach), and the
 window pattern defaults to ``"L"`` (full context, which SDPA supports).
 
-Small functions, used by ``bench/bench_quality.py`` and meant for the other benches::
+Small functions, used by the benches that compare with nanochat (quality, training speed,
+memory)::
 
     ref = nanochat_ref.load("/path/to/nanochat")         # sys.path + commit check + SDPA
-    model = nanochat_ref.build_model(ref, 6, vocab_size=50259, sequence_len=1024,
-                                     device="cuda")
-    rules = nanochat_ref.base_train_rules(ref, model, 6, vocab_size=50259, sequence_len=1024)
-    opt = nanochat_ref.build_optimizer(model, rules)
+    model, rules, opt = nanochat_ref.build_recipe(ref, 6, vocab_size=50259,
+                                                  sequence_len=1024, device="cuda", seed=0)
     nanochat_ref.apply_schedule(opt, step, num_steps, rules["weight_decay"])
+
+(``build_recipe`` is :func:`build_model`, :func:`base_train_rules` and
+:func:`build_optimizer` in a row.)
 
 The rules and schedules restate nanochat's ``scripts/base_train.py`` (the reference point
 d12 at 2^19 tokens, Power-Lines batch, √batch LRs, the T_epoch weight decay computed from
@@ -126,6 +128,18 @@ def build_optimizer(model, rules: dict):
                                  embedding_lr=lrs["embedding_lr"], scalar_lr=lrs["scalar_lr"],
                                  matrix_lr=lrs["matrix_lr"],
                                  weight_decay=rules["weight_decay"])
+
+
+def build_recipe(ref, depth: int, *, vocab_size: int, sequence_len: int, device="cuda",
+                 seed: int | None = None, total_batch_size: int | None = None):
+    """``(model, rules, optimizer)``: nanochat's GPT at ``depth`` (:func:`build_model`), the
+    batch, LRs and weight decay ``base_train.py`` derives for it (:func:`base_train_rules`;
+    ``total_batch_size`` None lets the rules pick it) and its optimizer with them."""
+    model = build_model(ref, depth, vocab_size=vocab_size, sequence_len=sequence_len,
+                        device=device, seed=seed)
+    rules = base_train_rules(ref, model, depth, vocab_size=vocab_size,
+                             sequence_len=sequence_len, total_batch_size=total_batch_size)
+    return model, rules, build_optimizer(model, rules)
 
 
 def lr_multiplier(step: int, num_steps: int, *, warmup: int = 40, warmdown_ratio: float = 0.65,
