@@ -42,8 +42,9 @@ stream (forward + backward, optimizer, the gap before the next step) and, over
 ``--profile-steps`` extra steps after the timed ones, torch.profiler's kernels by category
 (``bench/train_profile.py``); files in DIR, the summary in the report's ``profile``.
 
-``NANOGPT_COURSE_LOSS=chunked`` measures our model with the opt-in chunked loss
-(``nanogpt_course/chunked_loss.py``; the report's ``loss_impl`` says which one ran).
+``--loss chunked`` / ``--loss fused`` (or ``NANOGPT_COURSE_LOSS``) measures our model with
+an opt-in loss (``nanogpt_course/chunked_loss.py``, ``nanogpt_course/fused_loss.py``; the
+report's ``loss_impl`` says which one ran).
 
 Prints one JSON object (and writes it to ``--json`` when given). ``--merge-summary [PATH]``
 (default docs/results/perf_summary.json) also writes the ``train`` section's entry for this
@@ -124,6 +125,9 @@ def main(argv=None) -> dict:
                    help="Inductor's coordinate-descent tuning of our Triton kernels "
                         "(NANOGPT_COURSE_COORDINATE_TUNING; nanochat's side keeps torch's "
                         "default)")
+    p.add_argument("--loss", choices=chunked_loss.IMPLS, default=None,
+                   help="the model's loss implementation (sets NANOGPT_COURSE_LOSS; default: "
+                        "that variable, else standard)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
     p.add_argument("--window-pattern", default="L", help="e.g. SSSL (the trainer's flag)")
@@ -147,6 +151,7 @@ def main(argv=None) -> dict:
                    help="steps run under torch.profiler after the timed ones (default 3)")
     args = p.parse_args(argv)
     args.window_pattern = args.window_pattern.upper()
+    args.loss = args.loss or chunked_loss.loss_impl_from_env()
     if args.dry_run:
         args.depth, args.vocab, args.seq_len, args.device_batch_size, args.steps = 2, 512, 64, 2, 6
     ref = load_nanochat(args.nanochat, eager=args.dry_run) if args.nanochat else None
@@ -232,6 +237,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
         os.environ["NANOGPT_COURSE_COMPILE_MODE"] = args.compile_mode
     if args.coordinate_tuning is not None:
         os.environ["NANOGPT_COURSE_COORDINATE_TUNING"] = args.coordinate_tuning
+    os.environ[chunked_loss.ENV_VAR] = args.loss  # read when the trainer builds its GPT
     start = time.perf_counter()
     trainer = Trainer(run, rt, loaders, echo=rt.is_main)
     profiler = None
@@ -255,7 +261,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "grad_accum": run.grad_accum, "compile": args.compile,
             "compile_mode": compile_mode_from_env() if args.compile else None,
             "coordinate_tuning": coordinate_tuning_from_env() if args.compile else None,
-            "optimizer": args.optimizer, "loss_impl": chunked_loss.loss_impl_from_env(),
+            "optimizer": args.optimizer, "loss_impl": args.loss,
             "window_pattern": config.window_pattern, "short_window": config.short_window,
             "fp8": args.fp8,
             "embedding_dtype": args.embedding_dtype,
@@ -355,7 +361,7 @@ def summary_key(args) -> str:
     of 512 tokens), ``d12_fp8`` (issue #19's names), ``d12_bf16emb`` (embeddings stored in
     bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically), ``d12_autotune``
     and ``d12_coord`` (a compile mode with max-autotune, coordinate-descent tuning asked
-    for)."""
+    for), ``d12_fusedloss`` (``--loss fused``; ``_chunkedloss`` likewise)."""
     pattern = args.window_pattern
     window = getattr(args, "short_window", None)
     return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}")
@@ -363,7 +369,9 @@ def summary_key(args) -> str:
             + ("_bf16emb" if getattr(args, "embedding_dtype", "fp32") == "bf16" else "")
             + ("_sr" if getattr(args, "stochastic_rounding", False) else "")
             + ("_autotune" if "autotune" in (getattr(args, "compile_mode", None) or "") else "")
-            + ("_coord" if getattr(args, "coordinate_tuning", None) == "1" else ""))
+            + ("_coord" if getattr(args, "coordinate_tuning", None) == "1" else "")
+            + (f"_{args.loss}loss" if getattr(args, "loss", None) not in (None, "standard")
+               else ""))
 
 
 def summary_entry(report: dict, meta: dict) -> dict:

@@ -29,6 +29,9 @@ What runs (sizes at full scale; ``--tiny`` shrinks them all):
   on the device: only bf16 neighbours, unbiased, small updates add up.
 - fp8_vs_bf16: ``--fp8``'s FP8 linear layers vs bf16 from the same weights (d12, compiled,
   MuonAdamW, 15 steps on one batch): first loss, gradients, late losses and step times.
+- fused_loss: the fused loss's Triton kernel vs its PyTorch reference on d12's logits (fp32
+  and bf16) and its time vs the compiled softcap + cross-entropy; a d12 GPT's loss and
+  gradients with the fused loss vs the standard one, eager fp32 and compiled bf16.
 - decode_graph_vs_eager: the fast decoder (static KV cache, compiled step replayed as a CUDA
   graph, prefill graphs captured on a bucket's second prompt) vs the readable eager one: the
   same greedy tokens in fp32, logits within 2e-2 in bf16.
@@ -508,6 +511,119 @@ def check_adamw_fused(ctx):
         out["ok"] = out["ok"] and bool(ok)
     out["fused_kernel_ran"] = adamw.FUSED  # False: the kernel failed and the check compared
     out["ok"] = out["ok"] and adamw.FUSED  # the readable path with itself
+    return out
+
+
+def _time_ms(ctx: Context, fn, reps: int) -> float:
+    """Median device time of ``fn()`` in ms (CUDA events; wall clock on the CPU)."""
+    times = []
+    for _ in range(reps):
+        if ctx.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+@check("fused_loss")
+def check_fused_loss(ctx):
+    """The fused loss (``nanogpt_course/fused_loss.py``, ``NANOGPT_COURSE_LOSS=fused``)
+    against the unfused one. (1) Its Triton kernel against the PyTorch reference on d12's
+    logits (micro-batch 32 × 2048 rows at full size, vocab 32768) in fp32 and bf16, and the
+    time of the kernel against the compiled softcap + cross-entropy forward and backward it
+    replaces. (2) A d12 GPT's loss and gradients with ``loss_impl="fused"`` against
+    ``"standard"`` on the same weights and batch: eager fp32 (TF32 off), and compiled under
+    bf16 autocast (the trainer's recipe)."""
+    import torch.nn.functional as F
+
+    from nanogpt_course import fused_loss
+
+    out = {"ok": True, "triton": fused_loss.triton_available()}
+    if ctx.cuda and not out["triton"]:
+        return {**out, "ok": False, "error": "Triton is not installed: the kernel cannot run"}
+    cap, V = 15.0, ctx.size(32768, 512)
+    g = torch.Generator(device=ctx.device).manual_seed(7)
+    for dtype, rows in ((torch.float32, ctx.size(8192, 64)), (torch.bfloat16, ctx.size(65536, 64))):
+        logits = (8 * torch.randn(rows, V, device=ctx.device, generator=g)).to(dtype)
+        targets = torch.randint(0, V, (rows,), device=ctx.device, generator=g)
+        targets[::9] = -1
+        ref, ker = logits.clone(), logits.clone()
+        want = fused_loss.softcap_cross_entropy_grad_(ref, targets, vocab_size=V, softcap=cap,
+                                                      backend="torch")
+        got = fused_loss.softcap_cross_entropy_grad_(ker, targets, vocab_size=V, softcap=cap)
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        res = {"rows": rows, "loss_rel_err": rel_err(got, want),
+               "grad_rel_err": rel_err(ker.float(), ref.float()),
+               "grad_unequal_fraction": (ker != ref).float().mean().item()}
+        if dtype == torch.float32:
+            ok = res["loss_rel_err"] < 1e-6 and res["grad_rel_err"] < 1e-5
+        else:  # both round fp32 to nearest; an entry on a rounding boundary may go either way
+            ok = res["loss_rel_err"] < 1e-6 and res["grad_rel_err"] < 1e-3 \
+                and res["grad_unequal_fraction"] < 1e-3
+        del ref, ker
+        if dtype == torch.bfloat16:  # the timing, on d12's full micro-batch of bf16 logits
+            def unfused(x):
+                z = cap * torch.tanh(x.float() / cap)
+                return F.cross_entropy(z, targets, ignore_index=-1, reduction="sum")
+
+            unfused_c = torch.compile(unfused, dynamic=False) if ctx.compile else unfused
+            leaf = logits.detach().requires_grad_()
+            unfused_c(leaf).backward()  # compile
+            res["unfused_fwd_bwd_ms"] = round(_time_ms(ctx, lambda: unfused_c(leaf).backward(),
+                                                       ctx.size(10, 2)), 3)
+            del leaf
+            buf = logits.clone()
+            res["kernel_ms"] = round(_time_ms(ctx, lambda: fused_loss.softcap_cross_entropy_grad_(
+                buf, targets, vocab_size=V, softcap=cap), ctx.size(10, 2)), 3)
+            res["kernel_config"] = {"block": fused_loss.BLOCK, "num_warps": fused_loss.NUM_WARPS}
+            del buf
+        out[name] = res
+        out["ok"] = out["ok"] and bool(ok)
+        del logits
+
+    # (2) the whole model, both losses, same weights
+    cfg = ctx.config()
+    model = build(ctx, cfg, seed=8)
+    B, T = ctx.size(4, 2), cfg.sequence_len
+    idx = torch.randint(0, cfg.vocab_size, (B, T), device=ctx.device, generator=g)
+    tgt = torch.randint(0, cfg.vocab_size, (B, T), device=ctx.device, generator=g)
+    tgt[:, :5] = -1
+
+    def run(fn, impl):
+        model.loss_impl = impl
+        model.zero_grad(set_to_none=True)
+        loss = fn(idx, tgt)
+        loss.backward()
+        return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+    for name, bf16 in (("model_fp32", False), ("model_bf16_compiled", True)):
+        if bf16:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            fn = ctx.maybe_compile(model)
+        else:
+            fp32_exact()
+            fn = model
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16 and ctx.cuda):
+            ref_loss, ref_grads = run(fn, "standard")
+            loss, grads = run(fn, "fused")
+        cosines = {n: cosine(grads[n], ref_grads[n]) for n in ref_grads}
+        worst = min(cosines, key=cosines.get)
+        res = {"loss": loss, "standard_loss": ref_loss,
+               "loss_rel_diff": abs(loss - ref_loss) / abs(ref_loss),
+               "grad_min_cosine": cosines[worst], "grad_min_cosine_param": worst,
+               "grad_max_rel_err": max(rel_err(grads[n], ref_grads[n]) for n in ref_grads)}
+        tol = (1e-3, 0.999) if bf16 and ctx.cuda else (1e-5, 0.99999)
+        ok = res["loss_rel_diff"] < tol[0] and res["grad_min_cosine"] > tol[1]
+        out[name] = res
+        out["ok"] = out["ok"] and bool(ok)
+    model.loss_impl = "standard"
     return out
 
 

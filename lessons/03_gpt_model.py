@@ -490,6 +490,49 @@ print(f"initial loss {loss.item():.3f} (ln 256 = {math.log(256):.3f}); library p
       f"losses {tuple(per_token.shape)}, zero where ignored: {bool((per_token[~keep] == 0).all())}")
 
 # %% [markdown]
+# ### The loss's gradient, by hand
+#
+# Backpropagation starts at the loss, and its first step has a closed form. For one
+# position with capped logits $z = c \tanh(x / c)$ and target $t$, the loss is
+# $\log \sum_j e^{z_j} - z_t$, so
+#
+# $$\frac{\partial \text{loss}}{\partial z_j} = \mathrm{softmax}(z)_j - [j = t],
+# \qquad \frac{\partial z_j}{\partial x_j} = 1 - \tanh^2(x_j / c).$$
+#
+# The probabilities minus the one-hot target, bent by the softcap's slope. Written out and
+# checked against autograd on a few rows of logits:
+
+# %%
+c = cfg.softcap
+x = 20 * torch.randn(3, cfg.vocab_size, requires_grad=True)  # big enough to feel the cap
+t = torch.tensor([5, 17, -1])  # the last row is ignored
+per_row = F.cross_entropy(c * torch.tanh(x / c), t, ignore_index=-1, reduction="none")
+(autograd_grad,) = torch.autograd.grad(per_row.sum(), x)
+
+th = torch.tanh(x.detach() / c)
+by_hand = (torch.softmax(c * th, dim=-1) - F.one_hot(t.clamp(min=0), cfg.vocab_size))
+by_hand = by_hand * (1 - th**2) * (t != -1).unsqueeze(1)  # ignored rows: no gradient
+torch.testing.assert_close(by_hand, autograd_grad)
+print("softmax − one-hot, times the cap's slope: matches autograd")
+
+# %% [markdown]
+# Nothing in that formula needs the rest of the network: it can be computed the moment the
+# loss is. The library's opt-in fused loss (`nanogpt_course/fused_loss.py`, for GPUs) does
+# just that: one pass over the logits computes each row's loss *and* writes this gradient
+# over the logits, which are not needed again, so the backward pass starts from a finished
+# gradient instead of reading the logits a second time. Its readable version is the formula
+# above, applied in place:
+
+# %%
+from nanogpt_course.fused_loss import softcap_cross_entropy_grad_reference_
+
+buffer = x.detach().clone()
+losses = softcap_cross_entropy_grad_reference_(buffer, t, vocab_size=cfg.vocab_size, softcap=c)
+torch.testing.assert_close(losses, per_row.detach())
+torch.testing.assert_close(buffer, autograd_grad)
+print("the library's in-place step: same losses, and the logits now hold their gradient")
+
+# %% [markdown]
 # ## 9. Counting parameters
 #
 # Where do the parameters live? Per layer: $C \cdot H D$ for the query and $C^2$ for the

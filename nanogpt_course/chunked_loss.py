@@ -38,7 +38,7 @@ import os
 import torch
 
 ENV_VAR = "NANOGPT_COURSE_LOSS"
-IMPLS = ("standard", "chunked")
+IMPLS = ("standard", "chunked", "fused")  # the last one: fused_loss.py
 CHUNK_ROWS = 4096  # rows per chunk: at V = 32768 one fp32 (chunk, V) buffer is 512 MiB
 
 

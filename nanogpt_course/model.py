@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import chunked_loss
+from . import chunked_loss, fused_loss
 from .attention import BACKENDS, causal_attention, sliding_window_block_mask
 from .rope import apply_rope, rope_cos_sin
 
@@ -300,8 +300,9 @@ class GPT(nn.Module):
         # "auto" picks flash/FlexAttention on CUDA, masked SDPA elsewhere; the GPU check
         # sets "mask" to get a dense fp32 reference on the same weights.
         self.attention_backend = "auto"
-        # "standard": head + F.cross_entropy (readable, the default); "chunked": the
-        # opt-in chunked loss that never holds the (B·T, V) logits (chunked_loss.py).
+        # "standard": head + F.cross_entropy (readable, the default); opt-in: "chunked",
+        # which never holds the (B·T, V) logits (chunked_loss.py), and "fused", whose
+        # forward writes the logits' gradient over them (fused_loss.py).
         self.loss_impl = chunked_loss.loss_impl_from_env()
         # "auto": the residual stream in the autocast dtype when autocast is on (bf16 on
         # CUDA), fp32 otherwise; "fp32": always fp32 (see the module docstring)
@@ -428,12 +429,18 @@ class GPT(nn.Module):
     def loss(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
         """Cross-entropy of the head's logits for hidden states ``h`` (B, T, n_embd) against
         ``targets`` (B, T); see :meth:`forward`. ``loss_impl == "chunked"`` computes the
-        "mean" and "sum" reductions without materializing the logits (same values)."""
+        "mean" and "sum" reductions without materializing the logits; ``"fused"`` computes
+        them and the logits' gradient in one pass while gradients are recorded (same
+        values; see chunked_loss.py and fused_loss.py)."""
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        if chunked_loss.check_impl(self.loss_impl) == "chunked" and reduction != "none":
-            cfg = self.config
+        impl, cfg = chunked_loss.check_impl(self.loss_impl), self.config
+        if impl == "chunked" and reduction != "none":
             return chunked_loss.linear_softcap_cross_entropy(
+                h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                vocab_size=cfg.vocab_size, softcap=cfg.softcap, reduction=reduction)
+        if impl == "fused" and reduction != "none" and torch.is_grad_enabled():
+            return fused_loss.linear_softcap_cross_entropy(
                 h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
                 vocab_size=cfg.vocab_size, softcap=cfg.softcap, reduction=reduction)
         logits = self.head(h)

@@ -124,6 +124,22 @@ def test_profile_phases_and_kernel_categories(repo, tmp_path):
     assert "aten::" in (folder / "profile_ops.txt").read_text()
 
 
+def test_fused_loss_trains_as_the_standard_one(repo, tmp_path):
+    """--loss fused reaches the trainer's model (the report says so) and, on the CPU where
+    it runs the PyTorch reference in fp32, trains to the standard loss's final loss."""
+    finals = {}
+    for loss in ("standard", "fused"):
+        path = tmp_path / f"{loss}.json"
+        cmd = [sys.executable, str(repo / "bench" / "bench_train.py"), "--dry-run", "--json",
+               str(path), "--loss", loss]
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        report = json.loads(path.read_text())
+        assert report["loss_impl"] == loss
+        finals[loss] = report["final_loss"]
+    assert finals["fused"] == pytest.approx(finals["standard"], rel=1e-5)
+
+
 def test_kernel_categories_by_name():
     import train_profile
 
@@ -168,4 +184,5 @@ def test_summary_keys_name_what_differs_from_the_default_recipe():
     assert key(window_pattern="SSSL", short_window=512) == "d12_SSSL_w512"
     assert key(compile_mode="max-autotune-no-cudagraphs") == "d12_autotune"
     assert key(coordinate_tuning="1") == "d12_coord" and key(coordinate_tuning="0") == "d12"
+    assert key(loss="fused") == "d12_fusedloss" and key(loss="standard") == "d12"
     assert key(embedding_dtype="bf16", stochastic_rounding=True) == "d12_bf16emb_sr"

@@ -90,7 +90,7 @@ def test_bad_reduction_and_impl():
         linear_softcap_cross_entropy(h, weight, targets, vocab_size=VOCAB, softcap=CAP,
                                      reduction="none")
     with pytest.raises(ValueError, match="NANOGPT_COURSE_LOSS"):
-        chunked_loss.check_impl("fused")
+        chunked_loss.check_impl("bogus")
 
 
 # ---------------------------------------------------------------------------- the model
