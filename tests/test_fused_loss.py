@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from nanogpt_course import fused_loss
-from nanogpt_course.fused_loss import (linear_softcap_cross_entropy,
-                                       softcap_cross_entropy_grad_reference_)
+from nanogpt_course.fused_loss import (
+    linear_softcap_cross_entropy,
+    softcap_cross_entropy_grad_reference_,
+)
 from nanogpt_course.model import GPT, GPTConfig
 
 N, C, VOCAB, V_PADDED, CAP = 37, 16, 250, 256, 15.0
