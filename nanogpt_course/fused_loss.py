@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -120,17 +121,31 @@ def backend_from_env() -> str:
     return backend
 
 
+_kernel_failure: list[str] = []  # why the kernel could not run, once it could not
+
+
+def _kernel_applies(logits: torch.Tensor) -> bool:
+    return logits.is_cuda and triton_available() and not _kernel_failure
+
+
 def softcap_cross_entropy_grad_(logits, targets, *, vocab_size: int, softcap: float,
                                 backend: str | None = None) -> torch.Tensor:
     """Dispatch to the kernel (``"triton"``) or the reference (``"torch"``); ``"auto"`` (the
     default, or ``$NANOGPT_COURSE_FUSED_LOSS_BACKEND``) takes the kernel for CUDA tensors
-    when Triton is installed."""
+    when Triton is installed, and falls back to the reference for good, with one warning,
+    if the kernel cannot be compiled or launched (the logits are untouched then)."""
     backend = backend or backend_from_env()
-    if backend == "auto":
-        backend = "triton" if logits.is_cuda and triton_available() else "torch"
-    impl = (softcap_cross_entropy_grad_triton_ if backend == "triton"
-            else softcap_cross_entropy_grad_reference_)
-    return impl(logits, targets, vocab_size=vocab_size, softcap=softcap)
+    kw = dict(vocab_size=vocab_size, softcap=softcap)
+    if backend == "triton":
+        return softcap_cross_entropy_grad_triton_(logits, targets, **kw)
+    if backend == "auto" and _kernel_applies(logits):
+        try:
+            return softcap_cross_entropy_grad_triton_(logits, targets, **kw)
+        except Exception as err:  # e.g. Triton cannot compile for this GPU
+            _kernel_failure.append(f"{type(err).__name__}: {err}")
+            warnings.warn(f"the fused loss's Triton kernel failed ({_kernel_failure[0][:300]}); "
+                          "using the PyTorch reference from now on", stacklevel=2)
+    return softcap_cross_entropy_grad_reference_(logits, targets, **kw)
 
 
 @torch.library.custom_op("nanogpt_course::linear_softcap_cross_entropy", mutates_args=())

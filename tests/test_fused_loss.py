@@ -169,6 +169,33 @@ def test_backend_choice(monkeypatch):
                                                softcap=CAP, backend="triton")
 
 
+def test_a_kernel_that_fails_falls_back_once_with_a_warning(monkeypatch):
+    logits, targets = torch.randn(4, V_PADDED), torch.tensor([0, -1, 2, 3])
+    expected = logits.clone()
+    want = softcap_cross_entropy_grad_reference_(expected, targets, vocab_size=VOCAB,
+                                                 softcap=CAP)
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no kernel for this GPU")
+
+    failures = []
+    monkeypatch.setattr(fused_loss, "_kernel_failure", failures)
+    # as on a GPU with Triton installed: the kernel applies until it has failed
+    monkeypatch.setattr(fused_loss, "_kernel_applies", lambda logits: not failures)
+    monkeypatch.setattr(fused_loss, "softcap_cross_entropy_grad_triton_", broken)
+    with pytest.warns(UserWarning, match="no kernel for this GPU"):
+        got = fused_loss.softcap_cross_entropy_grad_(logits, targets, vocab_size=VOCAB,
+                                                     softcap=CAP, backend="auto")
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(logits, expected)
+    again = torch.randn(4, V_PADDED)
+    fused_loss.softcap_cross_entropy_grad_(again, targets, vocab_size=VOCAB, softcap=CAP,
+                                           backend="auto")  # no second try, no warning
+    assert len(calls) == 1
+
+
 # ------------------------------------------------------------------------------ the model
 def tiny_gpt() -> GPT:
     torch.manual_seed(0)
