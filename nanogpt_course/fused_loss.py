@@ -24,7 +24,8 @@ Two implementations of the in-place step, tied by ``tests/test_fused_loss.py``:
 - :func:`softcap_cross_entropy_grad_reference_`: PyTorch ops, a chunk of rows at a time in
   fp32 (the CPU's path, and the readable statement of the math);
 - the Triton kernel in :mod:`nanogpt_course.fused_loss_kernel` (CUDA, when Triton is
-  installed; ``$NANOGPT_COURSE_FUSED_LOSS_BACKEND=torch`` forces the reference for A/B runs).
+  installed; ``$NANOGPT_COURSE_FUSED_LOSS_BACKEND=torch`` forces the reference for A/B runs;
+  a kernel that cannot be compiled falls back to the reference, with one warning).
 
 The whole step is the custom operator ``torch.ops.nanogpt_course.linear_softcap_cross_entropy``,
 which ``torch.compile`` keeps as one opaque call, with its backward registered. Targets
