@@ -29,6 +29,8 @@ What runs (sizes at full scale; ``--tiny`` shrinks them all):
   on the device: only bf16 neighbours, unbiased, small updates add up.
 - fp8_vs_bf16: ``--fp8``'s FP8 linear layers vs bf16 from the same weights (d12, compiled,
   MuonAdamW, 15 steps on one batch): first loss, gradients, late losses and step times.
+- trainer_host_read: the trainer's loss read waits for the work queued before it only, not
+  for the optimizer's kernels queued after it.
 - fused_loss: the fused loss's Triton kernel vs its PyTorch reference on d12's logits (fp32
   and bf16) and its time vs the compiled softcap + cross-entropy; a d12 GPT's loss and
   gradients with the fused loss vs the standard one, eager fp32 and compiled bf16.
@@ -512,6 +514,38 @@ def check_adamw_fused(ctx):
     out["fused_kernel_ran"] = adamw.FUSED  # False: the kernel failed and the check compared
     out["ok"] = out["ok"] and adamw.FUSED  # the readable path with itself
     return out
+
+
+@check("trainer_host_read")
+def check_trainer_host_read(ctx):
+    """The trainer's loss read (``train.loop._HostRead``) waits only for the work queued
+    before it: a copy started, then ~0.5 s of GPU work queued (``torch.cuda._sleep``), then
+    the read. The read must return the right values long before the queued work ends,
+    where a plain ``tolist()`` waits for it."""
+    from nanogpt_course.train.loop import _HostRead
+
+    values = torch.tensor([1.5, -2.25], dtype=torch.float64, device=ctx.device)
+    reader = _HostRead(ctx.device, 2)
+
+    def read(plain: bool) -> tuple[list, float, float]:
+        ctx.sync()
+        t0 = time.perf_counter()
+        if not plain:
+            reader.start(values)
+        if ctx.cuda:
+            torch.cuda._sleep(int(1e9))  # ~0.5 s of GPU time at ~2 GHz
+        got = values.tolist() if plain else reader.values()
+        waited = time.perf_counter() - t0
+        ctx.sync()
+        return got, waited, time.perf_counter() - t0
+
+    got, waited, total = read(plain=False)
+    plain_got, plain_waited, _ = read(plain=True)
+    ok = got == [1.5, -2.25] and plain_got == got
+    if ctx.cuda:  # the queued work took a while, and only the plain read waited for it
+        ok = ok and total > 0.2 and waited < 0.25 * total and plain_waited > 0.5 * total
+    return {"ok": ok, "values": got, "read_wait_s": round(waited, 4),
+            "queued_work_s": round(total, 4), "plain_tolist_wait_s": round(plain_waited, 4)}
 
 
 def _time_ms(ctx: Context, fn, reps: int) -> float:
