@@ -755,7 +755,16 @@ print(f"best of the sweep: x{min(sweep, key=sweep.get)}")
 # steps, plus logging, validation in bits per byte, checkpoints, several GPUs, and the
 # depth rules that pick sizes and learning rates when you do not (here we pass them
 # explicitly). One difference: it trains the matrices with **Muon**. Same data, same
-# seed, same schedule:
+# seed, same schedule.
+#
+# One more, invisible on a CPU: *when* it reads the loss. A GPU runs kernels from a queue
+# while the CPU goes on queueing more, and `loss.item()` makes the CPU wait until the GPU
+# has reached that point in the queue. Your loop calls it after every micro-batch, so on a
+# GPU the CPU stalls there each time. The trainer sums the loss on the device, queues the
+# copy of that sum to the host *before* it queues the optimizer's kernels, and reads the
+# copy only after: it waits for the backward pass, not for the update, and builds the next
+# batch while the GPU is still updating the weights. The price is that a NaN loss is seen
+# one update late, so the trainer then stops without saving that step.
 
 # %%
 run_dir = paths.runs_dir("lesson04", create=False) / PRESET
