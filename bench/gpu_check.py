@@ -1,8 +1,11 @@
 """GPU check: every GPU-only path of the library against the fp32 reference, in one command.
 
-    python bench/gpu_check.py                      # on the GPU machine (≤ 8 min on an H100)
+    python bench/gpu_check.py                      # on the GPU machine (see below for time)
     python bench/gpu_check.py --device cpu --tiny  # dry run of the same code on a laptop
     python bench/gpu_check.py --only train_step_throughput_L --out /tmp/report.json
+
+Time: the first 12 checks took 411 s on an H100 (2026-11-26); the list has grown since, so
+on a machine with a time limit per command run it in parts with ``--only`` / ``--skip``.
 
 Writes a JSON report to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is set,
 else ``gpu_check.json``), rewritten after every check so a timeout keeps what finished.
