@@ -149,7 +149,10 @@ def softcap_cross_entropy_grad_(logits, targets, *, vocab_size: int, softcap: fl
     return softcap_cross_entropy_grad_reference_(logits, targets, **kw)
 
 
-@torch.library.custom_op("nanogpt_course::linear_softcap_cross_entropy", mutates_args=())
+# the schema spelled out: not inferred from this module's (string) annotations
+@torch.library.custom_op("nanogpt_course::linear_softcap_cross_entropy", mutates_args=(),
+                         schema="(Tensor h, Tensor weight, Tensor targets, int vocab_size, "
+                                "float softcap) -> (Tensor, Tensor)")
 def _linear_softcap_ce(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                        vocab_size: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(losses (N,) fp32, dlogits (N, V_padded) in h's dtype) for h (N, C), weight
