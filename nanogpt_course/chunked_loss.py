@@ -66,21 +66,30 @@ def linear_softcap_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets:
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum' here, got {reduction!r}")
+    check_rows(h, targets)
+    spec = (vocab_size, float(softcap), reduction, max(1, int(chunk_rows or CHUNK_ROWS)),
+            head_matmul_dtype(h, weight))
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _ChunkedLoss.apply(h, weight, targets, spec)
+    with torch.autocast(h.device.type, enabled=False):  # evaluation: no gradients to keep
+        loss, _, _ = _loss_and_grads(h, weight, targets, spec, grads=False)
+    return loss
+
+
+def check_rows(h: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse anything but hidden states (N, C) with targets (N,)."""
     if h.dim() != 2 or targets.shape != h.shape[:1]:
         raise ValueError(f"want h (N, C) and targets (N,), got {tuple(h.shape)} and "
                          f"{tuple(targets.shape)}")
+
+
+def head_matmul_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype GPT.head's lm_head matmul runs in: autocast's when autocast is on (bf16 on
+    CUDA), else the inputs' promoted dtype."""
     device_type = h.device.type
     if torch.is_autocast_enabled(device_type):
-        matmul_dtype = torch.get_autocast_dtype(device_type)
-    else:
-        matmul_dtype = torch.promote_types(h.dtype, weight.dtype)
-    spec = (vocab_size, float(softcap), reduction, max(1, int(chunk_rows or CHUNK_ROWS)),
-            matmul_dtype)
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _ChunkedLoss.apply(h, weight, targets, spec)
-    with torch.autocast(device_type, enabled=False):  # evaluation: no gradients to keep
-        loss, _, _ = _loss_and_grads(h, weight, targets, spec, grads=False)
-    return loss
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(h.dtype, weight.dtype)
 
 
 class _ChunkedLoss(torch.autograd.Function):

@@ -45,6 +45,8 @@ import warnings
 
 import torch
 
+from .chunked_loss import check_rows, head_matmul_dtype
+
 BACKEND_ENV = "NANOGPT_COURSE_FUSED_LOSS_BACKEND"
 BACKENDS = ("auto", "triton", "torch")
 # the kernel's launch shape; environment overrides for A/B runs on the GPU
@@ -199,14 +201,8 @@ def linear_softcap_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets:
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if h.dim() != 2 or targets.shape != h.shape[:1]:
-        raise ValueError(f"want h (N, C) and targets (N,), got {tuple(h.shape)} and "
-                         f"{tuple(targets.shape)}")
-    device_type = h.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = torch.promote_types(h.dtype, weight.dtype)
+    check_rows(h, targets)
+    dtype = head_matmul_dtype(h, weight)
     losses, _ = _linear_softcap_ce(h.to(dtype), weight.to(dtype), targets.long(),
                                    int(vocab_size), float(softcap))
     if reduction == "none":
