@@ -21,9 +21,7 @@ from nanogpt_course.fused_loss import (
     linear_softcap_cross_entropy,
     softcap_cross_entropy_grad_reference_,
 )
-from nanogpt_course.model import GPT, GPTConfig
-
-N, C, VOCAB, V_PADDED, CAP = 37, 16, 250, 256, 15.0
+from tests.test_chunked_loss import CAP, V_PADDED, VOCAB, N, close, inputs, tiny_gpt
 
 
 def readable(logits, targets, reduction="sum", cap=CAP):
@@ -32,20 +30,6 @@ def readable(logits, targets, reduction="sum", cap=CAP):
     if cap:
         z = cap * torch.tanh(z / cap)
     return F.cross_entropy(z, targets, ignore_index=-1, reduction=reduction)
-
-
-def inputs(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(N, C, generator=g).requires_grad_()
-    # large enough weights that the softcap bends the logits (|logits| up to ~40)
-    weight = (3.0 * torch.randn(V_PADDED, C, generator=g)).requires_grad_()
-    targets = torch.randint(0, VOCAB, (N,), generator=g)
-    targets[::4] = -1
-    return h, weight, targets
-
-
-def close(a, b, rtol=1e-5):
-    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.detach().abs().max()))
 
 
 # ------------------------------------------------------------- the in-place gradient step
@@ -197,15 +181,6 @@ def test_a_kernel_that_fails_falls_back_once_with_a_warning(monkeypatch):
 
 
 # ------------------------------------------------------------------------------ the model
-def tiny_gpt() -> GPT:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_depth(2, vocab_size=300, sequence_len=32, head_dim=32))
-    with torch.no_grad():  # the zero-initialized projections too, so every gradient is alive
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
 def loss_and_grads(model, impl, x, y, reduction="mean"):
     """``model`` a GPT or its torch.compile wrapper (which shares its attributes)."""
     gpt = getattr(model, "_orig_mod", model)
