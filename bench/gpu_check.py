@@ -551,28 +551,11 @@ def check_trainer_host_read(ctx):
             "queued_work_s": round(total, 4), "plain_tolist_wait_s": round(plain_waited, 4)}
 
 
-def _time_ms(ctx: Context, fn, reps: int) -> float:
-    """Median device time of ``fn()`` in ms (CUDA events; wall clock on the CPU)."""
-    times = []
-    for _ in range(reps):
-        if ctx.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 def _loss_kernel_times(ctx: Context, logits, targets, cap: float) -> dict:
     """ms of the compiled softcap + cross-entropy forward and backward on ``logits`` (N, V),
     and of the fused loss's in-place kernel on a copy."""
     import torch.nn.functional as F
+    from bench_attention import timed
 
     from nanogpt_course import fused_loss
 
@@ -584,11 +567,12 @@ def _loss_kernel_times(ctx: Context, logits, targets, cap: float) -> dict:
     unfused_c = torch.compile(unfused, dynamic=False) if ctx.compile else unfused
     leaf = logits.detach().requires_grad_()
     unfused_c(leaf).backward()  # compile
-    unfused_ms = _time_ms(ctx, lambda: unfused_c(leaf).backward(), reps)
+    unfused_ms = timed(lambda: unfused_c(leaf).backward(), iters=reps, warmup=0, cuda=ctx.cuda)
     leaf.grad = None  # 4 GiB at full size
     buf = logits.clone()  # the kernel overwrites it; the timing does not care with what
-    kernel_ms = _time_ms(ctx, lambda: fused_loss.softcap_cross_entropy_grad_(
-        buf, targets, vocab_size=logits.shape[1], softcap=cap), reps)
+    kernel_ms = timed(lambda: fused_loss.softcap_cross_entropy_grad_(
+        buf, targets, vocab_size=logits.shape[1], softcap=cap), iters=reps, warmup=0,
+        cuda=ctx.cuda)
     return {"unfused_fwd_bwd_ms": round(unfused_ms, 3), "kernel_ms": round(kernel_ms, 3),
             "kernel_config": {"block": fused_loss.BLOCK, "num_warps": fused_loss.NUM_WARPS}}
 
