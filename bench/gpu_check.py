@@ -521,14 +521,14 @@ def check_adamw_fused(ctx):
 
 @check("trainer_host_read")
 def check_trainer_host_read(ctx):
-    """The trainer's loss read (``train.loop._HostRead``) waits only for the work queued
+    """The trainer's loss read (``device.HostRead``) waits only for the work queued
     before it: a copy started, then ~0.5 s of GPU work queued (``torch.cuda._sleep``), then
     the read. The read must return the right values long before the queued work ends,
     where a plain ``tolist()`` waits for it."""
-    from nanogpt_course.train.loop import _HostRead
+    from nanogpt_course.device import HostRead
 
     values = torch.tensor([1.5, -2.25], dtype=torch.float64, device=ctx.device)
-    reader = _HostRead(ctx.device, 2)
+    reader = HostRead(ctx.device, 2, torch.float64)
 
     def read(plain: bool) -> tuple[list, float, float]:
         ctx.sync()

@@ -53,3 +53,37 @@ def describe(device: torch.device | str) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return device.type
+
+
+class HostRead:
+    """Reads a small device tensor on the host without waiting for the work queued after it.
+
+    ``tensor.tolist()`` copies on the stream, so it waits for *every* kernel queued before
+    the copy, including ones queued after the tensor was computed. :meth:`start` queues the
+    copy into pinned host memory and records an event; work queued after it (the trainer's
+    optimizer step, the decoder's next step) runs on; :meth:`values` waits for that event
+    only. On CUDA. Elsewhere :meth:`start` reads at once.
+
+    The trainer reads its loss this way (without it the GPU sat idle while the host logged,
+    built the next batch and launched the next forward: 1.2 ms per d12 step on an H100,
+    docs/PERFORMANCE.md), and ``engine.generate`` its sampled tokens.
+    """
+
+    def __init__(self, device: torch.device, size: int, dtype: torch.dtype):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.host = torch.empty(size, dtype=dtype, pin_memory=True)
+            self.copied = torch.cuda.Event()
+
+    def start(self, tensor: torch.Tensor) -> None:
+        if self.cuda:
+            self.host.copy_(tensor, non_blocking=True)
+            self.copied.record()
+        else:
+            self._values = tensor.tolist()
+
+    def values(self) -> list:
+        if self.cuda:
+            self.copied.synchronize()
+            return self.host.tolist()
+        return self._values

@@ -29,6 +29,7 @@ import torch
 
 from . import fast_decode
 from .attention import prefix_attention
+from .device import HostRead
 
 __all__ = ["KVCache", "sample_next_token", "top_k_filter", "top_p_filter", "generate",
            "stream_text"]
@@ -255,22 +256,16 @@ def generate(model, ids, max_new_tokens: int, *, temperature: float = 1.0,
 
 def _decode(decoder, steps, num_samples, stop, generator, sampling):
     """The token loop of :func:`generate`: sample on the device, read the tokens once."""
-    pinned = decoder.device.type == "cuda"
-    host = torch.empty(num_samples, dtype=torch.long, pin_memory=pinned)
+    tokens = HostRead(decoder.device, num_samples, torch.long)
     finished: list[int | None] = [None] * num_samples  # the stop token that ended each row
     logits = decoder.start()
     for step in range(steps):
         with torch.inference_mode():
             token = sample_next_token(logits, generator=generator, **sampling)
-            host.copy_(token, non_blocking=pinned)
-            ready = torch.cuda.Event() if pinned else None
-            if ready is not None:
-                ready.record()
+            tokens.start(token)
         if step + 1 < steps:
             logits = decoder.step(token)  # queued on the GPU before we wait for the token
-        if ready is not None:
-            ready.synchronize()
-        row = [f if f is not None else t for f, t in zip(finished, host.tolist())]
+        row = [f if f is not None else t for f, t in zip(finished, tokens.values())]
         finished = [f if f is not None else (t if t in stop else None)
                     for f, t in zip(finished, row)]
         yield row[0] if num_samples == 1 else row

@@ -28,6 +28,7 @@ import torch
 
 from .. import checkpoint as ck
 from .. import fp8
+from ..device import HostRead
 from .build import RunPlan, build_model, build_optimizer, load_optimizer_state
 from .compiling import compile_for_training
 from .config import ConfigError
@@ -54,38 +55,6 @@ class TrainResult:
     checkpoint: Path | None
     final_loss: float | None = None
     val_bpb: float | None = None
-
-
-class _HostRead:
-    """Reads a small device tensor on the host without waiting for the work queued after it.
-
-    ``tensor.tolist()`` copies on the stream, so it waits for *every* kernel queued before
-    the copy, including ones queued after the tensor was computed. The trainer queues the
-    optimizer's kernels before it reads the step's loss; a plain read would wait for them
-    too, and the GPU would then sit idle while the host logs, builds the next batch and
-    launches the next forward (1.2 ms per d12 step on an H100, docs/PERFORMANCE.md). On
-    CUDA, :meth:`start` queues the copy into pinned host memory and records an event
-    *before* the optimizer's kernels are queued; :meth:`values` waits for that event only.
-    Elsewhere the read is immediate."""
-
-    def __init__(self, device: torch.device, size: int):
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.host = torch.empty(size, dtype=torch.float64, pin_memory=True)
-            self.copied = torch.cuda.Event()
-
-    def start(self, tensor: torch.Tensor) -> None:
-        if self.cuda:
-            self.host.copy_(tensor, non_blocking=True)
-            self.copied.record()
-        else:
-            self._values = tensor.tolist()
-
-    def values(self) -> list[float]:
-        if self.cuda:
-            self.copied.synchronize()
-            return self.host.tolist()
-        return self._values
 
 
 class _StopSignal:
@@ -161,7 +130,7 @@ class Trainer:
             self.forward = compile_for_training(self.model, self.optimizer)
         self.peak = device_peak_flops(rt.device)
         self.timer = StepTimer()
-        self._totals_read = _HostRead(rt.device, 2)
+        self._totals_read = HostRead(rt.device, 2, torch.float64)
 
     def _restore(self, folder: Path, meta: dict) -> None:
         rt = self.rt
@@ -188,7 +157,7 @@ class Trainer:
         before would make the CPU wait for the backward pass, and the optimizer's kernels
         could not be launched while the GPU still runs it (issue #18). Its copy to the host
         is queued before the optimizer's kernels, so the read waits for the backward pass
-        only (:class:`_HostRead`), and the host prepares the next step while the GPU runs
+        only (:class:`~nanogpt_course.device.HostRead`), and the host prepares the next step while the GPU runs
         the optimizer. A non-finite loss is therefore caught one update late: the weights in
         memory are then spoiled, so the run stops without logging or saving that step, and
         the checkpoints on disk stay good."""
