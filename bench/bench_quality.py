@@ -349,9 +349,9 @@ def default_jobs(args, batch_d6: int) -> list[dict]:
                 # issue #18: the residual stream in fp32 under autocast (the old default)
                 dict(d6, name=f"project_d{args.depth}_fp32res_s0",
                      env={"NANOGPT_COURSE_RESIDUAL": "fp32"}),
-                # issue #18: the loss and its gradient in one kernel (fused_loss.py)
-                dict(d6, name=f"project_d{args.depth}_fusedloss_s0",
-                     env={"NANOGPT_COURSE_LOSS": "fused"}),
+                # issue #18: the readable loss where the GPU's default fuses it (fused_loss.py)
+                dict(d6, name=f"project_d{args.depth}_standardloss_s0",
+                     env={"NANOGPT_COURSE_LOSS": "standard"}),
                 # issue #18: token and value embeddings stored in bf16 (nanochat's storage)
                 dict(d6, name=f"project_d{args.depth}_bf16emb_s0", embedding_dtype="bf16"),
                 # the same with the updates rounded at random (unbiased) instead of to nearest

@@ -42,9 +42,10 @@ stream (forward + backward, optimizer, the gap before the next step) and, over
 ``--profile-steps`` extra steps after the timed ones, torch.profiler's kernels by category
 (``bench/train_profile.py``); files in DIR, the summary in the report's ``profile``.
 
-``--loss chunked`` / ``--loss fused`` (or ``NANOGPT_COURSE_LOSS``) measures our model with
-an opt-in loss (``nanogpt_course/chunked_loss.py``, ``nanogpt_course/fused_loss.py``; the
-report's ``loss_impl`` says which one ran).
+``--loss standard|chunked|fused`` (or ``NANOGPT_COURSE_LOSS``) measures our model with that
+loss instead of the default ``auto`` (the fused loss on CUDA with Triton, the readable one
+elsewhere: ``nanogpt_course/fused_loss.py``, ``nanogpt_course/chunked_loss.py``); the
+report's ``loss_impl`` says which one ran.
 
 Prints one JSON object (and writes it to ``--json`` when given). ``--merge-summary [PATH]``
 (default docs/results/perf_summary.json) also writes the ``train`` section's entry for this
@@ -74,7 +75,7 @@ import perf_summary  # noqa: E402
 import torch  # noqa: E402
 import train_profile  # noqa: E402
 
-from nanogpt_course import chunked_loss  # noqa: E402
+from nanogpt_course import chunked_loss, fused_loss  # noqa: E402
 from nanogpt_course.model import GPTConfig  # noqa: E402
 from nanogpt_course.train import scaling  # noqa: E402
 from nanogpt_course.train.build import RunPlan, model_stats  # noqa: E402
@@ -127,7 +128,7 @@ def main(argv=None) -> dict:
                         "default)")
     p.add_argument("--loss", choices=chunked_loss.IMPLS, default=None,
                    help="the model's loss implementation (sets NANOGPT_COURSE_LOSS; default: "
-                        "that variable, else standard)")
+                        "that variable, else auto: fused on CUDA with Triton, else standard)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--optimizer", choices=("auto", "zero2", "zero1"), default="auto")
     p.add_argument("--window-pattern", default="L", help="e.g. SSSL (the trainer's flag)")
@@ -261,7 +262,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "grad_accum": run.grad_accum, "compile": args.compile,
             "compile_mode": compile_mode_from_env() if args.compile else None,
             "coordinate_tuning": coordinate_tuning_from_env() if args.compile else None,
-            "optimizer": args.optimizer, "loss_impl": args.loss,
+            "optimizer": args.optimizer, "loss_impl": resolved_loss(args.loss, rt.device),
             "window_pattern": config.window_pattern, "short_window": config.short_window,
             "fp8": args.fp8,
             "embedding_dtype": args.embedding_dtype,
@@ -361,7 +362,8 @@ def summary_key(args) -> str:
     of 512 tokens), ``d12_fp8`` (issue #19's names), ``d12_bf16emb`` (embeddings stored in
     bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically), ``d12_autotune``
     and ``d12_coord`` (a compile mode with max-autotune, coordinate-descent tuning asked
-    for), ``d12_fusedloss`` (``--loss fused``; ``_chunkedloss`` likewise)."""
+    for), ``d12_standardloss`` (``--loss standard``: the readable loss where the default
+    would fuse it; ``_fusedloss``, ``_chunkedloss`` likewise)."""
     pattern = args.window_pattern
     window = getattr(args, "short_window", None)
     return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}")
@@ -370,8 +372,13 @@ def summary_key(args) -> str:
             + ("_sr" if getattr(args, "stochastic_rounding", False) else "")
             + ("_autotune" if "autotune" in (getattr(args, "compile_mode", None) or "") else "")
             + ("_coord" if getattr(args, "coordinate_tuning", None) == "1" else "")
-            + (f"_{args.loss}loss" if getattr(args, "loss", None) not in (None, "standard")
+            + (f"_{args.loss}loss" if getattr(args, "loss", None) not in (None, "auto")
                else ""))
+
+
+def resolved_loss(impl: str, device: torch.device) -> str:
+    """The loss implementation that ran: ``auto`` resolved as ``GPT.loss`` resolves it."""
+    return fused_loss.auto_impl(device) if impl == "auto" else impl
 
 
 def summary_entry(report: dict, meta: dict) -> dict:

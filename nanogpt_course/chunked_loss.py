@@ -28,7 +28,8 @@ so they have probability 0 and zero gradient, as the slice in ``GPT.head`` gives
 
 Opt-in (``NANOGPT_COURSE_LOSS=chunked`` or ``model.loss_impl = "chunked"``). On an H100 at
 d12 it was slower and used more peak memory than the readable path under ``torch.compile``
-(docs/PERFORMANCE.md, 2026-12-06), so the readable path stays the default.
+(docs/PERFORMANCE.md, 2026-12-06), so it stays opt-in; the GPU's default is the fused loss
+(fused_loss.py), which keeps the logits but computes their gradient in the forward pass.
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ import os
 import torch
 
 ENV_VAR = "NANOGPT_COURSE_LOSS"
-IMPLS = ("standard", "chunked", "fused")  # the last one: fused_loss.py
+# "auto" (the default): "fused" on CUDA where Triton is installed, else "standard"
+# (GPT.loss resolves it per call; fused_loss.auto_impl says why)
+IMPLS = ("auto", "standard", "chunked", "fused")
 CHUNK_ROWS = 4096  # rows per chunk: at V = 32768 one fp32 (chunk, V) buffer is 512 MiB
 
 
 def loss_impl_from_env() -> str:
-    """The loss implementation a new GPT uses: ``$NANOGPT_COURSE_LOSS`` or ``"standard"``."""
-    impl = os.environ.get(ENV_VAR) or "standard"
+    """The loss implementation a new GPT uses: ``$NANOGPT_COURSE_LOSS`` or ``"auto"``."""
+    impl = os.environ.get(ENV_VAR) or "auto"
     return check_impl(impl)
 
 

@@ -300,9 +300,10 @@ class GPT(nn.Module):
         # "auto" picks flash/FlexAttention on CUDA, masked SDPA elsewhere; the GPU check
         # sets "mask" to get a dense fp32 reference on the same weights.
         self.attention_backend = "auto"
-        # "standard": head + F.cross_entropy (readable, the default); opt-in: "chunked",
-        # which never holds the (B·T, V) logits (chunked_loss.py), and "fused", whose
-        # forward writes the logits' gradient over them (fused_loss.py).
+        # "standard": head + F.cross_entropy (the readable one); "fused": its forward
+        # writes the logits' gradient over them (fused_loss.py); "auto" (the default):
+        # "fused" on CUDA with Triton, else "standard"; opt-in "chunked" never holds the
+        # (B·T, V) logits (chunked_loss.py).
         self.loss_impl = chunked_loss.loss_impl_from_env()
         # "auto": the residual stream in the autocast dtype when autocast is on (bf16 on
         # CUDA), fp32 otherwise; "fp32": always fp32 (see the module docstring)
@@ -431,10 +432,13 @@ class GPT(nn.Module):
         ``targets`` (B, T); see :meth:`forward`. ``loss_impl == "chunked"`` computes the
         "mean" and "sum" reductions without materializing the logits; ``"fused"`` computes
         them and the logits' gradient in one pass while gradients are recorded (same
-        values; see chunked_loss.py and fused_loss.py)."""
+        values; see chunked_loss.py and fused_loss.py); ``"auto"`` is ``"fused"`` for CUDA
+        tensors where Triton is installed, else ``"standard"``."""
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         impl, cfg = chunked_loss.check_impl(self.loss_impl), self.config
+        if impl == "auto":
+            impl = fused_loss.auto_impl(h.device)
         if impl == "chunked" and reduction != "none":
             return chunked_loss.linear_softcap_cross_entropy(
                 h.flatten(0, 1), self.lm_head.weight, targets.flatten(),

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,6 +239,35 @@ def test_env_var_selects_the_fused_loss(monkeypatch):
     assert tiny_gpt().loss_impl == "fused"
 
 
+def test_auto_is_the_fused_loss_on_cuda_with_triton_only(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(fused_loss, "TRITON_INSTALLED", True)
+    assert fused_loss.auto_impl(cuda) == "fused" and fused_loss.auto_impl(cpu) == "standard"
+    monkeypatch.setattr(fused_loss, "TRITON_INSTALLED", False)
+    assert fused_loss.auto_impl(cuda) == "standard"
+
+
+def test_auto_routes_each_gpt_loss_call(monkeypatch):
+    """The default ``loss_impl="auto"`` is resolved per call from the hidden states' device:
+    on the CPU the readable path (the fused op never runs); where ``auto_impl`` says
+    "fused" (CUDA with Triton), the fused op, with the same loss."""
+    model = tiny_gpt()
+    assert model.loss_impl == "auto"
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 300, (2, 32), generator=g)
+    y = torch.randint(0, 300, (2, 32), generator=g)
+    calls = []
+    real = fused_loss.linear_softcap_cross_entropy
+    monkeypatch.setattr(fused_loss, "linear_softcap_cross_entropy",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = model(x, y)
+    assert calls == []
+    monkeypatch.setattr(fused_loss, "auto_impl", lambda device: "fused")
+    got = model(x, y)
+    assert calls == [1]
+    close(got, ref)
+
+
 # ---------------------------------------------------------------- the Triton kernel (CPU)
 KERNEL_SCRIPT = textwrap.dedent("""
     import json, sys, torch
@@ -288,3 +318,24 @@ def test_triton_kernel_equals_the_reference_in_the_interpreter():
         else:
             assert r["grad"] <= 2 ** -8, (key, r)
         assert r["pad"] == 0 and r["ignored"] == 0, (key, r)
+
+
+def test_launch_shape_sweep_runs_every_shape_and_restores_the_defaults(tmp_path):
+    """bench/fused_loss_sweep.py (the GPU's block × warps sweep) on CPU tensors through
+    Triton's interpreter: one timed row per shape, the best is the fastest of them, and the
+    library's launch shape is the default again afterwards."""
+    pytest.importorskip("triton", reason="the sweep times the Triton kernel")
+    out = tmp_path / "sweep.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "fused_loss_sweep.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--rows", "3", "--vocab", "200",
+         "--blocks", "64,256", "--warps", "4", "--iters", "1", "--out", str(out)],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    shapes = [(r["block"], r["warps"]) for r in report["results"]]
+    assert shapes == [(64, 4), (256, 4)]
+    assert all(r["ms"] > 0 for r in report["results"])
+    assert report["best"] == min(report["results"], key=lambda r: r["ms"])
+    assert report["defaults"] == {"block": fused_loss.BLOCK, "warps": fused_loss.NUM_WARPS}
