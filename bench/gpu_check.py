@@ -659,7 +659,6 @@ def check_fused_loss(ctx):
         ok = res["loss_rel_diff"] < tol[0] and res["grad_min_cosine"] > tol[1]
         out[name] = res
         out["ok"] = out["ok"] and bool(ok)
-    model.loss_impl = "auto"  # the default
     return out
 
 
