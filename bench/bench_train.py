@@ -12,6 +12,7 @@ tokenizer keep data and tokenization out of the measurement (as in DESIGN.md's t
     python bench/bench_train.py --depth 12 --compile --optimizer zero2     # ZeRO-2 hooks, 1 GPU
     python bench/bench_train.py --depth 12 --compile --compile-mode max-autotune-no-cudagraphs
     python bench/bench_train.py --depth 12 --compile --coordinate-tuning 1  # tuned Triton kernels
+    python bench/bench_train.py --depth 12 --compile --gemm-autotune 1  # Triton matmuls + epilogues
     python bench/bench_train.py --depth 12 --compile --nanochat .nanochat \
         --merge-summary docs/results/perf_summary.json                     # + nanochat, 1 GPU
 
@@ -81,8 +82,10 @@ from nanogpt_course.train import scaling  # noqa: E402
 from nanogpt_course.train.build import RunPlan, model_stats  # noqa: E402
 from nanogpt_course.train.compiling import (  # noqa: E402
     COMPILE_MODES,
+    GEMM_AUTOTUNE_CHOICES,
     compile_mode_from_env,
     coordinate_tuning_from_env,
+    gemm_autotune_from_env,
 )
 from nanogpt_course.train.config import TrainConfig, check_batch  # noqa: E402
 from nanogpt_course.train.data import MemoryLoaders  # noqa: E402
@@ -126,6 +129,10 @@ def main(argv=None) -> dict:
                    help="Inductor's coordinate-descent tuning of our Triton kernels "
                         "(NANOGPT_COURSE_COORDINATE_TUNING; nanochat's side keeps torch's "
                         "default)")
+    p.add_argument("--gemm-autotune", choices=GEMM_AUTOTUNE_CHOICES, default=None,
+                   help="Inductor's Triton matmul templates timed against cuBLAS, with fused "
+                        "epilogues (NANOGPT_COURSE_GEMM_AUTOTUNE; tma: and Hopper's TMA "
+                        "templates; nanochat's side keeps torch's default)")
     p.add_argument("--loss", choices=chunked_loss.IMPLS, default=None,
                    help="the model's loss implementation (sets NANOGPT_COURSE_LOSS; default: "
                         "that variable, else auto: fused on CUDA with Triton, else standard)")
@@ -238,6 +245,8 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
         os.environ["NANOGPT_COURSE_COMPILE_MODE"] = args.compile_mode
     if args.coordinate_tuning is not None:
         os.environ["NANOGPT_COURSE_COORDINATE_TUNING"] = args.coordinate_tuning
+    if args.gemm_autotune is not None:
+        os.environ["NANOGPT_COURSE_GEMM_AUTOTUNE"] = args.gemm_autotune
     os.environ[chunked_loss.ENV_VAR] = args.loss  # read when the trainer builds its GPT
     start = time.perf_counter()
     trainer = Trainer(run, rt, loaders, echo=rt.is_main)
@@ -262,6 +271,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "grad_accum": run.grad_accum, "compile": args.compile,
             "compile_mode": compile_mode_from_env() if args.compile else None,
             "coordinate_tuning": coordinate_tuning_from_env() if args.compile else None,
+            "gemm_autotune": gemm_autotune_from_env() if args.compile else None,
             "optimizer": args.optimizer, "loss_impl": resolved_loss(args.loss, rt.device),
             "window_pattern": config.window_pattern, "short_window": config.short_window,
             "fp8": args.fp8,
@@ -362,7 +372,7 @@ def summary_key(args) -> str:
     of 512 tokens), ``d12_fp8`` (issue #19's names), ``d12_bf16emb`` (embeddings stored in
     bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically), ``d12_autotune``
     and ``d12_coord`` (a compile mode with max-autotune, coordinate-descent tuning asked
-    for), ``d12_standardloss`` (``--loss standard``: the readable loss where the default
+    for), ``d12_gemmtune`` / ``d12_gemmtma`` (``--gemm-autotune 1`` / ``tma``), ``d12_standardloss`` (``--loss standard``: the readable loss where the default
     would fuse it; ``_fusedloss``, ``_chunkedloss`` likewise)."""
     pattern = args.window_pattern
     window = getattr(args, "short_window", None)
@@ -372,6 +382,7 @@ def summary_key(args) -> str:
             + ("_sr" if getattr(args, "stochastic_rounding", False) else "")
             + ("_autotune" if "autotune" in (getattr(args, "compile_mode", None) or "") else "")
             + ("_coord" if getattr(args, "coordinate_tuning", None) == "1" else "")
+            + {"1": "_gemmtune", "tma": "_gemmtma"}.get(getattr(args, "gemm_autotune", None), "")
             + (f"_{args.loss}loss" if getattr(args, "loss", None) not in (None, "auto")
                else ""))
 

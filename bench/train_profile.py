@@ -154,7 +154,7 @@ class StepProfiler:
         busy = sum(totals.values())
         self.out.mkdir(parents=True, exist_ok=True)
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-        table = self.prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90)
+        table = self.prof.key_averages().table(sort_by=sort, row_limit=150, max_name_column_width=120)
         (self.out / "profile_ops.txt").write_text(table)
         per_step = {k: round(v / self.count, 3) for k, v in
                     sorted(totals.items(), key=lambda kv: -kv[1])}

@@ -184,6 +184,8 @@ def test_summary_keys_name_what_differs_from_the_default_recipe():
     assert key(window_pattern="SSSL", short_window=512) == "d12_SSSL_w512"
     assert key(compile_mode="max-autotune-no-cudagraphs") == "d12_autotune"
     assert key(coordinate_tuning="1") == "d12_coord" and key(coordinate_tuning="0") == "d12"
+    assert key(gemm_autotune="1") == "d12_gemmtune" and key(gemm_autotune="tma") == "d12_gemmtma"
+    assert key(gemm_autotune="0") == "d12"
     # the default loss ("auto": fused on CUDA) is d12; an explicit choice gets its own key
     assert key(loss="auto") == "d12" and key(loss="standard") == "d12_standardloss"
     assert key(loss="fused") == "d12_fusedloss"

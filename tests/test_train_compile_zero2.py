@@ -91,6 +91,28 @@ def test_coordinate_tuning_from_the_environment(recorded_compile, monkeypatch):
         compile_for_training(model, adamw)
 
 
+def test_gemm_autotune_from_the_environment(recorded_compile, monkeypatch):
+    """NANOGPT_COURSE_GEMM_AUTOTUNE asks Inductor to time its Triton matmul templates
+    against cuBLAS (``tma``: with Hopper's persistent TMA templates too) and nothing else:
+    no coordinate-descent pass, other options kept, and other values refused."""
+    seen, model, adamw = recorded_compile
+    monkeypatch.setenv("NANOGPT_COURSE_GEMM_AUTOTUNE", "1")
+    compile_for_training(model, adamw)
+    assert seen[-1] == {"dynamic": False, "options": {"max_autotune_gemm": True}}
+    monkeypatch.setenv("NANOGPT_COURSE_GEMM_AUTOTUNE", "tma")
+    monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "1")
+    compile_for_training(model, adamw)
+    assert seen[-1]["options"] == {"max_autotune_gemm": True, "coordinate_descent_tuning": True,
+                                   "triton.enable_persistent_tma_matmul": True}
+    monkeypatch.setenv("NANOGPT_COURSE_COORDINATE_TUNING", "0")
+    monkeypatch.setenv("NANOGPT_COURSE_GEMM_AUTOTUNE", "0")
+    compile_for_training(model, adamw)
+    assert seen[-1] == {"dynamic": False}
+    monkeypatch.setenv("NANOGPT_COURSE_GEMM_AUTOTUNE", "all")
+    with pytest.raises(ValueError, match="GEMM_AUTOTUNE='all'.*tma"):
+        compile_for_training(model, adamw)
+
+
 @pytest.mark.slow
 def test_blockwise_compile_shards_gradients_during_backward():
     torch.manual_seed(0)

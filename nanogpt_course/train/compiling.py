@@ -23,8 +23,9 @@ import os
 
 import torch
 
-__all__ = ["COMPILE_MODES", "BlockwiseCompiled", "compile_for_training", "compile_kwargs_from_env",
-           "compile_mode_from_env", "coordinate_tuning_from_env"]
+__all__ = ["COMPILE_MODES", "GEMM_AUTOTUNE_CHOICES", "BlockwiseCompiled", "compile_for_training",
+           "compile_kwargs_from_env", "compile_mode_from_env", "coordinate_tuning_from_env",
+           "gemm_autotune_from_env"]
 
 
 def _head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -105,20 +106,50 @@ def coordinate_tuning_from_env() -> bool:
     return raw == "1"
 
 
+GEMM_AUTOTUNE_CHOICES = ("0", "1", "tma")
+
+
+def gemm_autotune_from_env() -> str:
+    """``NANOGPT_COURSE_GEMM_AUTOTUNE``: ``0`` (unset: cuBLAS for every matmul, torch's
+    default), ``1`` (Inductor times its Triton matmul templates against cuBLAS for each
+    matmul shape, once, at compile time, and may fuse the pointwise work that follows a
+    matmul, e.g. relu², into the template's epilogue: the matmul then writes its
+    activated output directly) or ``tma`` (``1`` plus the persistent TMA templates of
+    Hopper GPUs). Unlike the max-autotune modes it tunes matmuls only: no
+    coordinate-descent pass over every pointwise kernel, so the compile stays in minutes."""
+    raw = os.environ.get("NANOGPT_COURSE_GEMM_AUTOTUNE") or "0"
+    if raw not in GEMM_AUTOTUNE_CHOICES:
+        raise ValueError(f"NANOGPT_COURSE_GEMM_AUTOTUNE={raw!r}: use 0 (off), 1 (Triton matmul "
+                         f"templates timed against cuBLAS) or tma (and Hopper's TMA templates)")
+    return raw
+
+
+def _inductor_options_from_env() -> dict:
+    """The Inductor options the tuning variables ask for ({} when none is on)."""
+    options = {}
+    if coordinate_tuning_from_env():
+        options["coordinate_descent_tuning"] = True
+    gemm = gemm_autotune_from_env()
+    if gemm != "0":
+        options["max_autotune_gemm"] = True
+    if gemm == "tma":
+        options["triton.enable_persistent_tma_matmul"] = True
+    return options
+
+
 def compile_kwargs_from_env() -> dict:
-    """torch.compile's ``mode`` / ``options`` for the training forward, from the two
-    variables above. torch.compile takes a mode or options, not both, so with coordinate
-    tuning on the mode is spelled out as its options (``torch._inductor.list_mode_options``)
-    plus ``coordinate_descent_tuning``; passed per call, nothing global changes (a nanochat
-    model compiled in the same process, as bench_train does, gets torch's defaults)."""
+    """torch.compile's ``mode`` / ``options`` for the training forward, from the variables
+    above. torch.compile takes a mode or options, not both, so with a tuning option on the
+    mode is spelled out as its options (``torch._inductor.list_mode_options``) plus the
+    tuning options; passed per call, nothing global changes (a nanochat model compiled in
+    the same process, as bench_train does, gets torch's defaults)."""
     mode = compile_mode_from_env()
-    if not coordinate_tuning_from_env():
+    extra = _inductor_options_from_env()
+    if not extra:
         return {"mode": mode} if mode is not None else {}
     from torch._inductor import list_mode_options
 
-    options = dict(list_mode_options(mode or "default"))
-    options["coordinate_descent_tuning"] = True
-    return {"options": options}
+    return {"options": {**list_mode_options(mode or "default"), **extra}}
 
 
 def compile_for_training(model, optimizer, **compile_kwargs):
