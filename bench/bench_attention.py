@@ -10,7 +10,8 @@ of a full one, yet FlexAttention with torch's default kernel options ran about a
 SDPA's flash kernel on the whole triangle (docs/PERFORMANCE.md). This times, forward and
 forward + backward, with the same q, k, v:
 
-- ``sdpa_causal``: SDPA with ``is_causal`` (flash attention): the full-context layer;
+- ``sdpa_causal``: SDPA with ``is_causal`` (flash attention): the full-context layer, then
+  (CUDA) each of :data:`SDPA_BACKENDS` forced, ``sdpa_causal[FLASH_ATTENTION]`` etc.;
 - ``flex_causal``: FlexAttention on the full causal mask (how far flex is from flash);
 - ``flex_window``: FlexAttention on the window, with torch's default kernel options, then
   with each candidate of :data:`CANDIDATES` (tile sizes, warps, stages) and a mask block
@@ -72,6 +73,9 @@ CANDIDATES = {
 # inputs of unit scale) computes something else and is marked INVALID
 MAX_DIFF = 0.05
 QUICK = ("fwd128x64_w8_s3", "bwd64x128_w8_s3")
+# SDPA's backends timed one at a time on the full causal layer (the models' default path
+# lets SDPA pick; on an H100 with torch 2.11 it picked cuDNN's kernels)
+SDPA_BACKENDS = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION")
 
 
 def visible_pairs(seq_len: int, window: int | None) -> int:
@@ -113,6 +117,15 @@ def make_kernel(kind: str, seq_len: int, window: int | None, *, device, options=
     """A function (q, k, v) -> output for one row of the table."""
     if kind == "sdpa_causal":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if kind.startswith("sdpa_causal["):  # one SDPA backend forced, e.g. sdpa_causal[FLASH_ATTENTION]
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = getattr(SDPBackend, kind[len("sdpa_causal["):-1])
+
+        def forced(q, k, v):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return forced
     if device.type != "cuda":  # the dry run: FlexAttention has no backward on the CPU
         return lambda q, k, v: attention.causal_attention(q, k, v, window=window, backend="mask")
     from torch.nn.attention.flex_attention import flex_attention
@@ -181,7 +194,11 @@ def bench_shape(label: str, batch: int, heads: int, head_dim: int, *, seq_len: i
     with torch.no_grad():
         reference = default(q, k, v)
     rows.append(measure("flex_window", default, q, k, v, **win, **timing, reference=reference))
-    if device.type == "cuda":
+    if device.type == "cuda":  # which backend SDPA's default picked: each one alone
+        for backend in SDPA_BACKENDS:
+            kind = f"sdpa_causal[{backend}]"
+            rows.append(measure(kind, make_kernel(kind, seq_len, None, device=device),
+                                q, k, v, **full, **timing, reference=None))
         names = QUICK if quick else tuple(CANDIDATES)
         for name in names:
             kernel = make_kernel("flex", seq_len, window, device=device, options=CANDIDATES[name])

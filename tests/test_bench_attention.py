@@ -58,3 +58,17 @@ def test_a_candidate_that_changes_the_output_is_marked_invalid():
     out = bench_attention.annotate(rows, "d12")
     assert [r.get("invalid", False) for r in out] == [False, False, True, True]
     assert out[1]["vs_sdpa_causal"] == 0.75 and all(r["shape"] == "d12" for r in out)
+
+
+def test_a_forced_sdpa_backend_computes_the_default_attention():
+    """``sdpa_causal[BACKEND]`` runs SDPA under that backend alone (MATH on the CPU) and
+    gives the default call's output; an unknown backend name fails at build time."""
+    import torch
+
+    cpu = torch.device("cpu")
+    q, k, v = torch.randn(3, 1, 2, 16, 8).unbind(0)
+    forced = bench_attention.make_kernel("sdpa_causal[MATH]", 16, None, device=cpu)
+    default = bench_attention.make_kernel("sdpa_causal", 16, None, device=cpu)
+    torch.testing.assert_close(forced(q, k, v), default(q, k, v))
+    with pytest.raises(AttributeError):
+        bench_attention.make_kernel("sdpa_causal[FASTEST]", 16, None, device=cpu)
