@@ -13,6 +13,7 @@ tokenizer keep data and tokenization out of the measurement (as in DESIGN.md's t
     python bench/bench_train.py --depth 12 --compile --compile-mode max-autotune-no-cudagraphs
     python bench/bench_train.py --depth 12 --compile --coordinate-tuning 1  # tuned Triton kernels
     python bench/bench_train.py --depth 12 --compile --gemm-autotune 1  # Triton matmuls + epilogues
+    python bench/bench_train.py --depth 12 --compile --mlp fused  # relu² in the matmuls' epilogues
     python bench/bench_train.py --depth 12 --compile --nanochat .nanochat \
         --merge-summary docs/results/perf_summary.json                     # + nanochat, 1 GPU
 
@@ -76,7 +77,7 @@ import perf_summary  # noqa: E402
 import torch  # noqa: E402
 import train_profile  # noqa: E402
 
-from nanogpt_course import chunked_loss, fused_loss  # noqa: E402
+from nanogpt_course import chunked_loss, fused_loss, fused_mlp  # noqa: E402
 from nanogpt_course.model import GPTConfig  # noqa: E402
 from nanogpt_course.train import scaling  # noqa: E402
 from nanogpt_course.train.build import RunPlan, model_stats  # noqa: E402
@@ -133,6 +134,9 @@ def main(argv=None) -> dict:
                    help="Inductor's Triton matmul templates timed against cuBLAS, with fused "
                         "epilogues (NANOGPT_COURSE_GEMM_AUTOTUNE; tma: and Hopper's TMA "
                         "templates; nanochat's side keeps torch's default)")
+    p.add_argument("--mlp", choices=fused_mlp.IMPLS, default=None,
+                   help="the MLP's implementation (sets NANOGPT_COURSE_MLP; default: that "
+                        "variable, else standard)")
     p.add_argument("--loss", choices=chunked_loss.IMPLS, default=None,
                    help="the model's loss implementation (sets NANOGPT_COURSE_LOSS; default: "
                         "that variable, else auto: fused on CUDA with Triton, else standard)")
@@ -248,6 +252,8 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
     if args.gemm_autotune is not None:
         os.environ["NANOGPT_COURSE_GEMM_AUTOTUNE"] = args.gemm_autotune
     os.environ[chunked_loss.ENV_VAR] = args.loss  # read when the trainer builds its GPT
+    if args.mlp is not None:
+        os.environ[fused_mlp.ENV_VAR] = args.mlp  # likewise
     start = time.perf_counter()
     trainer = Trainer(run, rt, loaders, echo=rt.is_main)
     profiler = None
@@ -257,6 +263,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
     result = trainer.fit()
     wall = time.perf_counter() - start
     peak = peak_gib(rt.device)
+    mlp_impl = trainer.model.blocks[0].mlp.impl  # what the trained model ran
     del trainer  # its model, optimizer and compiled forward: nanochat's peak is its own
     report = {}
     if rt.is_main:
@@ -272,6 +279,7 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
             "compile_mode": compile_mode_from_env() if args.compile else None,
             "coordinate_tuning": coordinate_tuning_from_env() if args.compile else None,
             "gemm_autotune": gemm_autotune_from_env() if args.compile else None,
+            "mlp_impl": mlp_impl,
             "optimizer": args.optimizer, "loss_impl": resolved_loss(args.loss, rt.device),
             "window_pattern": config.window_pattern, "short_window": config.short_window,
             "fp8": args.fp8,
@@ -372,7 +380,8 @@ def summary_key(args) -> str:
     of 512 tokens), ``d12_fp8`` (issue #19's names), ``d12_bf16emb`` (embeddings stored in
     bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically), ``d12_autotune``
     and ``d12_coord`` (a compile mode with max-autotune, coordinate-descent tuning asked
-    for), ``d12_gemmtune`` / ``d12_gemmtma`` (``--gemm-autotune 1`` / ``tma``), ``d12_standardloss`` (``--loss standard``: the readable loss where the default
+    for), ``d12_gemmtune`` / ``d12_gemmtma`` (``--gemm-autotune 1`` / ``tma``),
+    ``d12_fusedmlp`` (``--mlp fused``), ``d12_standardloss`` (``--loss standard``: the readable loss where the default
     would fuse it; ``_fusedloss``, ``_chunkedloss`` likewise)."""
     pattern = args.window_pattern
     window = getattr(args, "short_window", None)
@@ -383,6 +392,7 @@ def summary_key(args) -> str:
             + ("_autotune" if "autotune" in (getattr(args, "compile_mode", None) or "") else "")
             + ("_coord" if getattr(args, "coordinate_tuning", None) == "1" else "")
             + {"1": "_gemmtune", "tma": "_gemmtma"}.get(getattr(args, "gemm_autotune", None), "")
+            + ("_fusedmlp" if getattr(args, "mlp", None) == "fused" else "")
             + (f"_{args.loss}loss" if getattr(args, "loss", None) not in (None, "auto")
                else ""))
 

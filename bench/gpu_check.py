@@ -625,15 +625,28 @@ def check_fused_loss(ctx):
         del logits
 
     # (2) the whole model, both losses, same weights
+    def use(model, impl):
+        model.loss_impl = impl
+    for name, res, ok in _same_weights_pair(ctx, use, ("standard", "fused"), seed=8):
+        out[name] = res
+        out["ok"] = out["ok"] and ok
+    return out
+
+
+def _same_weights_pair(ctx: Context, use, impls: tuple[str, str], *, seed: int):
+    """Yield ``(name, result, ok)`` for a d12 GPT's loss and gradients with ``use(model,
+    impls[1])`` against ``use(model, impls[0])`` on the same weights and batch: eager fp32
+    (TF32 off), then compiled under bf16 autocast (the trainer's recipe)."""
     cfg = ctx.config()
-    model = build(ctx, cfg, seed=8)
+    model = build(ctx, cfg, seed=seed)
+    g = torch.Generator(device=ctx.device).manual_seed(seed)
     B, T = ctx.size(4, 2), cfg.sequence_len
     idx = torch.randint(0, cfg.vocab_size, (B, T), device=ctx.device, generator=g)
     tgt = torch.randint(0, cfg.vocab_size, (B, T), device=ctx.device, generator=g)
     tgt[:, :5] = -1
 
     def run(fn, impl):
-        model.loss_impl = impl
+        use(model, impl)
         model.zero_grad(set_to_none=True)
         loss = fn(idx, tgt)
         loss.backward()
@@ -647,18 +660,64 @@ def check_fused_loss(ctx):
             fp32_exact()
             fn = model
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16 and ctx.cuda):
-            ref_loss, ref_grads = run(fn, "standard")
-            loss, grads = run(fn, "fused")
+            ref_loss, ref_grads = run(fn, impls[0])
+            loss, grads = run(fn, impls[1])
         cosines = {n: cosine(grads[n], ref_grads[n]) for n in ref_grads}
         worst = min(cosines, key=cosines.get)
-        res = {"loss": loss, "standard_loss": ref_loss,
+        res = {"loss": loss, f"{impls[0]}_loss": ref_loss,
                "loss_rel_diff": abs(loss - ref_loss) / abs(ref_loss),
                "grad_min_cosine": cosines[worst], "grad_min_cosine_param": worst,
                "grad_max_rel_err": max(rel_err(grads[n], ref_grads[n]) for n in ref_grads)}
         tol = (1e-3, 0.999) if bf16 and ctx.cuda else (1e-5, 0.99999)
-        ok = res["loss_rel_diff"] < tol[0] and res["grad_min_cosine"] > tol[1]
+        yield name, res, bool(res["loss_rel_diff"] < tol[0] and res["grad_min_cosine"] > tol[1])
+
+
+@check("fused_mlp")
+def check_fused_mlp(ctx):
+    """The fused MLP (``nanogpt_course/fused_mlp.py``, ``NANOGPT_COURSE_MLP=fused``) against
+    the readable one. (1) Its Triton kernel against the PyTorch reference on d12's MLP
+    (micro-batch 32 × 2048 rows at full size, width 768, hidden 3,072), both epilogues,
+    fp32 (TF32 off) and bf16, and the time of each fused pass against the compiled matmul +
+    pointwise kernel it replaces. (2) A d12 GPT's loss and gradients with the fused MLP
+    against the standard one on the same weights, eager fp32 and compiled bf16."""
+    from fused_mlp_sweep import mlp_tensors, pass_times
+
+    from nanogpt_course import fused_mlp
+
+    out = {"ok": True, "triton": fused_mlp._kernel_module() is not None,
+           "launch_shape": fused_mlp._launch_shape()}
+    if ctx.cuda and not out["triton"]:
+        return {**out, "ok": False, "error": "Triton is not installed: the kernel cannot run"}
+    fp32_exact()
+    for dtype, rows in ((torch.float32, ctx.size(8192, 64)), (torch.bfloat16, ctx.size(65536, 64))):
+        x, w_fc, grad_y, w_proj, a = mlp_tensors(rows, ctx.size(768, 64), ctx.device, dtype,
+                                                 seed=9)
+        res = {"rows": rows}
+        for epilogue, args in (("relu2", (x, w_fc.t())), ("drelu2", (grad_y, w_proj, a))):
+            want = fused_mlp.matmul_epilogue(*args[:2], epilogue, *args[2:], backend="torch")
+            got = fused_mlp.matmul_epilogue(*args[:2], epilogue, *args[2:])
+            step = 2.0 ** -7 if dtype == torch.bfloat16 else 0.0  # one bf16 step, relative
+            beyond = (got.float() - want.float()).abs() > step * want.float().abs() + 1e-30
+            res[epilogue] = {"rel_err": rel_err(got, want),
+                             "beyond_one_step_fraction": beyond.float().mean().item()}
+            if dtype == torch.float32:
+                ok = res[epilogue]["rel_err"] < 1e-5
+            else:  # both round fp32 to nearest; the summation orders differ
+                ok = res[epilogue]["rel_err"] < 5e-3 and \
+                    res[epilogue]["beyond_one_step_fraction"] < 0.01
+            out["ok"] = out["ok"] and bool(ok)
+        if dtype == torch.bfloat16:
+            res.update(pass_times(x, w_fc, grad_y, w_proj, a, iters=ctx.size(10, 2),
+                                  compile=ctx.compile))
+        out["fp32" if dtype == torch.float32 else "bf16"] = res
+        del x, w_fc, grad_y, w_proj, a
+
+    def use(model, impl):
+        for block in model.blocks:
+            block.mlp.impl = impl
+    for name, res, ok in _same_weights_pair(ctx, use, ("standard", "fused"), seed=10):
         out[name] = res
-        out["ok"] = out["ok"] and bool(ok)
+        out["ok"] = out["ok"] and ok
     return out
 
 

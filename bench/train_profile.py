@@ -30,7 +30,7 @@ import torch
 CATEGORIES = (
     ("attention", ("flash", "fmha", "attention", "cudnn")),
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_", "sm80_", "_mm_",
-                "scaled_mm", "triton_tem", "::mm", "bmm", "addmm")),
+                "scaled_mm", "triton_tem", "::mm", "bmm", "addmm", "matmul_epilogue")),
     ("nccl", ("nccl",)),
     ("triton fused", ("triton_",)),
     ("copy / memset", ("memcpy", "memset", "copy")),

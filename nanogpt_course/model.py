@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import chunked_loss, fused_loss
+from . import chunked_loss, fused_loss, fused_mlp
 from .attention import BACKENDS, causal_attention, sliding_window_block_mask
 from .rope import apply_rope, rope_cos_sin
 
@@ -258,17 +258,29 @@ def relu_squared(h: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    """x → relu(x W_fc)² W_proj: squared ReLU, ``mlp_ratio`` times wider inside."""
+    """x → relu(x W_fc)² W_proj: squared ReLU, ``mlp_ratio`` times wider inside.
+
+    ``impl``: ``"standard"`` (the default: two nn.Linear calls around :func:`relu_squared`)
+    or ``"fused"`` (opt-in, ``NANOGPT_COURSE_MLP=fused``: while gradients are recorded the
+    relu² and its derivative run inside the matmuls' epilogues, fused_mlp.py; same values).
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.mlp_ratio * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=False)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=False)
+        self.impl = fused_mlp.mlp_impl_from_env()
 
     def forward(self, x):
         """x: (B, T, C) → (B, T, C)."""
+        if self.impl == "fused" and torch.is_grad_enabled() and self._plain_linears():
+            return fused_mlp.relu2_mlp(x, self.c_fc.weight, self.c_proj.weight)
         return self.c_proj(relu_squared(self.c_fc(x)))
+
+    def _plain_linears(self) -> bool:
+        """False once --fp8 has swapped the layers (their matmuls are FP8's own then)."""
+        return type(self.c_fc) is nn.Linear and type(self.c_proj) is nn.Linear
 
 
 class Block(nn.Module):

@@ -140,6 +140,22 @@ def test_fused_loss_trains_as_the_standard_one(repo, tmp_path):
     assert finals["fused"] == pytest.approx(finals["standard"], rel=1e-5)
 
 
+def test_fused_mlp_trains_as_the_standard_one(repo, tmp_path):
+    """--mlp fused reaches the trainer's model (the report says so) and, on the CPU where
+    its operator runs the PyTorch reference in fp32, trains to the standard MLP's loss."""
+    finals = {}
+    for mlp in ("standard", "fused"):
+        path = tmp_path / f"{mlp}.json"
+        cmd = [sys.executable, str(repo / "bench" / "bench_train.py"), "--dry-run", "--json",
+               str(path), "--mlp", mlp]
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        report = json.loads(path.read_text())
+        assert report["mlp_impl"] == mlp
+        finals[mlp] = report["final_loss"]
+    assert finals["fused"] == pytest.approx(finals["standard"], rel=1e-5)
+
+
 def test_kernel_categories_by_name():
     import train_profile
 
@@ -148,6 +164,7 @@ def test_kernel_categories_by_name():
              "pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel": "attention",
              "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0": "triton fused",
              "triton_tem_fused_mm_3": "matmul",
+             "matmul_epilogue_kernel": "matmul",  # the fused MLP's (nanogpt_course/fused_mlp.py)
              "Memcpy HtoD (Pageable -> Device)": "copy / memset",
              "void at::native::vectorized_elementwise_kernel<4, ...>": "aten elementwise / reduce",
              "ncclDevKernel_AllReduce_Sum_f32_RING_LL": "nccl",
@@ -186,6 +203,7 @@ def test_summary_keys_name_what_differs_from_the_default_recipe():
     assert key(coordinate_tuning="1") == "d12_coord" and key(coordinate_tuning="0") == "d12"
     assert key(gemm_autotune="1") == "d12_gemmtune" and key(gemm_autotune="tma") == "d12_gemmtma"
     assert key(gemm_autotune="0") == "d12"
+    assert key(mlp="fused") == "d12_fusedmlp" and key(mlp="standard") == "d12"
     # the default loss ("auto": fused on CUDA) is d12; an explicit choice gets its own key
     assert key(loss="auto") == "d12" and key(loss="standard") == "d12_standardloss"
     assert key(loss="fused") == "d12_fusedloss"

@@ -1,0 +1,199 @@
+"""The MLP with its relu² inside the matmuls' epilogues (opt-in: ``NANOGPT_COURSE_MLP=fused``).
+
+The readable MLP (:class:`nanogpt_course.model.MLP`) is ``y = relu(x W_fcᵀ)² W_projᵀ``.
+Compiled, a training step runs per layer: a cuBLAS matmul that writes the pre-activation
+``h`` (B·T, 4C), a kernel that reads ``h`` and writes ``a = relu(h)²``, and in backward a
+matmul that writes ``da = dy W_proj``, then a kernel that reads ``da`` and ``a`` and writes
+``dh = da · 2·sqrt(a)``. The two pointwise kernels only move memory: at d12 with a
+micro-batch of 32 × 2048 each (B·T, 4C) bf16 tensor is 384 MiB, and the pair took 7.9 ms of
+a 127 ms step on an H100, both at the memory roof (docs/PERFORMANCE.md).
+
+Here the matmul that produces ``h`` applies relu² to its tile before storing it, and the
+matmul that produces ``da`` multiplies its tile by ``2·sqrt(a)`` before storing it
+(:mod:`nanogpt_course.fused_mlp_kernel`): ``h`` and ``da`` never reach memory, which saves
+writing and reading one (B·T, 4C) tensor in each direction. The other matmuls (``y = a
+W_projᵀ`` and the three weight or input gradients) stay cuBLAS calls.
+
+Two implementations of the fused matmul, tied by ``tests/test_fused_mlp.py``:
+
+- :func:`matmul_epilogue_reference`: PyTorch ops in fp32 (the CPU's path and the readable
+  statement of the math);
+- the Triton kernel (CUDA, when Triton is installed; ``$NANOGPT_COURSE_FUSED_MLP_BACKEND``
+  = ``torch`` forces the reference; a kernel that cannot be compiled falls back to the
+  reference, with one warning).
+
+The whole MLP is the custom operator ``torch.ops.nanogpt_course.relu2_mlp``, which
+``torch.compile`` keeps as one opaque call, with its backward registered. It keeps what
+:class:`~nanogpt_course.model.ReluSquared` keeps: ``x`` and ``a``. Numerically it rounds
+less than the readable path (relu² and the derivative are applied to the fp32
+accumulator, then rounded once).
+
+Not the default: its speed against cuBLAS + the compiled pointwise kernels is measured by
+``python bench/bench_fused_mlp.py`` on the GPU (docs/PERFORMANCE.md says where that stands).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+ENV_VAR = "NANOGPT_COURSE_MLP"
+IMPLS = ("standard", "fused")
+BACKEND_ENV = "NANOGPT_COURSE_FUSED_MLP_BACKEND"
+BACKENDS = ("auto", "triton", "torch")
+RELU2, DRELU2 = "relu2", "drelu2"
+
+
+def _launch_shape() -> dict:
+    """The kernel's tile sizes, warps and pipeline stages (environment overrides for A/B
+    runs on the GPU: ``NANOGPT_COURSE_FUSED_MLP_{BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,WARPS,STAGES}``).
+    The defaults are the tiles Triton's matmul tutorial found best for bf16 on Hopper."""
+    env = os.environ.get
+    return dict(BLOCK_M=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_M", "128")),
+                BLOCK_N=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_N", "256")),
+                BLOCK_K=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_K", "64")),
+                GROUP_M=int(env("NANOGPT_COURSE_FUSED_MLP_GROUP_M", "8")),
+                num_warps=int(env("NANOGPT_COURSE_FUSED_MLP_WARPS", "8")),
+                num_stages=int(env("NANOGPT_COURSE_FUSED_MLP_STAGES", "3")))
+
+
+def mlp_impl_from_env() -> str:
+    """The MLP implementation a new GPT uses: ``$NANOGPT_COURSE_MLP`` or ``"standard"``."""
+    impl = os.environ.get(ENV_VAR) or "standard"
+    if impl not in IMPLS:
+        raise ValueError(f"MLP implementation {impl!r} ({ENV_VAR}): choose one of {IMPLS}")
+    return impl
+
+
+def matmul_epilogue_reference(a: torch.Tensor, b: torch.Tensor, epilogue: str,
+                              aux: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(a @ b)²`` (``"relu2"``) or ``(a @ b) · 2·sqrt(aux)`` (``"drelu2"``), in at
+    least fp32 (as the kernel's accumulator), returned in ``a``'s dtype. a (M, K), b (K, N),
+    aux (M, N)."""
+    acc_dtype = torch.promote_types(a.dtype, torch.float32)
+    acc = a.to(acc_dtype) @ b.to(acc_dtype)
+    if epilogue == RELU2:
+        out = torch.relu(acc).square()
+    elif epilogue == DRELU2:
+        out = acc * (2 * aux.to(acc_dtype).sqrt())
+    else:
+        raise ValueError(f"epilogue must be {RELU2!r} or {DRELU2!r}, got {epilogue!r}")
+    return out.to(a.dtype)
+
+
+@functools.cache
+def _kernel_module():
+    """:mod:`nanogpt_course.fused_mlp_kernel`, or None where Triton is not installed."""
+    try:
+        from . import fused_mlp_kernel
+    except ImportError:
+        return None
+    return fused_mlp_kernel
+
+
+def matmul_epilogue_triton(a: torch.Tensor, b: torch.Tensor, epilogue: str,
+                           aux: torch.Tensor | None = None) -> torch.Tensor:
+    """The Triton kernel's version of :func:`matmul_epilogue_reference` (same contract).
+    CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
+    module = _kernel_module()
+    if module is None:
+        raise RuntimeError("the fused MLP's Triton kernel needs Triton (pip install triton), "
+                           f"or set {BACKEND_ENV}=torch for the PyTorch reference")
+    (m, k), n = a.shape, b.shape[1]
+    out = torch.empty(m, n, dtype=a.dtype, device=a.device)
+    shape = _launch_shape()
+    grid = (-(-m // shape["BLOCK_M"]) * -(-n // shape["BLOCK_N"]),)  # tiles, rounded up
+    module.matmul_epilogue_kernel[grid](
+        a, b, out, out if aux is None else aux.contiguous(), m, n, k,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        EPILOGUE=module.RELU2 if epilogue == RELU2 else module.DRELU2,
+        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+        ALLOW_TF32=torch.backends.cuda.matmul.allow_tf32, **shape)
+    return out
+
+
+_kernel_failure: list[str] = []  # why the kernel could not run, once it could not
+
+
+def matmul_epilogue(a, b, epilogue: str, aux=None, *, backend: str | None = None):
+    """Dispatch to the kernel or the reference: ``"auto"`` (the default, or
+    ``$NANOGPT_COURSE_FUSED_MLP_BACKEND``) takes the kernel for CUDA tensors when Triton is
+    installed and falls back to the reference for good, with one warning, if it fails."""
+    backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={backend!r}: choose one of {BACKENDS}")
+    if backend == "triton":
+        return matmul_epilogue_triton(a, b, epilogue, aux)
+    if backend == "auto" and a.is_cuda and _kernel_module() is not None and not _kernel_failure:
+        try:
+            return matmul_epilogue_triton(a, b, epilogue, aux)
+        except Exception as err:  # e.g. Triton cannot compile for this GPU
+            _kernel_failure.append(f"{type(err).__name__}: {err}")
+            warnings.warn(f"the fused MLP's Triton kernel failed ({_kernel_failure[0][:300]}); "
+                          "using the PyTorch reference from now on", stacklevel=2)
+    return matmul_epilogue_reference(a, b, epilogue, aux)
+
+
+# the fused matmul as an operator of its own: the MLP's backward calls it, and torch.compile
+# traces that backward with fake tensors, which a Triton launch cannot take
+@torch.library.custom_op("nanogpt_course::matmul_epilogue", mutates_args=(),
+                         schema="(Tensor a, Tensor b, str epilogue, Tensor? aux) -> Tensor")
+def _matmul_epilogue_op(a: torch.Tensor, b: torch.Tensor, epilogue: str,
+                        aux: torch.Tensor | None) -> torch.Tensor:
+    return matmul_epilogue(a, b, epilogue, aux)
+
+
+@_matmul_epilogue_op.register_fake
+def _(a, b, epilogue, aux):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+@torch.library.custom_op("nanogpt_course::relu2_mlp", mutates_args=(),
+                         schema="(Tensor x, Tensor w_fc, Tensor w_proj) -> (Tensor, Tensor)")
+def _relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor,
+               w_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y (N, C), a (N, H)) for x (N, C), w_fc (H, C), w_proj (C, H), one dtype."""
+    a = matmul_epilogue(x, w_fc.t(), RELU2)
+    with torch.autocast(x.device.type, enabled=False):  # the caller chose the dtype
+        y = a @ w_proj.t()
+    return y, a
+
+
+@_relu2_mlp.register_fake
+def _(x, w_fc, w_proj):
+    return x.new_empty(x.shape[0], w_proj.shape[0]), x.new_empty(x.shape[0], w_fc.shape[0])
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_fc, w_proj = inputs
+    ctx.save_for_backward(x, w_fc, w_proj, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad_y, _grad_a):
+    x, w_fc, w_proj, a = ctx.saved_tensors
+    grad_y = grad_y.to(x.dtype)
+    grad_h = _matmul_epilogue_op(grad_y, w_proj, DRELU2, a)  # (N, H): dy W_proj · 2 sqrt(a)
+    with torch.autocast(x.device.type, enabled=False):
+        grad_w_proj = grad_y.t() @ a
+        grad_x = grad_h @ w_fc
+        grad_w_fc = grad_h.t() @ x
+    return grad_x, grad_w_fc, grad_w_proj
+
+
+_relu2_mlp.register_autograd(_backward, setup_context=_setup_context)
+
+
+def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torch.Tensor:
+    """``relu(x W_fcᵀ)² W_projᵀ`` for x (..., C), w_fc (H, C), w_proj (C, H) (nn.Linear
+    weights): the matmuls run in the autocast dtype when autocast is on (bf16 on CUDA),
+    else in the inputs' promoted dtype. Returns (..., C) in that dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    else:
+        dtype = torch.promote_types(x.dtype, w_fc.dtype)
+    y, _ = _relu2_mlp(x.reshape(-1, x.shape[-1]).to(dtype), w_fc.to(dtype), w_proj.to(dtype))
+    return y.view(*x.shape[:-1], w_proj.shape[0])
