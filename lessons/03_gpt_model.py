@@ -296,6 +296,39 @@ print("gradient from the output alone matches autograd:", torch.equal(grad_fast,
       or "(to rounding)")
 
 # %% [markdown]
+# ### What the matmul could do on its way out
+#
+# On a GPU a matmul computes its output tile by tile, each tile in registers before it is
+# written to memory. The readable MLP writes $h$ (B·T × 4C) to memory, then a second kernel
+# reads it back to write $a = \mathrm{relu}(h)^2$; the backward pass does the same with
+# $\partial a$ and $\partial h = \partial a \cdot 2\sqrt{a}$. Both extra kernels only move
+# memory. A matmul that applies relu² to each tile *before* storing it (an **epilogue**)
+# never writes $h$ at all, and one that multiplies by $2\sqrt{a}$ before storing never
+# writes $\partial a$. That is `nanogpt_course/fused_mlp.py` (a Triton kernel, opt-in with
+# `NANOGPT_COURSE_MLP=fused` until its speed is measured against cuBLAS; see
+# docs/PERFORMANCE.md). On the CPU it runs the same math in PyTorch, so we can check it
+# against your function, output and gradients:
+
+# %%
+from nanogpt_course.fused_mlp import relu2_mlp
+
+demo = [torch.randn(2, 5, 8), torch.randn(32, 8), torch.randn(8, 32)]  # x, w_fc, w_proj
+demo = [t.requires_grad_() for t in demo]
+y_fused, y_yours = relu2_mlp(*demo), mlp_relu2(*demo)
+torch.testing.assert_close(y_fused, y_yours)
+g_demo = torch.randn_like(y_yours)
+for fused_grad, your_grad in zip(torch.autograd.grad(y_fused, demo, g_demo),
+                                 torch.autograd.grad(y_yours, demo, g_demo)):
+    torch.testing.assert_close(fused_grad, your_grad)
+print("fused MLP: same output and gradients as yours")
+
+# %% [markdown]
+# Fusing changes where the numbers travel, not what they are. Which of the two is faster
+# depends on whether a hand-written Triton matmul keeps up with cuBLAS's: the two pointwise
+# kernels it removes took about 8 ms of a 127 ms d12 step on an H100 (the backward's
+# epilogue still reads $a$ once), the risk is a slower matmul.
+
+# %% [markdown]
 # ## 5. Attention, as a module
 #
 # Everything here comes from lesson 02: project the normed input to queries, keys and
