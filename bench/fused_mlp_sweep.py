@@ -12,11 +12,14 @@ default d12's micro-batch of 32 × 2048), in bf16, times the two passes that
   an Inductor pointwise kernel, as the trainer's graph runs it) against the fused kernel;
 - backward ``dh = (dy W_proj) · 2·sqrt(a)``: likewise;
 
-plus the cuBLAS matmul alone (the floor the kernel's matmul competes with). Every launch
-shape of ``--shapes`` (``BLOCK_MxBLOCK_NxBLOCK_K/warps/stages``, GROUP_M 8) is timed for both
-fused passes; the report gives each time, the best shape per pass, and the predicted saving
-per training step (``n_layer`` × (unfused − best fused), both passes). The library's launch
-shape is ``NANOGPT_COURSE_FUSED_MLP_{BLOCK_M,BLOCK_N,BLOCK_K,WARPS,STAGES}``.
+plus the cuBLAS matmul alone (the floor the kernel's matmul competes with). The fused
+times in that first row are the library's own call (on the GPU it times
+``fused_mlp.LAUNCH_SHAPES`` once per problem and keeps the fastest). Then every launch shape
+of ``--shapes`` (``BLOCK_MxBLOCK_NxBLOCK_K/warps/stages``, GROUP_M 8; default: the same
+list) is timed alone for both fused passes; the report gives each time, the best shape per
+pass, and the predicted saving per training step (``n_layer`` × (unfused − best fused),
+both passes). A fixed shape: ``NANOGPT_COURSE_FUSED_MLP_AUTOTUNE=0`` and
+``NANOGPT_COURSE_FUSED_MLP_{BLOCK_M,BLOCK_N,BLOCK_K,WARPS,STAGES}``.
 """
 
 from __future__ import annotations
@@ -35,8 +38,7 @@ from bench_attention import timed  # noqa: E402  (bench/ is not a package)
 
 from nanogpt_course import fused_mlp  # noqa: E402
 
-SHAPES = ("128x256x64/8/3", "128x256x64/8/4", "128x128x64/8/4", "128x128x64/4/4",
-          "256x128x64/8/3", "64x256x64/4/4", "128x256x32/8/4", "128x128x128/8/3")
+SHAPES = tuple(f"{m}x{n}x{k}/{warps}/{stages}" for m, n, k, warps, stages in fused_mlp.LAUNCH_SHAPES)
 ENV = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "WARPS", "STAGES")
 
 
@@ -48,6 +50,7 @@ def parse_shape(text: str) -> dict[str, int]:
 
 def with_launch_shape(shape: dict[str, int], fn):
     """``fn()`` with the kernel's launch shape set through its environment variables."""
+    shape = {**shape, "AUTOTUNE": 0}  # this shape, not the library's timed choice
     names = {k: f"NANOGPT_COURSE_FUSED_MLP_{k}" for k in shape}
     saved = {k: os.environ.get(v) for k, v in names.items()}
     os.environ.update({names[k]: str(v) for k, v in shape.items()})

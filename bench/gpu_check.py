@@ -685,7 +685,7 @@ def check_fused_mlp(ctx):
     from nanogpt_course import fused_mlp
 
     out = {"ok": True, "triton": fused_mlp._kernel_module() is not None,
-           "launch_shape": fused_mlp._launch_shape()}
+           "autotuning": fused_mlp.autotuning(), "fixed_launch_shape": fused_mlp._launch_shape()}
     if ctx.cuda and not out["triton"]:
         return {**out, "ok": False, "error": "Triton is not installed: the kernel cannot run"}
     fp32_exact()
@@ -711,6 +711,9 @@ def check_fused_mlp(ctx):
                                   compile=ctx.compile))
         out["fp32" if dtype == torch.float32 else "bf16"] = res
         del x, w_fc, grad_y, w_proj, a
+    if ctx.cuda and fused_mlp.autotuning():  # the launch shape timed for each problem
+        out["chosen_launch_shapes"] = {str(key): str(cfg) for key, cfg
+                                       in fused_mlp._autotuned_kernel().cache.items()}
 
     def use(model, impl):
         for block in model.blocks:

@@ -47,17 +47,53 @@ BACKENDS = ("auto", "triton", "torch")
 RELU2, DRELU2 = "relu2", "drelu2"
 
 
+# Launch shapes (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages; GROUP_M 8) the kernel is tuned
+# over on the GPU: at the first call for each (M, N, K, epilogue), Triton times every shape
+# and keeps the fastest. The first is the tile Triton's matmul tutorial found best for
+# bf16 on Hopper, and the fixed default.
+LAUNCH_SHAPES = ((128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 8, 4),
+                 (128, 128, 64, 4, 4), (256, 128, 64, 8, 3), (64, 256, 64, 4, 4),
+                 (128, 256, 32, 8, 4), (128, 128, 128, 8, 3))
+AUTOTUNE_ENV = "NANOGPT_COURSE_FUSED_MLP_AUTOTUNE"
+
+
 def _launch_shape() -> dict:
-    """The kernel's tile sizes, warps and pipeline stages (environment overrides for A/B
-    runs on the GPU: ``NANOGPT_COURSE_FUSED_MLP_{BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,WARPS,STAGES}``).
-    The defaults are the tiles Triton's matmul tutorial found best for bf16 on Hopper."""
+    """The fixed launch shape (``NANOGPT_COURSE_FUSED_MLP_AUTOTUNE=0``, and Triton's CPU
+    interpreter): ``LAUNCH_SHAPES[0]`` unless overridden for A/B runs by
+    ``NANOGPT_COURSE_FUSED_MLP_{BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,WARPS,STAGES}``."""
     env = os.environ.get
-    return dict(BLOCK_M=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_M", "128")),
-                BLOCK_N=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_N", "256")),
-                BLOCK_K=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_K", "64")),
-                GROUP_M=int(env("NANOGPT_COURSE_FUSED_MLP_GROUP_M", "8")),
-                num_warps=int(env("NANOGPT_COURSE_FUSED_MLP_WARPS", "8")),
-                num_stages=int(env("NANOGPT_COURSE_FUSED_MLP_STAGES", "3")))
+    block_m, block_n, block_k, warps, stages = LAUNCH_SHAPES[0]
+    return dict(BLOCK_M=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_M", block_m)),
+                BLOCK_N=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_N", block_n)),
+                BLOCK_K=int(env("NANOGPT_COURSE_FUSED_MLP_BLOCK_K", block_k)),
+                GROUP_M=int(env("NANOGPT_COURSE_FUSED_MLP_GROUP_M", 8)),
+                num_warps=int(env("NANOGPT_COURSE_FUSED_MLP_WARPS", warps)),
+                num_stages=int(env("NANOGPT_COURSE_FUSED_MLP_STAGES", stages)))
+
+
+def autotuning() -> bool:
+    """Whether the kernel picks its launch shape by timing :data:`LAUNCH_SHAPES` (the
+    default on the GPU); never in Triton's interpreter, whose timings mean nothing."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    raw = os.environ.get(AUTOTUNE_ENV) or "1"
+    if raw not in ("0", "1"):
+        raise ValueError(f"{AUTOTUNE_ENV}={raw!r}: use 1 (time the launch shapes) or 0 "
+                         "(the fixed one)")
+    return raw == "1"
+
+
+@functools.cache
+def _autotuned_kernel():
+    """The kernel wrapped in ``triton.autotune`` over :data:`LAUNCH_SHAPES`, keyed on the
+    problem's sizes and epilogue (``.best_config`` is the last choice)."""
+    import triton
+
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8},
+                             num_warps=warps, num_stages=stages)
+               for m, n, k, warps, stages in LAUNCH_SHAPES]
+    return triton.autotune(configs=configs, key=["M", "N", "K", "EPILOGUE"])(
+        _kernel_module().matmul_epilogue_kernel)
 
 
 def mlp_impl_from_env() -> str:
@@ -104,14 +140,19 @@ def matmul_epilogue_triton(a: torch.Tensor, b: torch.Tensor, epilogue: str,
                            f"or set {BACKEND_ENV}=torch for the PyTorch reference")
     (m, k), n = a.shape, b.shape[1]
     out = torch.empty(m, n, dtype=a.dtype, device=a.device)
-    shape = _launch_shape()
-    grid = (-(-m // shape["BLOCK_M"]) * -(-n // shape["BLOCK_N"]),)  # tiles, rounded up
-    module.matmul_epilogue_kernel[grid](
-        a, b, out, out if aux is None else aux.contiguous(), m, n, k,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        EPILOGUE=module.RELU2 if epilogue == RELU2 else module.DRELU2,
-        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
-        ALLOW_TF32=torch.backends.cuda.matmul.allow_tf32, **shape)
+    args = (a, b, out, out if aux is None else aux.contiguous(), m, n, k,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1))
+    flags = dict(EPILOGUE=module.RELU2 if epilogue == RELU2 else module.DRELU2,
+                 UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+                 ALLOW_TF32=torch.backends.cuda.matmul.allow_tf32)
+
+    def grid(shape):  # one program per output tile
+        return (-(-m // shape["BLOCK_M"]) * -(-n // shape["BLOCK_N"]),)
+    if autotuning():
+        _autotuned_kernel()[grid](*args, **flags)
+    else:
+        shape = _launch_shape()
+        module.matmul_epilogue_kernel[grid(shape)](*args, **flags, **shape)
     return out
 
 

@@ -240,6 +240,7 @@ def test_launch_shapes_parse_and_are_restored(sweep_module):
     assert seen == {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 8, "GROUP_M": before["GROUP_M"],
                     "num_warps": 2, "num_stages": 1}
     assert fused_mlp._launch_shape() == before
+    assert fused_mlp.AUTOTUNE_ENV not in os.environ  # the sweep's fixed shapes are undone
 
 
 def test_compiled_backward_reaches_the_kernel_as_an_operator(monkeypatch):
@@ -280,3 +281,18 @@ def test_compiled_gpt_with_the_fused_mlp_matches_the_eager_standard_one(op_calls
     close(compiled_loss, loss)
     for name, grad in grads.items():
         close(compiled_grads[name], grad, rtol=1e-5)
+
+
+def test_autotuning_is_the_gpu_default_and_never_in_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv(fused_mlp.AUTOTUNE_ENV, raising=False)
+    assert fused_mlp.autotuning()
+    monkeypatch.setenv(fused_mlp.AUTOTUNE_ENV, "0")
+    assert not fused_mlp.autotuning()
+    monkeypatch.setenv(fused_mlp.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not fused_mlp.autotuning()
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setenv(fused_mlp.AUTOTUNE_ENV, "yes")
+    with pytest.raises(ValueError, match="use 1 .* or 0"):
+        fused_mlp.autotuning()
