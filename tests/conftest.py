@@ -40,6 +40,20 @@ def load_bench(name: str):
         sys.modules.pop(name, None)
 
 
+def run_interpreted(script: str, **env: str):
+    """Run ``python -c script`` under Triton's CPU interpreter (``TRITON_INTERPRET=1`` and
+    ``env`` added to this environment) and return the JSON it prints."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1", **env}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data mirror (../shared/data in CI); skips the test when it is absent."""

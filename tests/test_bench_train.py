@@ -124,35 +124,23 @@ def test_profile_phases_and_kernel_categories(repo, tmp_path):
     assert "aten::" in (folder / "profile_ops.txt").read_text()
 
 
-def test_fused_loss_trains_as_the_standard_one(repo, tmp_path):
-    """--loss fused reaches the trainer's model (the report says so) and, on the CPU where
-    it runs the PyTorch reference in fp32, trains to the standard loss's final loss."""
+@pytest.mark.parametrize("flag, choices, reported", [
+    ("--loss", ("standard", "fused"), "loss_impl"),
+    ("--mlp", ("standard", "fused"), "mlp_impl")])
+def test_fused_paths_train_as_the_standard_ones(repo, tmp_path, flag, choices, reported):
+    """--loss fused and --mlp fused reach the trainer's model (the report says what ran)
+    and, on the CPU where their operators run the PyTorch references in fp32, train to the
+    standard path's final loss."""
     finals = {}
-    for loss in ("standard", "fused"):
-        path = tmp_path / f"{loss}.json"
+    for choice in choices:
+        path = tmp_path / f"{choice}.json"
         cmd = [sys.executable, str(repo / "bench" / "bench_train.py"), "--dry-run", "--json",
-               str(path), "--loss", loss]
+               str(path), flag, choice]
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         report = json.loads(path.read_text())
-        assert report["loss_impl"] == loss
-        finals[loss] = report["final_loss"]
-    assert finals["fused"] == pytest.approx(finals["standard"], rel=1e-5)
-
-
-def test_fused_mlp_trains_as_the_standard_one(repo, tmp_path):
-    """--mlp fused reaches the trainer's model (the report says so) and, on the CPU where
-    its operator runs the PyTorch reference in fp32, trains to the standard MLP's loss."""
-    finals = {}
-    for mlp in ("standard", "fused"):
-        path = tmp_path / f"{mlp}.json"
-        cmd = [sys.executable, str(repo / "bench" / "bench_train.py"), "--dry-run", "--json",
-               str(path), "--mlp", mlp]
-        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        report = json.loads(path.read_text())
-        assert report["mlp_impl"] == mlp
-        finals[mlp] = report["final_loss"]
+        assert report[reported] == choice
+        finals[choice] = report["final_loss"]
     assert finals["fused"] == pytest.approx(finals["standard"], rel=1e-5)
 
 

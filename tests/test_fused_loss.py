@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_interpreted
 
 from nanogpt_course import fused_loss
 from nanogpt_course.fused_loss import (
@@ -301,11 +302,7 @@ def test_triton_kernel_equals_the_reference_in_the_interpreter():
     """Triton's interpreter runs the kernel on CPU tensors; a block of 64 columns makes
     every row take several blocks per pass, with a ragged last one."""
     pytest.importorskip("triton", reason="the kernel test needs Triton (pip install triton)")
-    env = dict(os.environ, TRITON_INTERPRET="1", NANOGPT_COURSE_FUSED_LOSS_BLOCK="64")
-    proc = subprocess.run([sys.executable, "-c", KERNEL_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout)
+    results = run_interpreted(KERNEL_SCRIPT, NANOGPT_COURSE_FUSED_LOSS_BLOCK="64")
     assert len(results) == 12
     for key, r in results.items():
         assert r["loss"] < 1e-5, (key, r)

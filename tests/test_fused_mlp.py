@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_bench
+from conftest import load_bench, run_interpreted
 
 from nanogpt_course import fp8, fused_mlp
 from nanogpt_course.model import relu_squared_reference
@@ -184,13 +184,10 @@ def test_triton_kernel_equals_the_reference_in_the_interpreter():
     """Triton's interpreter runs the kernel on CPU tensors with 32 x 32 x 16 tiles, so every
     dimension has a ragged last tile and the grouped tile order wraps."""
     pytest.importorskip("triton", reason="the kernel test needs Triton (pip install triton)")
-    env = dict(os.environ, TRITON_INTERPRET="1", NANOGPT_COURSE_FUSED_MLP_BLOCK_M="32",
-               NANOGPT_COURSE_FUSED_MLP_BLOCK_N="32", NANOGPT_COURSE_FUSED_MLP_BLOCK_K="16",
-               NANOGPT_COURSE_FUSED_MLP_GROUP_M="2")
-    proc = subprocess.run([sys.executable, "-c", KERNEL_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout)
+    results = run_interpreted(KERNEL_SCRIPT, NANOGPT_COURSE_FUSED_MLP_BLOCK_M="32",
+                              NANOGPT_COURSE_FUSED_MLP_BLOCK_N="32",
+                              NANOGPT_COURSE_FUSED_MLP_BLOCK_K="16",
+                              NANOGPT_COURSE_FUSED_MLP_GROUP_M="2")
     assert len(results) == 4
     for key, r in results.items():
         assert r["zeros_kept"], (key, r)  # relu's zeros stay exact zeros
