@@ -29,7 +29,7 @@ less than the readable path (relu² and the derivative are applied to the fp32
 accumulator, then rounded once).
 
 Not the default: its speed against cuBLAS + the compiled pointwise kernels is measured by
-``python bench/bench_fused_mlp.py`` on the GPU (docs/PERFORMANCE.md says where that stands).
+``python bench/fused_mlp_sweep.py`` and ``bench_train.py --mlp fused`` on the GPU (docs/PERFORMANCE.md says where that stands).
 """
 
 from __future__ import annotations

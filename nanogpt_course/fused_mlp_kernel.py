@@ -13,13 +13,15 @@ the (M, N) tensor between the matmul and that work is never written or read:
 Each program computes one (BLOCK_M, BLOCK_N) tile, looping over K in BLOCK_K steps (the
 classic tiled matmul of Triton's tutorial, which Triton lowers to Hopper's wgmma). Programs
 are numbered in groups of GROUP_M rows of tiles, so tiles that run at the same time share
-their A rows and B columns in L2. Offsets are int64: at micro-batch 32 × 2048 and width
-3,072 an (M, N) tensor has 2^28 entries, and at d20 widths more.
+their A rows and B columns in L2. Offsets are int64: at d20 with a micro-batch of
+32 × 2048 an (M, N) tensor has 2^28.3 entries, and four times the micro-batch would pass
+int32's 2^31.
 
 ``tests/test_fused_mlp.py`` runs this kernel on the CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``, with ``UPCAST``: the interpreter's ``tl.dot`` gets bf16 wrong, so
-the operands are multiplied in fp32 there; loads, epilogues and bf16 stores are the GPU's); ``python bench/gpu_check.py --only fused_mlp`` checks it on the
-GPU against the readable MLP.
+the operands are multiplied in fp32 there; loads, epilogues and bf16 stores are the
+GPU's); ``python bench/gpu_check.py --only fused_mlp`` checks it on the GPU against the
+readable MLP.
 """
 
 from __future__ import annotations
