@@ -245,15 +245,13 @@ def measure_ours(args, rt, tokens: torch.Tensor) -> dict:
         _force_dist_optimizer(args.optimizer, rt)
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
-    if args.compile_mode:  # read by compile_for_training when the trainer compiles
-        os.environ["NANOGPT_COURSE_COMPILE_MODE"] = args.compile_mode
-    if args.coordinate_tuning is not None:
-        os.environ["NANOGPT_COURSE_COORDINATE_TUNING"] = args.coordinate_tuning
-    if args.gemm_autotune is not None:
-        os.environ["NANOGPT_COURSE_GEMM_AUTOTUNE"] = args.gemm_autotune
-    os.environ[chunked_loss.ENV_VAR] = args.loss  # read when the trainer builds its GPT
-    if args.mlp is not None:
-        os.environ[fused_mlp.ENV_VAR] = args.mlp  # likewise
+    # the trainer reads these when it builds its GPT (the MLP and the loss) and compiles
+    for value, var in ((args.compile_mode, "NANOGPT_COURSE_COMPILE_MODE"),
+                       (args.coordinate_tuning, "NANOGPT_COURSE_COORDINATE_TUNING"),
+                       (args.gemm_autotune, "NANOGPT_COURSE_GEMM_AUTOTUNE"),
+                       (args.mlp, fused_mlp.ENV_VAR), (args.loss, chunked_loss.ENV_VAR)):
+        if value is not None:
+            os.environ[var] = value
     start = time.perf_counter()
     trainer = Trainer(run, rt, loaders, echo=rt.is_main)
     profiler = None
@@ -381,8 +379,9 @@ def summary_key(args) -> str:
     bf16), ``d12_bf16emb_sr`` (and their updates rounded stochastically), ``d12_autotune``
     and ``d12_coord`` (a compile mode with max-autotune, coordinate-descent tuning asked
     for), ``d12_gemmtune`` / ``d12_gemmtma`` (``--gemm-autotune 1`` / ``tma``),
-    ``d12_fusedmlp`` (``--mlp fused``), ``d12_standardloss`` (``--loss standard``: the readable loss where the default
-    would fuse it; ``_fusedloss``, ``_chunkedloss`` likewise)."""
+    ``d12_fusedmlp`` (``--mlp fused``), ``d12_standardloss`` (``--loss standard``: the
+    readable loss where the default would fuse it; ``_fusedloss``, ``_chunkedloss``
+    likewise)."""
     pattern = args.window_pattern
     window = getattr(args, "short_window", None)
     return (f"d{args.depth}" + ("" if pattern == "L" else f"_{pattern}")

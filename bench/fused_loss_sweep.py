@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = p.parse_args(argv)
-    if not fused_loss.triton_available():
+    if not fused_loss.KERNEL.available():
         raise SystemExit("the sweep times the Triton kernel: pip install triton")
     report = sweep(args.rows, args.vocab, ints(args.blocks), ints(args.warps), args.device,
                    iters=args.iters)

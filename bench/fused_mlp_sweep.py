@@ -29,6 +29,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -49,19 +50,11 @@ def parse_shape(text: str) -> dict[str, int]:
 
 
 def with_launch_shape(shape: dict[str, int], fn):
-    """``fn()`` with the kernel's launch shape set through its environment variables."""
-    shape = {**shape, "AUTOTUNE": 0}  # this shape, not the library's timed choice
-    names = {k: f"NANOGPT_COURSE_FUSED_MLP_{k}" for k in shape}
-    saved = {k: os.environ.get(v) for k, v in names.items()}
-    os.environ.update({names[k]: str(v) for k, v in shape.items()})
-    try:
+    """``fn()`` with the kernel's launch shape set through its environment variables (and
+    the library's timed choice off), the environment restored afterwards."""
+    env = {f"NANOGPT_COURSE_FUSED_MLP_{k}": str(v) for k, v in {**shape, "AUTOTUNE": 0}.items()}
+    with mock.patch.dict(os.environ, env):
         return fn()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(names[k], None)
-            else:
-                os.environ[names[k]] = v
 
 
 def unfused_passes(*, compile: bool):
@@ -149,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = p.parse_args(argv)
-    if fused_mlp._kernel_module() is None:
+    if not fused_mlp.KERNEL.available():
         raise SystemExit("the sweep times the Triton kernel: pip install triton")
     device = torch.device(args.device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

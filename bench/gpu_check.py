@@ -593,7 +593,7 @@ def check_fused_loss(ctx):
     bf16 autocast (the trainer's recipe)."""
     from nanogpt_course import fused_loss
 
-    out = {"ok": True, "triton": fused_loss.triton_available()}
+    out = {"ok": True, "triton": fused_loss.KERNEL.available()}
     if ctx.cuda and not out["triton"]:
         return {**out, "ok": False, "error": "Triton is not installed: the kernel cannot run"}
     cap, V = 15.0, ctx.size(32768, 512)
@@ -684,7 +684,7 @@ def check_fused_mlp(ctx):
 
     from nanogpt_course import fused_mlp
 
-    out = {"ok": True, "triton": fused_mlp._kernel_module() is not None,
+    out = {"ok": True, "triton": fused_mlp.KERNEL.available(),
            "autotuning": fused_mlp.autotuning(), "fixed_launch_shape": fused_mlp._launch_shape()}
     if ctx.cuda and not out["triton"]:
         return {**out, "ok": False, "error": "Triton is not installed: the kernel cannot run"}
@@ -693,9 +693,10 @@ def check_fused_mlp(ctx):
         x, w_fc, grad_y, w_proj, a = mlp_tensors(rows, ctx.size(768, 64), ctx.device, dtype,
                                                  seed=9)
         res = {"rows": rows}
-        for epilogue, args in (("relu2", (x, w_fc.t())), ("drelu2", (grad_y, w_proj, a))):
-            want = fused_mlp.matmul_epilogue(*args[:2], epilogue, *args[2:], backend="torch")
-            got = fused_mlp.matmul_epilogue(*args[:2], epilogue, *args[2:])
+        for epilogue, left, right, aux in (("relu2", x, w_fc.t(), None),
+                                           ("drelu2", grad_y, w_proj, a)):
+            want = fused_mlp.matmul_epilogue_reference(left, right, epilogue, aux)
+            got = fused_mlp.matmul_epilogue(left, right, epilogue, aux)
             step = 2.0 ** -7 if dtype == torch.bfloat16 else 0.0  # one bf16 step, relative
             beyond = (got.float() - want.float()).abs() > step * want.float().abs() + 1e-30
             res[epilogue] = {"rel_err": rel_err(got, want),

@@ -87,8 +87,8 @@ def check_rows(h: torch.Tensor, targets: torch.Tensor) -> None:
 
 
 def head_matmul_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The dtype GPT.head's lm_head matmul runs in: autocast's when autocast is on (bf16 on
-    CUDA), else the inputs' promoted dtype."""
+    """The dtype GPT.head's lm_head matmul runs in (and any nn.Linear's, e.g. the fused
+    MLP's): autocast's when autocast is on (bf16 on CUDA), else the inputs' promoted dtype."""
     device_type = h.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)

@@ -40,17 +40,15 @@ gradients use the readable path.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
-import warnings
 
 import torch
 
 from .chunked_loss import check_rows, head_matmul_dtype
+from .kernel_choice import KernelChoice
 
 BACKEND_ENV = "NANOGPT_COURSE_FUSED_LOSS_BACKEND"
-BACKENDS = ("auto", "triton", "torch")
 # the kernel's launch shape; environment overrides for A/B runs on the GPU
 BLOCK = int(os.environ.get("NANOGPT_COURSE_FUSED_LOSS_BLOCK", "4096"))
 NUM_WARPS = int(os.environ.get("NANOGPT_COURSE_FUSED_LOSS_WARPS", "8"))
@@ -87,28 +85,14 @@ def softcap_cross_entropy_grad_reference_(logits: torch.Tensor, targets: torch.T
     return losses
 
 
-@functools.cache
-def _kernel_module():
-    """:mod:`nanogpt_course.fused_loss_kernel`, or None where Triton is not installed."""
-    try:
-        from . import fused_loss_kernel
-    except ImportError:
-        return None
-    return fused_loss_kernel
-
-
-def triton_available() -> bool:
-    return _kernel_module() is not None
+KERNEL = KernelChoice("the fused loss", "nanogpt_course.fused_loss_kernel", BACKEND_ENV)
 
 
 def softcap_cross_entropy_grad_triton_(logits: torch.Tensor, targets: torch.Tensor, *,
                                        vocab_size: int, softcap: float) -> torch.Tensor:
     """The Triton kernel's version of :func:`softcap_cross_entropy_grad_reference_` (same
     contract). CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
-    module = _kernel_module()
-    if module is None:
-        raise RuntimeError("the fused loss's Triton kernel needs Triton (pip install triton), "
-                           f"or set {BACKEND_ENV}=torch for the PyTorch reference")
+    module = KERNEL.require()
     if logits.stride(1) != 1:
         raise ValueError(f"logits must have contiguous rows, got strides {logits.stride()}")
     n, padded_vocab = logits.shape
@@ -131,38 +115,16 @@ def auto_impl(device: torch.device) -> str:
     return "fused" if device.type == "cuda" and TRITON_INSTALLED else "standard"
 
 
-def backend_from_env() -> str:
-    backend = os.environ.get(BACKEND_ENV) or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV}={backend!r}: choose one of {BACKENDS}")
-    return backend
-
-
-_kernel_failure: list[str] = []  # why the kernel could not run, once it could not
-
-
-def _kernel_applies(logits: torch.Tensor) -> bool:
-    return logits.is_cuda and triton_available() and not _kernel_failure
-
-
 def softcap_cross_entropy_grad_(logits, targets, *, vocab_size: int, softcap: float,
                                 backend: str | None = None) -> torch.Tensor:
     """Dispatch to the kernel (``"triton"``) or the reference (``"torch"``); ``"auto"`` (the
     default, or ``$NANOGPT_COURSE_FUSED_LOSS_BACKEND``) takes the kernel for CUDA tensors
     when Triton is installed, and falls back to the reference for good, with one warning,
     if the kernel cannot be compiled or launched (the logits are untouched then)."""
-    backend = backend or backend_from_env()
     kw = dict(vocab_size=vocab_size, softcap=softcap)
-    if backend == "triton":
-        return softcap_cross_entropy_grad_triton_(logits, targets, **kw)
-    if backend == "auto" and _kernel_applies(logits):
-        try:
-            return softcap_cross_entropy_grad_triton_(logits, targets, **kw)
-        except Exception as err:  # e.g. Triton cannot compile for this GPU
-            _kernel_failure.append(f"{type(err).__name__}: {err}")
-            warnings.warn(f"the fused loss's Triton kernel failed ({_kernel_failure[0][:300]}); "
-                          "using the PyTorch reference from now on", stacklevel=2)
-    return softcap_cross_entropy_grad_reference_(logits, targets, **kw)
+    return KERNEL.run(lambda: softcap_cross_entropy_grad_triton_(logits, targets, **kw),
+                      lambda: softcap_cross_entropy_grad_reference_(logits, targets, **kw),
+                      logits, backend)
 
 
 # the schema spelled out: not inferred from this module's (string) annotations

@@ -36,14 +36,16 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 
 import torch
+
+from .chunked_loss import head_matmul_dtype
+from .kernel_choice import KernelChoice
 
 ENV_VAR = "NANOGPT_COURSE_MLP"
 IMPLS = ("standard", "fused")
 BACKEND_ENV = "NANOGPT_COURSE_FUSED_MLP_BACKEND"
-BACKENDS = ("auto", "triton", "torch")
+KERNEL = KernelChoice("the fused MLP", "nanogpt_course.fused_mlp_kernel", BACKEND_ENV)
 RELU2, DRELU2 = "relu2", "drelu2"
 
 
@@ -93,7 +95,7 @@ def _autotuned_kernel():
                              num_warps=warps, num_stages=stages)
                for m, n, k, warps, stages in LAUNCH_SHAPES]
     return triton.autotune(configs=configs, key=["M", "N", "K", "EPILOGUE"])(
-        _kernel_module().matmul_epilogue_kernel)
+        KERNEL.require().matmul_epilogue_kernel)
 
 
 def mlp_impl_from_env() -> str:
@@ -120,24 +122,11 @@ def matmul_epilogue_reference(a: torch.Tensor, b: torch.Tensor, epilogue: str,
     return out.to(a.dtype)
 
 
-@functools.cache
-def _kernel_module():
-    """:mod:`nanogpt_course.fused_mlp_kernel`, or None where Triton is not installed."""
-    try:
-        from . import fused_mlp_kernel
-    except ImportError:
-        return None
-    return fused_mlp_kernel
-
-
 def matmul_epilogue_triton(a: torch.Tensor, b: torch.Tensor, epilogue: str,
                            aux: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton kernel's version of :func:`matmul_epilogue_reference` (same contract).
     CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
-    module = _kernel_module()
-    if module is None:
-        raise RuntimeError("the fused MLP's Triton kernel needs Triton (pip install triton), "
-                           f"or set {BACKEND_ENV}=torch for the PyTorch reference")
+    module = KERNEL.require()
     (m, k), n = a.shape, b.shape[1]
     out = torch.empty(m, n, dtype=a.dtype, device=a.device)
     args = (a, b, out, out if aux is None else aux.contiguous(), m, n, k,
@@ -156,26 +145,12 @@ def matmul_epilogue_triton(a: torch.Tensor, b: torch.Tensor, epilogue: str,
     return out
 
 
-_kernel_failure: list[str] = []  # why the kernel could not run, once it could not
-
-
 def matmul_epilogue(a, b, epilogue: str, aux=None, *, backend: str | None = None):
     """Dispatch to the kernel or the reference: ``"auto"`` (the default, or
     ``$NANOGPT_COURSE_FUSED_MLP_BACKEND``) takes the kernel for CUDA tensors when Triton is
     installed and falls back to the reference for good, with one warning, if it fails."""
-    backend = backend or os.environ.get(BACKEND_ENV) or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV}={backend!r}: choose one of {BACKENDS}")
-    if backend == "triton":
-        return matmul_epilogue_triton(a, b, epilogue, aux)
-    if backend == "auto" and a.is_cuda and _kernel_module() is not None and not _kernel_failure:
-        try:
-            return matmul_epilogue_triton(a, b, epilogue, aux)
-        except Exception as err:  # e.g. Triton cannot compile for this GPU
-            _kernel_failure.append(f"{type(err).__name__}: {err}")
-            warnings.warn(f"the fused MLP's Triton kernel failed ({_kernel_failure[0][:300]}); "
-                          "using the PyTorch reference from now on", stacklevel=2)
-    return matmul_epilogue_reference(a, b, epilogue, aux)
+    return KERNEL.run(lambda: matmul_epilogue_triton(a, b, epilogue, aux),
+                      lambda: matmul_epilogue_reference(a, b, epilogue, aux), a, backend)
 
 
 # the fused matmul as an operator of its own: the MLP's backward calls it, and torch.compile
@@ -232,9 +207,6 @@ def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torc
     """``relu(x W_fcᵀ)² W_projᵀ`` for x (..., C), w_fc (H, C), w_proj (C, H) (nn.Linear
     weights): the matmuls run in the autocast dtype when autocast is on (bf16 on CUDA),
     else in the inputs' promoted dtype. Returns (..., C) in that dtype."""
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-    else:
-        dtype = torch.promote_types(x.dtype, w_fc.dtype)
+    dtype = head_matmul_dtype(x, w_fc)  # the dtype nn.Linear's matmul would run in
     y, _ = _relu2_mlp(x.reshape(-1, x.shape[-1]).to(dtype), w_fc.to(dtype), w_proj.to(dtype))
     return y.view(*x.shape[:-1], w_proj.shape[0])

@@ -149,7 +149,7 @@ def test_backend_choice(monkeypatch):
     got = fused_loss.softcap_cross_entropy_grad_(logits.clone(), targets, vocab_size=VOCAB,
                                                  softcap=CAP)
     torch.testing.assert_close(got, expected)
-    monkeypatch.setattr(fused_loss, "_kernel_module", lambda: None)  # no Triton installed
+    monkeypatch.setattr(fused_loss.KERNEL, "module", lambda: None)  # no Triton installed
     with pytest.raises(RuntimeError, match="pip install triton"):
         fused_loss.softcap_cross_entropy_grad_(logits, targets, vocab_size=VOCAB,
                                                softcap=CAP, backend="triton")
@@ -167,9 +167,9 @@ def test_a_kernel_that_fails_falls_back_once_with_a_warning(monkeypatch):
         raise RuntimeError("no kernel for this GPU")
 
     failures = []
-    monkeypatch.setattr(fused_loss, "_kernel_failure", failures)
+    monkeypatch.setattr(fused_loss.KERNEL, "failure", failures)
     # as on a GPU with Triton installed: the kernel applies until it has failed
-    monkeypatch.setattr(fused_loss, "_kernel_applies", lambda logits: not failures)
+    monkeypatch.setattr(fused_loss.KERNEL, "applies", lambda logits: not failures)
     monkeypatch.setattr(fused_loss, "softcap_cross_entropy_grad_triton_", broken)
     with pytest.warns(UserWarning, match="no kernel for this GPU"):
         got = fused_loss.softcap_cross_entropy_grad_(logits, targets, vocab_size=VOCAB,

@@ -144,6 +144,21 @@ def test_the_fused_mlp_steps_aside_without_gradients_and_for_fp8_layers(op_calls
     assert not op_calls
 
 
+def test_backend_choice_goes_through_the_shared_kernel_choice(monkeypatch):
+    """NANOGPT_COURSE_FUSED_MLP_BACKEND is validated, CPU tensors take the reference under
+    auto, and asking for the kernel without Triton names this kernel and the way out."""
+    a, w_fc = (t.detach().float() for t in mlp_inputs()[:2])
+    monkeypatch.setenv(fused_mlp.BACKEND_ENV, "bogus")
+    with pytest.raises(ValueError, match=fused_mlp.BACKEND_ENV):
+        fused_mlp.matmul_epilogue(a, w_fc.t(), "relu2")
+    monkeypatch.setenv(fused_mlp.BACKEND_ENV, "auto")
+    torch.testing.assert_close(fused_mlp.matmul_epilogue(a, w_fc.t(), "relu2"),
+                               fused_mlp.matmul_epilogue_reference(a, w_fc.t(), "relu2"))
+    monkeypatch.setattr(fused_mlp.KERNEL, "module", lambda: None)  # no Triton installed
+    with pytest.raises(RuntimeError, match="the fused MLP's .*pip install triton.*=torch"):
+        fused_mlp.matmul_epilogue(a, w_fc.t(), "relu2", backend="triton")
+
+
 def test_mlp_impl_from_the_environment(monkeypatch):
     monkeypatch.setenv(fused_mlp.ENV_VAR, "fused")
     assert tiny_gpt().blocks[0].mlp.impl == "fused"
